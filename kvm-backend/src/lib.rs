@@ -1,0 +1,1 @@
+//! The KVM CPU backend. Filled by a later issue.

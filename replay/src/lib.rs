@@ -1,0 +1,1 @@
+//! Record, replay, snapshots. Filled by a later issue.

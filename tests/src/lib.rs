@@ -1,0 +1,1 @@
+//! Guest programs for the integration tests, assembled with iced-x86.
