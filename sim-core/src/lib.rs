@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod cpuid;
 pub mod memory;
+pub mod layout;
 pub mod msr;
 pub mod paging;
 pub mod state;
