@@ -3,6 +3,7 @@
 //! Guest memory with run-time overlay pages, the `Vcpu` trait and its one
 //! architectural state type, the CPUID table and MSR policy, the page walk.
 
+pub mod acpi;
 pub mod bus;
 pub mod clock;
 pub mod cpuid;
