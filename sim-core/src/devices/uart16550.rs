@@ -375,3 +375,32 @@ mod tests {
         assert_eq!(r.inb(7), 0xa5);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any access sequence: no panic, LSR.DR always tells whether RBR
+        /// has data, and the transmitter always reads empty.
+        #[test]
+        fn arbitrary_accesses(ops in proptest::collection::vec((any::<u16>(), any::<u8>(), any::<bool>()), 1..300)) {
+            let mut uart = Uart16550::new(COM1_BASE);
+            let (mut console, mut exit) = (Vec::new(), None);
+            let mut ctx = DeviceCtx { now_ns: 0, console: &mut console, exit: &mut exit };
+            uart.push_input(b"input");
+            for (port, value, is_write) in ops {
+                let port = COM1_BASE + (port & 7);
+                if is_write {
+                    uart.write(port, 1, u32::from(value), &mut ctx);
+                } else {
+                    uart.read(port, 1, &mut ctx);
+                }
+                let lsr = uart.read(COM1_BASE + 5, 1, &mut ctx) as u8;
+                prop_assert_eq!(lsr & LSR_DR != 0, uart.pending_input() > 0);
+                prop_assert_eq!(lsr & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+            }
+        }
+    }
+}
