@@ -3,13 +3,17 @@
 //! Guest memory with run-time overlay pages, the `Vcpu` trait and its one
 //! architectural state type, the CPUID table and MSR policy, the page walk.
 
+pub mod acpi;
+pub mod bus;
 pub mod clock;
 pub mod cpuid;
-pub mod memory;
+pub mod devices;
 pub mod layout;
+pub mod memory;
 pub mod msr;
 pub mod paging;
 pub mod state;
+pub mod timer_queue;
 pub mod vcpu;
 
 pub use memory::{GuestMemory, OverlayPage};
