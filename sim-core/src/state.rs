@@ -385,7 +385,7 @@ mod tests {
         assert!(s.is_code() && s.long() && s.present());
         assert_eq!(s.dpl(), 0);
         // Ring-3 data with base 0x12345678, byte-granular limit 0xabcde.
-        let d: u64 = 0x12_0a_f2_34_5678_bcde | (0x12u64 << 56);
+        let d: u64 = 0x120a_f234_5678_bcde;
         let s = Segment::from_descriptor(0x2b, d, 0);
         assert_eq!(s.base, 0x1234_5678);
         assert_eq!(s.limit, 0xabcde);
