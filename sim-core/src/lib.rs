@@ -3,10 +3,11 @@
 //! Guest memory with run-time overlay pages, the `Vcpu` trait and its one
 //! architectural state type, the CPUID table and MSR policy, the page walk.
 
+pub mod boot;
 pub mod clock;
 pub mod cpuid;
-pub mod memory;
 pub mod layout;
+pub mod memory;
 pub mod msr;
 pub mod paging;
 pub mod state;
