@@ -4,11 +4,13 @@
 //! architectural state type, the CPUID table and MSR policy, the page walk.
 
 pub mod acpi;
+pub mod boot;
 pub mod bus;
 pub mod clock;
 pub mod cpuid;
 pub mod devices;
 pub mod layout;
+pub mod machine;
 pub mod memory;
 pub mod msr;
 pub mod paging;

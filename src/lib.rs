@@ -1,0 +1,4 @@
+//! The `xensim` library: the pieces of the command-line tool that tests and
+//! benchmarks share, starting with the built-in guest programs.
+
+pub mod guest;
