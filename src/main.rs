@@ -1,1 +1,169 @@
-fn main() {}
+//! `xensim`: the command-line program.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sim_core::boot::{BootConfig, BootImage};
+use sim_core::machine::{Machine, MachineConfig, StopReason};
+
+mod bench;
+
+/// Exit statuses of `xensim run` besides the guest's own isa-debug-exit
+/// status (which is always odd, as QEMU makes it).
+pub mod status {
+    /// Bad user input: a missing or malformed file, a bad option value.
+    pub const USER_ERROR: u8 = 4;
+    /// The guest triple-faulted.
+    pub const TRIPLE_FAULT: u8 = 6;
+    /// --max-instructions ran out before the guest stopped.
+    pub const INSTRUCTION_LIMIT: u8 = 8;
+    /// The simulator itself failed (a backend error).
+    pub const INTERNAL: u8 = 10;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "xensim", version, about = "Deterministic full-system x86 simulator for Xen guests")]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a guest (PVH ELF or Multiboot kernel); with no --kernel, the built-in demo guest.
+    Run(RunArgs),
+    /// Measure the interpreter's speed on built-in guest loops; prints `name: value unit` lines.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Kernel image: an ELF with a Xen PVH entry note, or a Multiboot v1 kernel.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Module files; for Multiboot kernels a comma-separated list, as QEMU takes it.
+    #[arg(long)]
+    initrd: Option<String>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..=1 << 20))]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    cpus: u32,
+    /// CPU backend.
+    #[arg(long, value_enum, default_value_t = Backend::Interp)]
+    backend: Backend,
+    /// Stop after this many instructions (all vCPUs together).
+    #[arg(long)]
+    max_instructions: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// The software x86 interpreter (deterministic, exact instruction counts).
+    Interp,
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// One-line error to stderr and the given status.
+fn fail(status: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("xensim: {msg}");
+    ExitCode::from(status)
+}
+
+fn read_image(path: &Path) -> Result<BootImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))?;
+    Ok(BootImage { name: path.display().to_string(), bytes })
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ if e.raw_os_error() == Some(21) => "is a directory".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let kernel = match &args.kernel {
+        Some(p) => match read_image(p) {
+            Ok(img) => img,
+            Err(e) => return fail(status::USER_ERROR, e),
+        },
+        None => BootImage { name: "built-in demo guest".into(), bytes: xensim::guest::programs::demo() },
+    };
+    let mut modules = Vec::new();
+    for name in args.initrd.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+        match read_image(Path::new(name)) {
+            Ok(img) => modules.push(img),
+            Err(e) => return fail(status::USER_ERROR, e),
+        }
+    }
+    let config = MachineConfig {
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        max_instructions: args.max_instructions,
+        ..Default::default()
+    };
+    let backend = args.backend;
+    let mut machine = match Machine::new(config, &mut |id, count, cpuid| match backend {
+        Backend::Interp => Box::new(x86_interp::Interpreter::new(id, count, cpuid)),
+    }) {
+        Ok(m) => m,
+        Err(e) => return fail(status::USER_ERROR, e),
+    };
+    let boot = BootConfig { kernel, modules, cmdline: args.append.clone(), rsdp: 0 };
+    match machine.boot(boot) {
+        Ok(info) => tracing::info!(protocol = ?info.protocol, "kernel loaded"),
+        Err(e) => return fail(status::USER_ERROR, e),
+    }
+    let stop = match machine.run() {
+        Ok(s) => s,
+        Err(e) => return fail(status::INTERNAL, e),
+    };
+    tracing::info!(
+        instructions = machine.retired_instructions(),
+        virtual_ns = machine.now_ns(),
+        ?stop,
+        "guest stopped"
+    );
+    match stop {
+        StopReason::DebugExit(code) => ExitCode::from(code as u8),
+        StopReason::Halted => ExitCode::SUCCESS,
+        StopReason::TripleFault { vcpu, rip } => {
+            fail(status::TRIPLE_FAULT, format_args!("guest triple fault on vCPU {vcpu} at RIP {rip:#x}"))
+        }
+        StopReason::InstructionLimit => fail(
+            status::INSTRUCTION_LIMIT,
+            format_args!("instruction limit reached after {} instructions", machine.retired_instructions()),
+        ),
+    }
+}

@@ -16,13 +16,15 @@ use crate::boot::{self, BootConfig, BootError, BootInfo};
 use crate::bus::{Bus, DeviceCtx, ExitRequest};
 use crate::clock;
 use crate::cpuid::{CpuidTable, Vendor};
-use crate::devices::{debug_exit::DebugExit, debugcon::DebugCon, lapic::Lapic, uart16550::Uart16550};
+use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
+use crate::devices::debugcon::{Debugcon, DEBUGCON_PORT};
+use crate::devices::lapic::Lapic;
 use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
-use crate::devices::timer_queue::TimerQueue;
-use crate::layout::LAPIC_BASE;
+use crate::devices::uart16550::{Uart16550, COM1_BASE};
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
 use crate::msr;
 use crate::state::{rflags, sreg, ArchState, Segment};
+use crate::timer_queue::TimerQueue;
 use crate::vcpu::{Completion, Vcpu, VcpuError, VcpuExit};
 
 /// Instructions a vCPU runs before the next one gets its turn.
@@ -40,7 +42,13 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig { cpus: 1, memory_mib: 128, max_instructions: None, quantum: DEFAULT_QUANTUM, vendor: Vendor::Intel }
+        MachineConfig {
+            cpus: 1,
+            memory_mib: 128,
+            max_instructions: None,
+            quantum: DEFAULT_QUANTUM,
+            vendor: Vendor::Intel,
+        }
     }
 }
 
@@ -118,13 +126,14 @@ impl Machine {
         let cpuid = Arc::new(CpuidTable::baseline(config.vendor));
         let mut bus = Bus::new();
         // Fixed, non-overlapping port ranges: registration cannot fail.
-        bus.add_ports(0xe9, 1, Box::new(DebugCon::new())).expect("debugcon port free");
-        bus.add_ports(0xf4, 4, Box::new(DebugExit::new())).expect("debug-exit ports free");
-        bus.add_ports(0x3f8, 8, Box::new(Uart16550::new())).expect("COM1 ports free");
+        bus.add_ports(DEBUGCON_PORT, 1, Box::new(Debugcon)).expect("debugcon port free");
+        bus.add_ports(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, Box::new(DebugExit)).expect("debug-exit ports free");
+        bus.add_ports(COM1_BASE, 8, Box::new(Uart16550::new(COM1_BASE))).expect("COM1 ports free");
         let rsdp = acpi::write_tables(&mem, &AcpiConfig { cpus: config.cpus, ..Default::default() })?;
         let vcpus: Vec<Box<dyn Vcpu>> = (0..config.cpus).map(|i| make_vcpu(i, config.cpus, cpuid.clone())).collect();
         let lapics = (0..config.cpus).map(|i| Lapic::new(i, i == 0)).collect();
-        let run_state = (0..config.cpus).map(|i| if i == 0 { RunState::Running } else { RunState::WaitForSipi }).collect();
+        let run_state =
+            (0..config.cpus).map(|i| if i == 0 { RunState::Running } else { RunState::WaitForSipi }).collect();
         Ok(Machine {
             mem,
             bus,
@@ -183,7 +192,7 @@ impl Machine {
     }
 
     pub fn uart_mut(&mut self) -> Option<&mut Uart16550> {
-        self.bus.port_device_mut::<Uart16550>(0x3f8)
+        self.bus.port_device_mut::<Uart16550>(COM1_BASE)
     }
 
     /// Run until the guest stops.
@@ -244,9 +253,8 @@ impl Machine {
         let mut left = budget;
         while left > 0 {
             let before = self.vcpus[i].retired_instructions().unwrap_or(0);
-            let exit = self.vcpus[i]
-                .run(&self.mem, left)
-                .map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
+            let exit =
+                self.vcpus[i].run(&self.mem, left).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
             let ran = self.vcpus[i].retired_instructions().unwrap_or(0) - before;
             left = left.saturating_sub(ran);
             self.retired += ran;
@@ -330,9 +338,10 @@ impl Machine {
         (v, stop)
     }
 
+    /// Offset into vCPU `i`'s xAPIC register page, if `gpa` falls in it.
     fn lapic_page(&self, i: usize, gpa: u64) -> Option<u32> {
-        let base = LAPIC_BASE;
-        (gpa >= base && gpa < base + PAGE_SIZE && self.lapics[i].xapic_mmio_enabled()).then(|| (gpa - base) as u32)
+        let base = self.lapics[i].mmio_base()?;
+        (gpa >= base && gpa < base + PAGE_SIZE).then(|| (gpa - base) as u32)
     }
 
     fn mmio_read(&mut self, i: usize, gpa: u64, size: u8, now: u64) -> u64 {
@@ -354,7 +363,9 @@ impl Machine {
     }
 
     fn is_lapic_msr(msr: u32) -> bool {
-        msr == msr::IA32_APIC_BASE || msr == msr::IA32_TSC_DEADLINE || (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&msr)
+        msr == msr::IA32_APIC_BASE
+            || msr == msr::IA32_TSC_DEADLINE
+            || (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&msr)
     }
 
     fn msr_read(&mut self, i: usize, msr: u32, now: u64) -> Option<u64> {
@@ -478,5 +489,224 @@ fn size_mask(size: u8) -> u64 {
         u64::MAX
     } else {
         (1u64 << (size as u32 * 8)) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// One scripted step: retire `insns` instructions, then exit with `exit`.
+    #[derive(Clone, Copy)]
+    struct Step {
+        insns: u64,
+        exit: VcpuExit,
+        /// RFLAGS.IF while this step's exit is reported.
+        if_set: bool,
+    }
+
+    #[derive(Default)]
+    struct Log {
+        completions: Vec<Completion>,
+        injected: Vec<u8>,
+        tsc_sets: Vec<u64>,
+    }
+
+    /// A vCPU that replays a script of exits, for testing the run loop
+    /// without a CPU model.
+    struct ScriptVcpu {
+        script: VecDeque<Step>,
+        retired: u64,
+        if_set: bool,
+        gpr: [u64; 16],
+        window: bool,
+        log: Arc<Mutex<Log>>,
+    }
+
+    impl Vcpu for ScriptVcpu {
+        fn id(&self) -> u32 {
+            0
+        }
+        fn run(&mut self, _mem: &GuestMemory, budget: u64) -> Result<VcpuExit, VcpuError> {
+            if self.window && self.if_set {
+                return Ok(VcpuExit::InterruptWindow);
+            }
+            let Some(step) = self.script.front_mut() else {
+                // Out of script: spin until the budget is spent.
+                self.retired += budget;
+                return Ok(VcpuExit::BudgetExhausted);
+            };
+            if step.insns > budget {
+                step.insns -= budget;
+                self.retired += budget;
+                return Ok(VcpuExit::BudgetExhausted);
+            }
+            let step = self.script.pop_front().unwrap();
+            self.retired += step.insns;
+            self.if_set = step.if_set;
+            Ok(step.exit)
+        }
+        fn complete(&mut self, c: Completion) {
+            self.log.lock().unwrap().completions.push(c);
+        }
+        fn state(&self) -> ArchState {
+            let mut s = ArchState::reset();
+            s.rflags = rflags::FIXED1 | if self.if_set { rflags::IF } else { 0 };
+            s.gpr = self.gpr;
+            s
+        }
+        fn set_state(&mut self, _s: &ArchState) {}
+        fn gprs(&self) -> [u64; 16] {
+            self.gpr
+        }
+        fn set_gprs(&mut self, g: &[u64; 16]) {
+            self.gpr = *g;
+        }
+        fn interrupt_ready(&self) -> bool {
+            self.if_set
+        }
+        fn inject_interrupt(&mut self, vector: u8) {
+            self.log.lock().unwrap().injected.push(vector);
+        }
+        fn request_interrupt_window(&mut self, on: bool) {
+            self.window = on;
+        }
+        fn retired_instructions(&self) -> Option<u64> {
+            Some(self.retired)
+        }
+        fn tsc(&self) -> u64 {
+            0
+        }
+        fn set_tsc(&mut self, tsc: u64) {
+            self.log.lock().unwrap().tsc_sets.push(tsc);
+        }
+    }
+
+    fn step(insns: u64, exit: VcpuExit) -> Step {
+        Step { insns, exit, if_set: false }
+    }
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn machine(script: Vec<Step>, config: MachineConfig) -> (Machine, Arc<Mutex<Log>>, Sink) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let l2 = log.clone();
+        let mut m = Machine::new(config, &mut |_, _, _| {
+            Box::new(ScriptVcpu {
+                script: script.clone().into(),
+                retired: 0,
+                if_set: false,
+                gpr: [0; 16],
+                window: false,
+                log: l2.clone(),
+            })
+        })
+        .unwrap();
+        let sink = Sink::default();
+        m.set_console(Box::new(sink.clone()));
+        (m, log, sink)
+    }
+
+    #[test]
+    fn debugcon_output_and_clean_halt() {
+        let out = |b: u8| step(3, VcpuExit::IoOut { port: 0xe9, size: 1, data: b as u32 });
+        let (mut m, log, sink) = machine(vec![out(b'h'), out(b'i'), step(1, VcpuExit::Halt)], Default::default());
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi");
+        assert_eq!(m.retired_instructions(), 7);
+        assert_eq!(log.lock().unwrap().completions, vec![Completion::Done, Completion::Done]);
+    }
+
+    #[test]
+    fn isa_debug_exit_status_is_qemus() {
+        let (mut m, _, _) =
+            machine(vec![step(1, VcpuExit::IoOut { port: 0xf4, size: 4, data: 3 })], Default::default());
+        assert_eq!(m.run().unwrap(), StopReason::DebugExit(7));
+    }
+
+    #[test]
+    fn absent_ports_read_all_ones_and_unknown_msrs_fault() {
+        let script = vec![
+            step(1, VcpuExit::IoIn { port: 0x80, size: 1 }),
+            step(1, VcpuExit::IoIn { port: 0x80, size: 2 }),
+            step(1, VcpuExit::MsrRead { msr: 0x1234 }),
+            step(1, VcpuExit::MsrWrite { msr: 0x1234, value: 1 }),
+            step(1, VcpuExit::MsrRead { msr: msr::IA32_APIC_BASE }),
+            step(1, VcpuExit::Halt),
+        ];
+        let (mut m, log, _) = machine(script, Default::default());
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        let c = &log.lock().unwrap().completions;
+        assert_eq!(c[0], Completion::Data(0xff));
+        assert_eq!(c[1], Completion::Data(0xffff));
+        assert_eq!(c[2], Completion::Fault);
+        assert_eq!(c[3], Completion::Fault);
+        // BSP, xAPIC enabled, at 0xFEE00000 (SDM: IA32_APIC_BASE reset value).
+        assert_eq!(c[4], Completion::Data(0xfee0_0000 | (1 << 11) | (1 << 8)));
+    }
+
+    #[test]
+    fn hypercalls_without_a_platform_get_enosys() {
+        let (mut m, _, _) = machine(vec![step(1, VcpuExit::Hypercall), step(1, VcpuExit::Halt)], Default::default());
+        m.run().unwrap();
+        assert_eq!(m.vcpu(0).gprs()[0] as i64, -38);
+    }
+
+    #[test]
+    fn lapic_timer_wakes_a_halted_vcpu_at_its_deadline() {
+        let wr = |msr: u32, value: u64| step(10, VcpuExit::MsrWrite { msr, value });
+        let script = vec![
+            // x2APIC on: APIC_BASE = base | EN | EXTD | BSP.
+            wr(msr::IA32_APIC_BASE, 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8)),
+            wr(0x80f, 0x1ff),   // SVR: software enable
+            wr(0x83e, 0xb),     // divide by 1
+            wr(0x832, 0x40),    // LVT timer: one-shot, vector 0x40
+            wr(0x838, 100_000), // initial count: 100 us at 1 GHz
+            Step { insns: 1, exit: VcpuExit::Halt, if_set: true },
+            // After the interrupt: halt for good with IF clear.
+            step(1, VcpuExit::Halt),
+        ];
+        let (mut m, log, _) = machine(script, MachineConfig { quantum: 1000, ..Default::default() });
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(log.lock().unwrap().injected, vec![0x40]);
+        // The count was written after 50 instructions (50 ns) and expires
+        // 100 us later: the halted machine skips straight to that instant,
+        // and the woken vCPU's slice starts there.
+        assert_eq!(log.lock().unwrap().tsc_sets.last(), Some(&clock::ns_to_tsc(50 + 100_000)));
+    }
+
+    #[test]
+    fn triple_fault_and_instruction_limit_stop_the_machine() {
+        let (mut m, _, _) = machine(vec![step(5, VcpuExit::Shutdown)], Default::default());
+        assert!(matches!(m.run().unwrap(), StopReason::TripleFault { vcpu: 0, .. }));
+        let (mut m, _, _) = machine(vec![], MachineConfig { max_instructions: Some(12_345), ..Default::default() });
+        assert_eq!(m.run().unwrap(), StopReason::InstructionLimit);
+        assert_eq!(m.retired_instructions(), 12_345);
+    }
+
+    #[test]
+    fn tsc_follows_machine_time_at_each_slice() {
+        let (mut m, log, _) =
+            machine(vec![], MachineConfig { max_instructions: Some(2500), quantum: 1000, ..Default::default() });
+        m.run().unwrap();
+        assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 1000, 2000]);
+    }
+
+    #[test]
+    fn bad_cpu_counts_are_refused() {
+        let r = Machine::new(MachineConfig { cpus: 0, ..Default::default() }, &mut |_, _, _| unreachable!());
+        assert!(matches!(r, Err(MachineError::BadCpuCount(0))));
     }
 }

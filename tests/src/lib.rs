@@ -1,1 +1,82 @@
-//! Guest programs for the integration tests, assembled with iced-x86.
+//! Harness for the integration tests: boot a guest image on a machine and
+//! collect what it printed and why it stopped.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use sim_core::boot::{BootConfig, BootImage, BootInfo};
+use sim_core::machine::{Machine, MachineConfig, StopReason};
+
+/// A console sink that keeps everything written to it.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The outcome of one guest run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub stop: StopReason,
+    pub output: String,
+    pub instructions: u64,
+    pub boot: BootInfo,
+}
+
+/// Options for `boot`.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub config: MachineConfig,
+    pub cmdline: String,
+    pub modules: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run {
+            config: MachineConfig { memory_mib: 64, max_instructions: Some(50_000_000), ..Default::default() },
+            cmdline: String::new(),
+            modules: Vec::new(),
+        }
+    }
+}
+
+/// A machine on the interpreter with `kernel` loaded, console captured.
+pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
+    let mut m = Machine::new(run.config.clone(), &mut |id, n, cpuid| {
+        Box::new(x86_interp::Interpreter::new(id, n, cpuid))
+    })
+    .expect("machine");
+    let cap = Capture::default();
+    m.set_console(Box::new(cap.clone()));
+    let modules = run.modules.iter().map(|(n, b)| BootImage { name: n.clone(), bytes: b.clone() }).collect();
+    let info = m
+        .boot(BootConfig {
+            kernel: BootImage { name: "guest".into(), bytes: kernel },
+            modules,
+            cmdline: run.cmdline.clone(),
+            rsdp: 0,
+        })
+        .expect("boot");
+    (m, cap, info)
+}
+
+/// Boot `kernel` on the interpreter and run it to the end.
+pub fn boot(kernel: Vec<u8>, run: &Run) -> Outcome {
+    let (mut m, cap, boot) = machine(kernel, run);
+    let stop = m.run().expect("machine run");
+    Outcome { stop, output: cap.text(), instructions: m.retired_instructions(), boot }
+}
