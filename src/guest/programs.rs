@@ -342,12 +342,12 @@ pub fn multiboot_info(boot: Boot) -> Result<Vec<u8>, GuestError> {
     g.a.mov(eax, dword_ptr(ebx + 20))?;
     g.print_dec()?;
     g.print("\n")?;
-    let (mut next, mut done) = (g.a.create_label(), g.a.create_label());
+    let mut next = g.a.create_label();
     g.a.xor(ecx, ecx)?;
     g.a.mov(edi, dword_ptr(ebx + 24))?;
     g.a.set_label(&mut next)?;
     g.a.cmp(ecx, dword_ptr(ebx + 20))?;
-    g.a.jae(done)?;
+    g.a.jae(skip)?;
     g.print("module ")?;
     g.a.mov(eax, ecx)?;
     g.a.xor(edx, edx)?;
@@ -364,18 +364,17 @@ pub fn multiboot_info(boot: Boot) -> Result<Vec<u8>, GuestError> {
     g.a.add(edi, 16)?;
     g.a.inc(ecx)?;
     g.a.jmp(next)?;
-    g.a.set_label(&mut done)?;
     g.a.set_label(&mut skip)?;
 
     // mmap: ESI = entry, ECX = end; each entry is preceded by its size.
     let mut skip = skip_unless(&mut g, 6)?;
-    let (mut next, mut done) = (g.a.create_label(), g.a.create_label());
+    let mut next = g.a.create_label();
     g.a.mov(esi, dword_ptr(ebx + 48))?;
     g.a.mov(ecx, esi)?;
     g.a.add(ecx, dword_ptr(ebx + 44))?;
     g.a.set_label(&mut next)?;
     g.a.cmp(esi, ecx)?;
-    g.a.jae(done)?;
+    g.a.jae(skip)?;
     g.print("mmap: base ")?;
     g.a.mov(eax, dword_ptr(esi + 4))?;
     g.a.mov(edx, dword_ptr(esi + 8))?;
@@ -392,7 +391,6 @@ pub fn multiboot_info(boot: Boot) -> Result<Vec<u8>, GuestError> {
     g.a.mov(eax, dword_ptr(esi))?;
     g.a.lea(esi, esi + eax + 4)?;
     g.a.jmp(next)?;
-    g.a.set_label(&mut done)?;
     g.a.set_label(&mut skip)?;
 
     let mut bad = g.a.create_label();
@@ -437,6 +435,8 @@ pub fn multiboot_info_expected(i: &MultibootInputs) -> Transcript {
 const LCG_MUL: u64 = 6_364_136_223_846_793_005;
 const LCG_ADD: u64 = 1_442_695_040_888_963_407;
 const ALU_SEED: u64 = 0x0123_4567_89ab_cdef;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 /// CPU-bound benchmark (PVH, long mode): `iterations` rounds of an LCG step,
 /// shifts and xors, a store and a load in a 256-entry table, a data-dependent
@@ -517,8 +517,8 @@ pub fn bench_alu_expected(iterations: u64) -> Transcript {
 /// Memory benchmark (PVH, long mode). A source buffer of `bytes` bytes is
 /// filled with `(i * 31 + 7) mod 256`; each of `rounds` rounds copies it
 /// with `rep movsb` to a second buffer and copies that back byte by byte,
-/// adding 1 to each byte. Prints "bench_memcpy: 0x…\n", the hash
-/// `h = rotl(h, 5) ^ byte` over the final source buffer
+/// adding 1 to each byte. Prints "bench_memcpy: 0x…\n", the 64-bit FNV-1a
+/// hash of the final source buffer
 /// ([`bench_memcpy_expected`]), then stops with `cli; hlt`.
 pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
@@ -532,7 +532,7 @@ pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
     a.mov(r13, dst)?;
     a.mov(r14, bytes)?;
     a.mov(r15, rounds)?;
-    a.xor(eax, eax)?; // hash of an empty buffer
+    a.mov(rax, FNV_OFFSET)?; // hash of an empty buffer
     a.test(r14, r14)?;
     a.jz(done)?;
     a.xor(ecx, ecx)?;
@@ -563,12 +563,13 @@ pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
     a.jnz(round)?;
     a.set_label(&mut hash)?;
     let mut step = a.create_label();
-    a.xor(eax, eax)?;
+    a.mov(rax, FNV_OFFSET)?;
+    a.mov(r11, FNV_PRIME)?;
     a.xor(ecx, ecx)?;
     a.set_label(&mut step)?;
     a.movzx(edx, byte_ptr(r12 + rcx))?;
-    a.rol(rax, 5)?;
     a.xor(rax, rdx)?;
+    a.imul_2(rax, r11)?;
     a.inc(rcx)?;
     a.cmp(rcx, r14)?;
     a.jb(step)?;
@@ -583,9 +584,8 @@ pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
 /// The hash [`bench_memcpy`] prints: every byte ends as its initial value
 /// plus `rounds`, modulo 256.
 pub fn bench_memcpy_result(bytes: u64, rounds: u64) -> u64 {
-    (0..bytes)
-        .map(|i| i.wrapping_mul(31).wrapping_add(7).wrapping_add(rounds) & 0xff)
-        .fold(0, |h, b| h.rotate_left(5) ^ b)
+    let bytes = (0..bytes).map(|i| i.wrapping_mul(31).wrapping_add(7).wrapping_add(rounds) as u8);
+    bytes.fold(FNV_OFFSET, |h, b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
 }
 
 /// Transcript of [`bench_memcpy`].
