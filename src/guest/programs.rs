@@ -5,6 +5,9 @@
 //! compare whole transcripts.
 
 use iced_x86::code_asm::*;
+use sim_core::boot::{e820_map, BootConfig};
+use sim_core::layout::{HIGH_MEMORY_BASE, LEGACY_RESERVED_BASE};
+use sim_core::GuestMemory;
 
 use super::asm::{Boot, GuestError, GuestProgram, Mode};
 
@@ -109,6 +112,22 @@ pub struct PvhInputs {
     pub rsdp: u64,
     /// (addr, size, type) of each memory map entry.
     pub memmap: Vec<(u64, u64, u32)>,
+}
+
+impl PvhInputs {
+    /// What xensim's loader passes for `cfg` on `mem`, from its contract:
+    /// modules page-aligned from `kernel_end` with their names as command
+    /// lines, the E820 map of `mem`.
+    pub fn xensim(mem: &GuestMemory, cfg: &BootConfig, kernel_end: u64) -> Self {
+        let mut next = kernel_end.next_multiple_of(4096);
+        let mut modules = Vec::new();
+        for m in &cfg.modules {
+            modules.push((next, m.bytes.len() as u64, m.name.clone()));
+            next = (next + m.bytes.len() as u64).next_multiple_of(4096);
+        }
+        let memmap = e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect();
+        PvhInputs { cmdline: cfg.cmdline.clone(), modules, rsdp: cfg.rsdp, memmap }
+    }
 }
 
 /// 32-bit PVH guest (ELF32) reading `hvm_start_info` from EBX in protected
@@ -292,6 +311,27 @@ pub struct MultibootInputs {
     pub modules: Vec<(u64, String)>,
     /// (base, length, type) of each mmap entry.
     pub mmap: Vec<(u64, u64, u32)>,
+}
+
+impl MultibootInputs {
+    /// What xensim's loader passes for `cfg` on `mem`: MEM, CMDLINE, MODS,
+    /// MMAP and BOOT_LOADER_NAME; the command line prefixed by the kernel's
+    /// name; module strings = module names.
+    pub fn xensim(mem: &GuestMemory, cfg: &BootConfig) -> Self {
+        let low_end = mem.ram_ranges().first().map_or(0, |&(s, l)| s + l);
+        let cmdline = match cfg.cmdline.as_str() {
+            "" => cfg.kernel.name.clone(),
+            args => format!("{} {args}", cfg.kernel.name),
+        };
+        MultibootInputs {
+            flags: 0x24d,
+            mem_lower: (low_end.min(LEGACY_RESERVED_BASE) / 1024) as u32,
+            mem_upper: (low_end.saturating_sub(HIGH_MEMORY_BASE) / 1024) as u32,
+            cmdline,
+            modules: cfg.modules.iter().map(|m| (m.bytes.len() as u64, m.name.clone())).collect(),
+            mmap: e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect(),
+        }
+    }
 }
 
 /// 32-bit Multiboot guest (`boot` = `Boot::Multiboot` for the ELF image or

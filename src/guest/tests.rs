@@ -256,3 +256,42 @@ fn oversized_programs_are_refused() {
     let e = g.build(Boot::Pvh).unwrap_err();
     assert_eq!(e.to_string(), "data is 0x10032 bytes, more than the 0x10000 the layout allows");
 }
+
+#[test]
+fn inputs_for_xensim_follow_the_loader_contract() {
+    let mem = GuestMemory::new(64).unwrap();
+    let img = |n: &str, len| BootImage { name: n.into(), bytes: vec![0; len] };
+    let cfg = BootConfig {
+        kernel: img("k", 1),
+        modules: vec![img("a", 10), img("b", 5000)],
+        cmdline: "x".into(),
+        rsdp: 0xe0000,
+    };
+    let p = PvhInputs::xensim(&mem, &cfg, 0x201800);
+    assert_eq!(p.modules, vec![(0x202000, 10, "a".into()), (0x203000, 5000, "b".into())]);
+    assert_eq!(p.memmap, vec![(0, 0x9f000, 1), (0x9f000, 0x61000, 2), (0x100000, 63 << 20, 1)]);
+    let m = MultibootInputs::xensim(&mem, &cfg);
+    assert_eq!((m.flags, m.mem_lower, m.mem_upper, m.cmdline.as_str()), (0x24d, 636, 64512, "k x"));
+    // And the loader agrees for a real program.
+    let cfg = BootConfig { kernel: BootImage { name: "k".into(), bytes: pvh32_basics().unwrap() }, ..cfg };
+    let info = load(&mem, &cfg).unwrap();
+    let p = PvhInputs::xensim(&mem, &cfg, info.kernel_end);
+    let si = info.entry.gpr[gpr::RBX];
+    let modlist = mem.read_u64(si + 16).unwrap();
+    assert_eq!(mem.read_u64(modlist + 32).unwrap(), p.modules[1].0);
+}
+
+#[test]
+fn image_builds_a_program_from_a_closure() {
+    let image = super::GuestProgram::image(Mode::Long64, Boot::Pvh, |g| {
+        g.print("hi\n")?;
+        g.halt()
+    })
+    .unwrap();
+    let (mem, info) = boot(image, &[], "");
+    assert_eq!(info.entry.rip, ENTRY);
+    // "hi\n" lands in the data area.
+    let mut s = [0u8; 4];
+    mem.read(super::asm::DATA_BASE, &mut s).unwrap();
+    assert_eq!(&s, b"hi\n\0");
+}
