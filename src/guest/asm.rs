@@ -105,6 +105,18 @@ impl GuestProgram {
         Ok(GuestProgram { a, mode, data: Vec::new(), scratch: 0, puts, put_hex, put_dec })
     }
 
+    /// One-call form: a program in `mode` whose body `body` emits, booted by
+    /// `boot`. The body should end by stopping (`halt` or `exit`).
+    pub fn image(
+        mode: Mode,
+        boot: Boot,
+        body: impl FnOnce(&mut GuestProgram) -> Result<(), GuestError>,
+    ) -> Result<Vec<u8>, GuestError> {
+        let mut g = GuestProgram::new(mode)?;
+        body(&mut g)?;
+        g.build(boot)
+    }
+
     pub fn mode(&self) -> Mode {
         self.mode
     }

@@ -7,3 +7,6 @@ pub mod elf;
 pub mod programs;
 
 pub use asm::{Boot, GuestError, GuestProgram, Mode};
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,9 @@
 //! compare whole transcripts.
 
 use iced_x86::code_asm::*;
+use sim_core::boot::{e820_map, BootConfig};
+use sim_core::layout::{HIGH_MEMORY_BASE, LEGACY_RESERVED_BASE};
+use sim_core::GuestMemory;
 
 use super::asm::{Boot, GuestError, GuestProgram, Mode};
 
@@ -109,6 +112,22 @@ pub struct PvhInputs {
     pub rsdp: u64,
     /// (addr, size, type) of each memory map entry.
     pub memmap: Vec<(u64, u64, u32)>,
+}
+
+impl PvhInputs {
+    /// What xensim's loader passes for `cfg` on `mem`, from its contract:
+    /// modules page-aligned from `kernel_end` with their names as command
+    /// lines, the E820 map of `mem`.
+    pub fn xensim(mem: &GuestMemory, cfg: &BootConfig, kernel_end: u64) -> Self {
+        let mut next = kernel_end.next_multiple_of(4096);
+        let mut modules = Vec::new();
+        for m in &cfg.modules {
+            modules.push((next, m.bytes.len() as u64, m.name.clone()));
+            next = (next + m.bytes.len() as u64).next_multiple_of(4096);
+        }
+        let memmap = e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect();
+        PvhInputs { cmdline: cfg.cmdline.clone(), modules, rsdp: cfg.rsdp, memmap }
+    }
 }
 
 /// 32-bit PVH guest (ELF32) reading `hvm_start_info` from EBX in protected
@@ -294,6 +313,27 @@ pub struct MultibootInputs {
     pub mmap: Vec<(u64, u64, u32)>,
 }
 
+impl MultibootInputs {
+    /// What xensim's loader passes for `cfg` on `mem`: MEM, CMDLINE, MODS,
+    /// MMAP and BOOT_LOADER_NAME; the command line prefixed by the kernel's
+    /// name; module strings = module names.
+    pub fn xensim(mem: &GuestMemory, cfg: &BootConfig) -> Self {
+        let low_end = mem.ram_ranges().first().map_or(0, |&(s, l)| s + l);
+        let cmdline = match cfg.cmdline.as_str() {
+            "" => cfg.kernel.name.clone(),
+            args => format!("{} {args}", cfg.kernel.name),
+        };
+        MultibootInputs {
+            flags: 0x24d,
+            mem_lower: (low_end.min(LEGACY_RESERVED_BASE) / 1024) as u32,
+            mem_upper: (low_end.saturating_sub(HIGH_MEMORY_BASE) / 1024) as u32,
+            cmdline,
+            modules: cfg.modules.iter().map(|m| (m.bytes.len() as u64, m.name.clone())).collect(),
+            mmap: e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect(),
+        }
+    }
+}
+
 /// 32-bit Multiboot guest (`boot` = `Boot::Multiboot` for the ELF image or
 /// `Boot::MultibootAout` for the a.out-kludge one). Prints
 /// [`multiboot_info_expected`]; fields whose info flag is clear are skipped.
@@ -342,12 +382,12 @@ pub fn multiboot_info(boot: Boot) -> Result<Vec<u8>, GuestError> {
     g.a.mov(eax, dword_ptr(ebx + 20))?;
     g.print_dec()?;
     g.print("\n")?;
-    let (mut next, mut done) = (g.a.create_label(), g.a.create_label());
+    let mut next = g.a.create_label();
     g.a.xor(ecx, ecx)?;
     g.a.mov(edi, dword_ptr(ebx + 24))?;
     g.a.set_label(&mut next)?;
     g.a.cmp(ecx, dword_ptr(ebx + 20))?;
-    g.a.jae(done)?;
+    g.a.jae(skip)?;
     g.print("module ")?;
     g.a.mov(eax, ecx)?;
     g.a.xor(edx, edx)?;
@@ -364,18 +404,17 @@ pub fn multiboot_info(boot: Boot) -> Result<Vec<u8>, GuestError> {
     g.a.add(edi, 16)?;
     g.a.inc(ecx)?;
     g.a.jmp(next)?;
-    g.a.set_label(&mut done)?;
     g.a.set_label(&mut skip)?;
 
     // mmap: ESI = entry, ECX = end; each entry is preceded by its size.
     let mut skip = skip_unless(&mut g, 6)?;
-    let (mut next, mut done) = (g.a.create_label(), g.a.create_label());
+    let mut next = g.a.create_label();
     g.a.mov(esi, dword_ptr(ebx + 48))?;
     g.a.mov(ecx, esi)?;
     g.a.add(ecx, dword_ptr(ebx + 44))?;
     g.a.set_label(&mut next)?;
     g.a.cmp(esi, ecx)?;
-    g.a.jae(done)?;
+    g.a.jae(skip)?;
     g.print("mmap: base ")?;
     g.a.mov(eax, dword_ptr(esi + 4))?;
     g.a.mov(edx, dword_ptr(esi + 8))?;
@@ -392,7 +431,6 @@ pub fn multiboot_info(boot: Boot) -> Result<Vec<u8>, GuestError> {
     g.a.mov(eax, dword_ptr(esi))?;
     g.a.lea(esi, esi + eax + 4)?;
     g.a.jmp(next)?;
-    g.a.set_label(&mut done)?;
     g.a.set_label(&mut skip)?;
 
     let mut bad = g.a.create_label();
@@ -437,6 +475,8 @@ pub fn multiboot_info_expected(i: &MultibootInputs) -> Transcript {
 const LCG_MUL: u64 = 6_364_136_223_846_793_005;
 const LCG_ADD: u64 = 1_442_695_040_888_963_407;
 const ALU_SEED: u64 = 0x0123_4567_89ab_cdef;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 /// CPU-bound benchmark (PVH, long mode): `iterations` rounds of an LCG step,
 /// shifts and xors, a store and a load in a 256-entry table, a data-dependent
@@ -517,8 +557,8 @@ pub fn bench_alu_expected(iterations: u64) -> Transcript {
 /// Memory benchmark (PVH, long mode). A source buffer of `bytes` bytes is
 /// filled with `(i * 31 + 7) mod 256`; each of `rounds` rounds copies it
 /// with `rep movsb` to a second buffer and copies that back byte by byte,
-/// adding 1 to each byte. Prints "bench_memcpy: 0x…\n", the hash
-/// `h = rotl(h, 5) ^ byte` over the final source buffer
+/// adding 1 to each byte. Prints "bench_memcpy: 0x…\n", the 64-bit FNV-1a
+/// hash of the final source buffer
 /// ([`bench_memcpy_expected`]), then stops with `cli; hlt`.
 pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
@@ -532,7 +572,7 @@ pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
     a.mov(r13, dst)?;
     a.mov(r14, bytes)?;
     a.mov(r15, rounds)?;
-    a.xor(eax, eax)?; // hash of an empty buffer
+    a.mov(rax, FNV_OFFSET)?; // hash of an empty buffer
     a.test(r14, r14)?;
     a.jz(done)?;
     a.xor(ecx, ecx)?;
@@ -563,12 +603,13 @@ pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
     a.jnz(round)?;
     a.set_label(&mut hash)?;
     let mut step = a.create_label();
-    a.xor(eax, eax)?;
+    a.mov(rax, FNV_OFFSET)?;
+    a.mov(r11, FNV_PRIME)?;
     a.xor(ecx, ecx)?;
     a.set_label(&mut step)?;
     a.movzx(edx, byte_ptr(r12 + rcx))?;
-    a.rol(rax, 5)?;
     a.xor(rax, rdx)?;
+    a.imul_2(rax, r11)?;
     a.inc(rcx)?;
     a.cmp(rcx, r14)?;
     a.jb(step)?;
@@ -583,9 +624,8 @@ pub fn bench_memcpy(bytes: u64, rounds: u64) -> Result<Vec<u8>, GuestError> {
 /// The hash [`bench_memcpy`] prints: every byte ends as its initial value
 /// plus `rounds`, modulo 256.
 pub fn bench_memcpy_result(bytes: u64, rounds: u64) -> u64 {
-    (0..bytes)
-        .map(|i| i.wrapping_mul(31).wrapping_add(7).wrapping_add(rounds) & 0xff)
-        .fold(0, |h, b| h.rotate_left(5) ^ b)
+    let bytes = (0..bytes).map(|i| i.wrapping_mul(31).wrapping_add(7).wrapping_add(rounds) as u8);
+    bytes.fold(FNV_OFFSET, |h, b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
 }
 
 /// Transcript of [`bench_memcpy`].

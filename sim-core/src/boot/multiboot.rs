@@ -106,7 +106,12 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig, elf: Option<&Elf>, h: &Header) 
 
     let mut data = BootData::new(mem, file);
     let info = data.alloc(INFO_SIZE as u64, "multiboot_info")?;
-    let cmdline = data.put_cstr(&cfg.cmdline, "kernel command line")?;
+    // Like GRUB and QEMU, the command line starts with the kernel's name.
+    let cmdline = match cfg.cmdline.as_str() {
+        "" => file.to_string(),
+        args => format!("{file} {args}"),
+    };
+    let cmdline = data.put_cstr(&cmdline, "kernel command line")?;
     let loader = data.put_cstr(BOOT_LOADER_NAME, "boot loader name")?;
     let mut mods = Vec::with_capacity(modules.len() * MODULE_ENTRY_SIZE);
     for (m, image) in modules.iter().zip(&cfg.modules) {

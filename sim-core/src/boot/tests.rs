@@ -315,7 +315,12 @@ fn multiboot_elf_info_and_entry_translation() {
     assert_eq!(info.entry.rip, 0x10000c, "entry translated from its virtual address");
     assert_eq!(info.kernel_end, 0x103000);
     assert!(bytes(&mem, 0x100000 + 32, 0x3000 - 32).iter().all(|&b| b == 0));
-    check_multiboot_info(&mem, &info, "root=/dev/sda", &[("mod1 a=b", 0x103000, 100), ("mod2", 0x104000, 4097)]);
+    check_multiboot_info(
+        &mem,
+        &info,
+        "kernel.elf root=/dev/sda",
+        &[("mod1 a=b", 0x103000, 100), ("mod2", 0x104000, 4097)],
+    );
     assert_eq!(bytes(&mem, 0x104000, 4097), vec![2; 4097]);
 }
 
@@ -331,7 +336,7 @@ fn multiboot_aout_kludge_loads_a_flat_binary() {
     assert_eq!(info.kernel_end, 0x102000);
     assert_eq!(bytes(&mem, 0x100000, 0x80), file[..0x80]);
     assert!(bytes(&mem, 0x100080, 0x2000 - 0x80).iter().all(|&b| b == 0), "bss zeroed");
-    check_multiboot_info(&mem, &info, "x", &[("m", 0x102000, 10)]);
+    check_multiboot_info(&mem, &info, "kernel.elf x", &[("m", 0x102000, 10)]);
 }
 
 #[test]
