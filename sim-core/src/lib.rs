@@ -14,6 +14,7 @@ pub mod machine;
 pub mod memory;
 pub mod msr;
 pub mod paging;
+pub mod platform;
 pub mod state;
 pub mod timer_queue;
 pub mod vcpu;

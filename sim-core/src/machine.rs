@@ -8,6 +8,7 @@
 //! machine time at the start of its slice and then advances with its retired
 //! instructions (see `clock`).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
 use crate::devices::uart16550::{Uart16550, COM1_BASE};
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
 use crate::msr;
+use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, TimerKey};
 use crate::state::{rflags, sreg, ArchState, Segment};
 use crate::timer_queue::TimerQueue;
 use crate::vcpu::{Completion, Vcpu, VcpuError, VcpuExit};
@@ -76,6 +78,8 @@ pub enum StopReason {
     TripleFault { vcpu: u32, rip: u64 },
     /// The instruction budget (`max_instructions`) is spent.
     InstructionLimit,
+    /// The guest asked the platform to shut down (SCHEDOP_shutdown).
+    GuestShutdown(ShutdownReason),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,11 +88,10 @@ enum RunState {
     Halted,
     /// An application processor waiting for INIT-SIPI.
     WaitForSipi,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub enum TimerKey {
-    Lapic(u32),
+    /// Blocked in the platform (SCHEDOP_block/poll) until it says wake.
+    Blocked,
+    /// Taken offline by the platform (VCPUOP_down) until started again.
+    Down,
 }
 
 pub struct Machine {
@@ -104,8 +107,27 @@ pub struct Machine {
     now_ns: u64,
     retired: u64,
     console: Vec<u8>,
+    console_input: VecDeque<u8>,
     sink: Box<dyn Write + Send>,
     rsdp: u64,
+    platform: Option<Box<dyn Platform>>,
+    effects: Vec<PlatformEffect>,
+}
+
+/// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
+/// disjoint from `self.platform` and `self.vcpus`).
+macro_rules! platform_ctx {
+    ($m:ident, $now:expr) => {
+        PlatformCtx {
+            mem: &mut $m.mem,
+            now_ns: $now,
+            timers: &mut $m.timers,
+            lapics: &mut $m.lapics,
+            console: &mut $m.console,
+            console_input: &mut $m.console_input,
+            effects: &mut $m.effects,
+        }
+    };
 }
 
 impl std::fmt::Debug for Machine {
@@ -118,12 +140,26 @@ impl std::fmt::Debug for Machine {
 pub type VcpuFactory<'a> = dyn FnMut(u32, u32, Arc<CpuidTable>) -> Box<dyn Vcpu> + 'a;
 
 impl Machine {
+    /// A machine with no hypervisor interface (hypercalls get -ENOSYS).
     pub fn new(config: MachineConfig, make_vcpu: &mut VcpuFactory<'_>) -> Result<Machine, MachineError> {
+        Self::with_platform(config, None, make_vcpu)
+    }
+
+    /// A machine whose hypercalls, platform MSRs and timers go to `platform`.
+    pub fn with_platform(
+        config: MachineConfig,
+        mut platform: Option<Box<dyn Platform>>,
+        make_vcpu: &mut VcpuFactory<'_>,
+    ) -> Result<Machine, MachineError> {
         if config.cpus == 0 || config.cpus > 255 {
             return Err(MachineError::BadCpuCount(config.cpus));
         }
         let mem = GuestMemory::new(config.memory_mib)?;
-        let cpuid = Arc::new(CpuidTable::baseline(config.vendor));
+        let mut table = CpuidTable::baseline(config.vendor);
+        if let Some(p) = platform.as_mut() {
+            p.configure_cpuid(&mut table, config.cpus);
+        }
+        let cpuid = Arc::new(table);
         let mut bus = Bus::new();
         // Fixed, non-overlapping port ranges: registration cannot fail.
         bus.add_ports(DEBUGCON_PORT, 1, Box::new(Debugcon)).expect("debugcon port free");
@@ -146,8 +182,11 @@ impl Machine {
             now_ns: 0,
             retired: 0,
             console: Vec::new(),
+            console_input: VecDeque::new(),
             sink: Box::new(std::io::stdout()),
             rsdp,
+            platform,
+            effects: Vec::new(),
         })
     }
 
@@ -191,6 +230,11 @@ impl Machine {
         self.vcpus[i].as_mut()
     }
 
+    /// Queue console input for the guest (read by the platform's console).
+    pub fn push_console_input(&mut self, bytes: &[u8]) {
+        self.console_input.extend(bytes);
+    }
+
     pub fn uart_mut(&mut self) -> Option<&mut Uart16550> {
         self.bus.port_device_mut::<Uart16550>(COM1_BASE)
     }
@@ -222,6 +266,17 @@ impl Machine {
 
         let mut any_ran = false;
         for i in 0..n {
+            if self.run_state[i] == RunState::Blocked {
+                let now = self.now_ns;
+                if let Some(p) = self.platform.as_mut() {
+                    if p.wake(&mut platform_ctx!(self, now), i as u32) {
+                        self.run_state[i] = RunState::Running;
+                    }
+                }
+                if let Some(stop) = self.apply_effects(None) {
+                    return Ok(Some(stop));
+                }
+            }
             self.offer_interrupt(i);
             if self.run_state[i] != RunState::Running {
                 continue;
@@ -241,9 +296,9 @@ impl Machine {
                 None => return Ok(Some(StopReason::Halted)),
             }
         }
-        self.fire_timers();
+        let stop = self.fire_timers();
         self.flush_console();
-        Ok(None)
+        Ok(stop)
     }
 
     /// Run vCPU `i` for up to `budget` instructions, handling its exits.
@@ -259,6 +314,7 @@ impl Machine {
             left = left.saturating_sub(ran);
             self.retired += ran;
             let now = start + (budget - left) * clock::NS_PER_INSN;
+            let mut end_slice = false;
             match exit {
                 VcpuExit::BudgetExhausted => break,
                 VcpuExit::Halt => {
@@ -312,18 +368,81 @@ impl Machine {
                     let c = if self.msr_write(i, msr, value, now) { Completion::Done } else { Completion::Fault };
                     self.vcpus[i].complete(c);
                 }
-                VcpuExit::Hypercall => {
-                    // No hypervisor interface is attached: every hypercall
-                    // is unknown, and Xen answers unknown ones with -ENOSYS.
-                    let mut g = self.vcpus[i].gprs();
-                    g[0] = (-38i64) as u64;
-                    self.vcpus[i].set_gprs(&g);
-                }
+                VcpuExit::Hypercall => match self.platform.as_mut() {
+                    Some(p) => {
+                        let effect = p.hypercall(&mut platform_ctx!(self, now), i as u32, self.vcpus[i].as_mut());
+                        self.effects.push(effect);
+                    }
+                    None => {
+                        // No hypervisor interface is attached: every
+                        // hypercall is unknown, and Xen answers those -ENOSYS.
+                        let mut g = self.vcpus[i].gprs();
+                        g[0] = (-38i64) as u64;
+                        self.vcpus[i].set_gprs(&g);
+                    }
+                },
+            }
+            if let Some(p) = self.platform.as_mut() {
+                p.sync(&mut platform_ctx!(self, now));
+            }
+            if let Some(stop) = self.apply_effects(Some((i, &mut end_slice))) {
+                return Ok(Some(stop));
+            }
+            if end_slice || self.run_state[i] != RunState::Running {
+                break;
             }
             // A device may have raised an interrupt for this vCPU.
             self.offer_interrupt(i);
         }
         Ok(None)
+    }
+
+    /// Carry out the platform's queued effects. `caller` is the vCPU whose
+    /// call produced them, if any, and a flag to end its slice.
+    fn apply_effects(&mut self, mut caller: Option<(usize, &mut bool)>) -> Option<StopReason> {
+        let effects = std::mem::take(&mut self.effects);
+        let mut stop = None;
+        for e in effects {
+            match e {
+                PlatformEffect::None => {}
+                PlatformEffect::Yield => {
+                    if let Some((_, end)) = caller.as_mut() {
+                        **end = true;
+                    }
+                }
+                PlatformEffect::Block => {
+                    if let Some((i, end)) = caller.as_mut() {
+                        self.run_state[*i] = RunState::Blocked;
+                        **end = true;
+                    }
+                }
+                PlatformEffect::Shutdown(reason) => stop = stop.or(Some(StopReason::GuestShutdown(reason))),
+                PlatformEffect::StartVcpu { vcpu, state } => {
+                    if let Some(v) = self.vcpus.get_mut(vcpu as usize) {
+                        v.set_state(&state);
+                        self.run_state[vcpu as usize] = RunState::Running;
+                    }
+                }
+                PlatformEffect::StopVcpu { vcpu } => {
+                    if let Some(st) = self.run_state.get_mut(vcpu as usize) {
+                        *st = RunState::Down;
+                    }
+                    if let Some((i, end)) = caller.as_mut() {
+                        if *i == vcpu as usize {
+                            **end = true;
+                        }
+                    }
+                }
+                PlatformEffect::Wake { vcpu } => {
+                    if let Some(st) = self.run_state.get_mut(vcpu as usize) {
+                        if *st == RunState::Blocked {
+                            *st = RunState::Running;
+                        }
+                    }
+                }
+            }
+        }
+        stop
     }
 
     /// Run a bus access with a device context at time `now`; returns the
@@ -372,6 +491,11 @@ impl Machine {
         if Self::is_lapic_msr(msr) {
             return self.lapics[i].msr_read(msr, now).ok();
         }
+        if let Some(p) = self.platform.as_mut() {
+            if let Some(r) = p.msr_read(&mut platform_ctx!(self, now), i as u32, msr) {
+                return r.ok();
+            }
+        }
         tracing::debug!(vcpu = i, msr = format_args!("{msr:#x}"), "rdmsr of an unknown MSR: #GP");
         None
     }
@@ -385,6 +509,11 @@ impl Machine {
                 }
                 Err(()) => false,
             };
+        }
+        if let Some(p) = self.platform.as_mut() {
+            if let Some(r) = p.msr_write(&mut platform_ctx!(self, now), i as u32, self.vcpus[i].as_mut(), msr, value) {
+                return r.is_ok();
+            }
         }
         tracing::debug!(vcpu = i, msr = format_args!("{msr:#x}"), value, "wrmsr of an unknown MSR: #GP");
         false
@@ -440,13 +569,23 @@ impl Machine {
 
     /// Hand LAPIC `i`'s highest pending interrupt to its vCPU if it can take
     /// it now, or ask for an interrupt window.
+    /// The platform's direct vector (Xen's callback vector) comes first, as
+    /// in Xen's hvm_vcpu_has_pending_irq; it bypasses the LAPIC entirely.
     fn offer_interrupt(&mut self, i: usize) {
-        if self.run_state[i] == RunState::WaitForSipi || self.lapics[i].pending_interrupt().is_none() {
+        if matches!(self.run_state[i], RunState::WaitForSipi | RunState::Down) {
+            return;
+        }
+        let direct = self.platform.as_mut().and_then(|p| p.pending_vector(&self.mem, i as u32));
+        if direct.is_none() && self.lapics[i].pending_interrupt().is_none() {
             return;
         }
         let v = &mut self.vcpus[i];
         if v.interrupt_ready() {
-            if let Some(vector) = self.lapics[i].acknowledge() {
+            let vector = match direct {
+                Some(d) => Some(d),
+                None => self.lapics[i].acknowledge(),
+            };
+            if let Some(vector) = vector {
                 v.inject_interrupt(vector);
                 self.run_state[i] = RunState::Running;
             }
@@ -460,7 +599,8 @@ impl Machine {
         }
     }
 
-    fn fire_timers(&mut self) {
+    fn fire_timers(&mut self) -> Option<StopReason> {
+        let mut stop = None;
         while let Some((key, _)) = self.timers.pop_expired(self.now_ns) {
             match key {
                 TimerKey::Lapic(i) => {
@@ -469,8 +609,19 @@ impl Machine {
                     self.reschedule_lapic_timer(i);
                     self.offer_interrupt(i);
                 }
+                TimerKey::Platform(k) => {
+                    let now = self.now_ns;
+                    if let Some(p) = self.platform.as_mut() {
+                        p.timer_fired(&mut platform_ctx!(self, now), k);
+                    }
+                    stop = stop.or(self.apply_effects(None));
+                }
             }
         }
+        for i in 0..self.vcpus.len() {
+            self.offer_interrupt(i);
+        }
+        stop
     }
 
     fn flush_console(&mut self) {
@@ -702,6 +853,91 @@ mod tests {
             machine(vec![], MachineConfig { max_instructions: Some(2500), quantum: 1000, ..Default::default() });
         m.run().unwrap();
         assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 1000, 2000]);
+    }
+
+    /// A platform that blocks the caller on every hypercall, wakes it with a
+    /// timer 5 us later, and then offers its callback vector once.
+    #[derive(Default)]
+    struct TimerPlatform {
+        calls: u32,
+        vector_armed: bool,
+    }
+
+    impl Platform for TimerPlatform {
+        fn configure_cpuid(&mut self, cpuid: &mut CpuidTable, _vcpus: u32) {
+            cpuid.set(0x4000_0000, 0, crate::cpuid::CpuidResult { eax: 0x4000_0001, ..Default::default() });
+        }
+        fn hypercall(&mut self, ctx: &mut PlatformCtx, _i: u32, vcpu: &mut dyn Vcpu) -> PlatformEffect {
+            self.calls += 1;
+            let mut g = vcpu.gprs();
+            g[0] = 0;
+            vcpu.set_gprs(&g);
+            ctx.timers.schedule(TimerKey::Platform(7), ctx.now_ns + 5000);
+            PlatformEffect::Block
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, msr: u32) -> Option<Result<u64, ()>> {
+            (msr == 0x4000_0000).then_some(Ok(0x1234))
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, ctx: &mut PlatformCtx, key: u64) {
+            assert_eq!(key, 7);
+            ctx.effects.push(PlatformEffect::Wake { vcpu: 0 });
+            self.vector_armed = true;
+        }
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            // Like Xen's callback vector: offered while "upcall_pending".
+            self.vector_armed.then_some(0xf3)
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            false
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+    }
+
+    #[test]
+    fn platform_block_timer_wake_and_direct_vector() {
+        let script = vec![
+            step(100, VcpuExit::Hypercall),
+            Step { insns: 10, exit: VcpuExit::MsrRead { msr: 0x4000_0000 }, if_set: true },
+            step(1, VcpuExit::Halt),
+        ];
+        let log = Arc::new(Mutex::new(Log::default()));
+        let l2 = log.clone();
+        let mut platform = TimerPlatform::default();
+        platform.vector_armed = false;
+        let mut m = Machine::with_platform(
+            MachineConfig { quantum: 1000, ..Default::default() },
+            Some(Box::new(platform)),
+            &mut |_, _, _| {
+                Box::new(ScriptVcpu {
+                    script: script.clone().into(),
+                    retired: 0,
+                    if_set: false,
+                    gpr: [u64::MAX; 16],
+                    window: false,
+                    log: l2.clone(),
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!(m.cpuid().lookup(0, 1, 0x4000_0000, 0).eax, 0x4000_0001, "platform CPUID leaves installed");
+        m.set_console(Box::new(Sink::default()));
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(m.vcpu(0).gprs()[0], 0, "hypercall result written");
+        let log = log.lock().unwrap();
+        // Blocked at 100 ns; the timer at 5100 ns wakes it and the next slice starts there.
+        assert!(log.tsc_sets.contains(&clock::ns_to_tsc(5100)), "{:?}", log.tsc_sets);
+        assert_eq!(log.completions, vec![Completion::Data(0x1234)]);
+        assert_eq!(log.injected.first(), Some(&0xf3));
     }
 
     #[test]
