@@ -912,8 +912,7 @@ mod tests {
         ];
         let log = Arc::new(Mutex::new(Log::default()));
         let l2 = log.clone();
-        let mut platform = TimerPlatform::default();
-        platform.vector_armed = false;
+        let platform = TimerPlatform::default();
         let mut m = Machine::with_platform(
             MachineConfig { quantum: 1000, ..Default::default() },
             Some(Box::new(platform)),
