@@ -22,6 +22,7 @@ use crate::devices::debugcon::{Debugcon, DEBUGCON_PORT};
 use crate::devices::lapic::Lapic;
 use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
 use crate::devices::uart16550::{Uart16550, COM1_BASE};
+use crate::irq::GsiLines;
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
 use crate::msr;
 use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, TimerKey};
@@ -112,6 +113,7 @@ pub struct Machine {
     rsdp: u64,
     platform: Option<Box<dyn Platform>>,
     effects: Vec<PlatformEffect>,
+    gsi: GsiLines,
 }
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
@@ -123,6 +125,7 @@ macro_rules! platform_ctx {
             now_ns: $now,
             timers: &mut $m.timers,
             lapics: &mut $m.lapics,
+            gsi: &mut $m.gsi,
             console: &mut $m.console,
             console_input: &mut $m.console_input,
             effects: &mut $m.effects,
@@ -187,6 +190,7 @@ impl Machine {
             rsdp,
             platform,
             effects: Vec::new(),
+            gsi: GsiLines::new(),
         })
     }
 

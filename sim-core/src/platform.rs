@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 use crate::cpuid::CpuidTable;
 use crate::devices::lapic::Lapic;
+use crate::irq::GsiLines;
 use crate::memory::GuestMemory;
 use crate::timer_queue::TimerQueue;
 use crate::vcpu::Vcpu;
@@ -56,6 +57,8 @@ pub struct PlatformCtx<'a> {
     pub now_ns: u64,
     pub timers: &'a mut TimerQueue<TimerKey>,
     pub lapics: &'a mut [Lapic],
+    /// Level-triggered GSI lines (the machine forwards changes to the IOAPIC).
+    pub gsi: &'a mut GsiLines,
     /// Guest console output (the simulator's stdout).
     pub console: &'a mut Vec<u8>,
     /// Console input not yet consumed by the guest.
