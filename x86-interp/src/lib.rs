@@ -1,1 +1,3 @@
 //! The software x86 CPU.
+
+pub mod alu;
