@@ -319,9 +319,9 @@ impl Interpreter {
                 })
             }
             M::Syscall => self.syscall(),
-            M::Sysret => self.sysret(ins.code() == Code::Sysretq),
+            M::Sysret | M::Sysretq => self.sysret(ins.code() == Code::Sysretq),
             M::Sysenter => self.sysenter(),
-            M::Sysexit => self.sysexit(ins.code() == Code::Sysexitq),
+            M::Sysexit | M::Sysexitq => self.sysexit(ins.code() == Code::Sysexitq),
             M::Lar | M::Lsl | M::Verr | M::Verw => self.lar_lsl(m, ins),
             M::Vmcall | M::Vmmcall => {
                 self.exit = Some(VcpuExit::Hypercall);
