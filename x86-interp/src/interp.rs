@@ -1,0 +1,463 @@
+//! The interpreter: state, the run loop, instruction fetch through the
+//! decoded-instruction cache, and the `Vcpu` implementation.
+//!
+//! Instructions commit architectural state only after all their memory
+//! accesses succeeded, so an exception or an exit restarts the instruction
+//! cleanly. Exits (port I/O, MMIO, MSRs the CPU does not own) park the exit
+//! and unwind; the answer lands in `io_log`, and the re-executed instruction
+//! takes logged answers in order instead of exiting again (a logged write is
+//! skipped). The log is cleared when the instruction retires or faults.
+//!
+//! Instruction counting: every retired instruction counts one, and each
+//! iteration of a REP string instruction counts one (the instruction
+//! restarts per element, as the architecture allows).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
+use sim_core::clock::TSC_PER_INSN;
+use sim_core::cpuid::CpuidTable;
+use sim_core::memory::GuestMemory;
+use sim_core::state::{cr0, efer, rflags, sreg, ArchState};
+use sim_core::{Completion, Vcpu, VcpuError, VcpuExit};
+
+use crate::code_cache::{CodeCache, Decoded, PAGE};
+use crate::fault::{exc, gp0, vector, Stop, R};
+use crate::tlb::Tlb;
+
+/// An answer to an exit, kept until the instruction retires.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Logged {
+    Value(u64),
+    Fault,
+}
+
+pub struct Interpreter {
+    pub(crate) s: ArchState,
+    pub(crate) id: u32,
+    pub(crate) vcpu_count: u32,
+    pub(crate) cpuid: Arc<CpuidTable>,
+    retired: u64,
+    tsc_offset: u64,
+    pub(crate) tlb: Tlb,
+    pub(crate) code: CodeCache,
+    /// Current fetch page: linear page tag and code-cache slot.
+    fetch_tag: u64,
+    fetch_slot: Option<u32>,
+    io_log: Vec<Logged>,
+    io_pos: usize,
+    /// Exit to report (set by the access that needs the machine, or by
+    /// HLT/VMCALL after they retire).
+    pub(crate) exit: Option<VcpuExit>,
+    awaiting: Option<VcpuExit>,
+    window: bool,
+    attention: bool,
+    pub(crate) shutdown: bool,
+    mem_gen: u64,
+    warned: HashSet<Mnemonic>,
+    // Mode cache, refreshed by `refresh_mode`.
+    pub(crate) bits: u32,
+    pub(crate) long64: bool,
+    pub(crate) real: bool,
+    pub(crate) cpl: u8,
+    /// RIP of the next instruction (branches overwrite it).
+    pub(crate) next_rip: u64,
+}
+
+impl Interpreter {
+    pub fn new(id: u32, vcpu_count: u32, cpuid: Arc<CpuidTable>) -> Interpreter {
+        let mut i = Interpreter {
+            s: ArchState::reset(),
+            id,
+            vcpu_count,
+            cpuid,
+            retired: 0,
+            tsc_offset: 0,
+            tlb: Tlb::default(),
+            code: CodeCache::default(),
+            fetch_tag: 0,
+            fetch_slot: None,
+            io_log: Vec::new(),
+            io_pos: 0,
+            exit: None,
+            awaiting: None,
+            window: false,
+            attention: false,
+            shutdown: false,
+            mem_gen: u64::MAX,
+            warned: HashSet::new(),
+            bits: 16,
+            long64: false,
+            real: true,
+            cpl: 0,
+            next_rip: 0,
+        };
+        i.refresh_mode();
+        i
+    }
+
+    /// Drop decoded code for guest-physical `[start, end)`. Writes by this
+    /// vCPU and any write between `run` calls are detected anyway (see
+    /// code_cache.rs); this is for callers that want the cost paid now.
+    pub fn invalidate_code(&mut self, gpa_range: std::ops::Range<u64>) {
+        let mut gfn = gpa_range.start >> 12;
+        while gfn << 12 < gpa_range.end {
+            self.code_written(gfn);
+            gfn += 1;
+        }
+    }
+
+    /// Page `gfn` was written: forget its decoded instructions.
+    pub(crate) fn code_written(&mut self, gfn: u64) {
+        if let Some(slot) = self.code.invalidate(gfn) {
+            if self.fetch_slot == Some(slot) {
+                self.fetch_slot = None;
+            }
+        }
+    }
+
+    /// Recompute the cached mode after CS, CR0, EFER or RFLAGS.VM changed.
+    pub(crate) fn refresh_mode(&mut self) {
+        let cs = self.s.seg[sreg::CS];
+        let pe = self.s.cr0 & cr0::PE != 0;
+        let vm = self.s.rflags & rflags::VM != 0;
+        self.real = !pe || vm;
+        self.long64 = pe && self.s.efer & efer::LMA != 0 && cs.long();
+        self.bits = if self.long64 {
+            64
+        } else if pe && !vm && cs.default_big() {
+            32
+        } else {
+            16
+        };
+        self.cpl = self.s.cpl();
+        self.fetch_slot = None;
+    }
+
+    /// Flush translations (CR0/CR4/EFER changes).
+    pub(crate) fn flush_tlb(&mut self) {
+        self.tlb.flush_all();
+        self.fetch_slot = None;
+    }
+
+    pub(crate) fn flush_tlb_non_global(&mut self) {
+        self.tlb.flush_non_global();
+        self.fetch_slot = None;
+    }
+
+    pub(crate) fn flush_tlb_page(&mut self, la: u64) {
+        self.tlb.flush_page(la);
+        self.fetch_slot = None;
+    }
+
+    fn update_attention(&mut self) {
+        let e = &self.s.events;
+        self.attention =
+            self.window || e.interrupt.is_some() || e.exception.is_some() || (e.nmi_pending && !e.nmi_masked);
+    }
+
+    pub(crate) fn warn_once(&mut self, ins: &Instruction) {
+        if self.warned.insert(ins.mnemonic()) {
+            tracing::warn!("x86-interp: {:?} ({:?}) is not implemented; raising #UD", ins.mnemonic(), ins.code());
+        }
+    }
+
+    // Exits.
+
+    fn next_logged(&mut self) -> Option<Logged> {
+        let e = self.io_log.get(self.io_pos).copied();
+        if e.is_some() {
+            self.io_pos += 1;
+        }
+        e
+    }
+
+    /// An access answered by the machine: the logged answer, or an exit.
+    pub(crate) fn exit_read(&mut self, exit: VcpuExit, size: usize) -> R<u64> {
+        match self.next_logged() {
+            Some(Logged::Value(v)) => Ok(v & crate::operands::mask(size)),
+            Some(Logged::Fault) => Err(gp0()),
+            None => {
+                self.exit = Some(exit);
+                Err(Stop::Exit)
+            }
+        }
+    }
+
+    /// A write performed by the machine: skipped if already done.
+    pub(crate) fn exit_write(&mut self, exit: VcpuExit) -> R<()> {
+        self.exit_read(exit, 8).map(|_| ())
+    }
+
+    // Fetch.
+
+    /// Linear address of RIP.
+    #[inline(always)]
+    fn rip_la(&self) -> u64 {
+        if self.long64 {
+            self.s.rip
+        } else {
+            self.s.seg[sreg::CS].base.wrapping_add(self.s.rip) & 0xffff_ffff
+        }
+    }
+
+    #[inline(always)]
+    fn fetch(&mut self, m: &GuestMemory) -> R<Instruction> {
+        let la = self.rip_la();
+        if la & !0xfff == self.fetch_tag {
+            if let Some(slot) = self.fetch_slot {
+                if let Some(p) = self.code.page_mut(slot) {
+                    if let Decoded::Hit(ins) = p.get((la & 0xfff) as usize) {
+                        return Ok(ins);
+                    }
+                }
+            }
+        }
+        self.fetch_slow(m, la)
+    }
+
+    #[cold]
+    fn fetch_slow(&mut self, m: &GuestMemory, la: u64) -> R<Instruction> {
+        self.fetch_slot = None;
+        let (host, gpa) = self.xlate_fetch(m, la)?;
+        let Some(host) = host else {
+            // Executing from MMIO is not modelled.
+            return Err(exc(vector::UD));
+        };
+        let page_base = (host - (la & 0xfff) as usize) as *const [u8; PAGE];
+        // SAFETY: `host` points into a mapped guest page that stays valid
+        // while this run holds `&GuestMemory`; the page is 4 KiB.
+        let bytes = unsafe { &*page_base };
+        let (slot, created) = self.code.enter(gpa >> 12, bytes, self.bits);
+        if created {
+            self.tlb.drop_writes_to(gpa);
+        }
+        self.fetch_tag = la & !0xfff;
+        self.fetch_slot = Some(slot);
+        let off = (la & 0xfff) as usize;
+        let cached = match self.code.page_mut(slot) {
+            Some(p) => p.get(off),
+            None => Decoded::CrossesPage,
+        };
+        match cached {
+            Decoded::Hit(ins) => Ok(ins),
+            Decoded::CrossesPage => {
+                let mut buf = [0u8; 15];
+                let n = 15.min(PAGE - off);
+                buf[..n].copy_from_slice(&bytes[off..off + n]);
+                self.fetch_bytes(m, la.wrapping_add(n as u64), &mut buf[n..])?;
+                let mut dec = Decoder::with_ip(self.bits, &buf, off as u64, DecoderOptions::NONE);
+                Ok(dec.decode())
+            }
+        }
+    }
+
+    // The loop.
+
+    #[inline(always)]
+    fn step(&mut self, m: &GuestMemory) -> R<()> {
+        let ins = self.fetch(m)?;
+        let len = ins.len() as u64;
+        let next = self.s.rip.wrapping_add(len);
+        self.next_rip = match self.bits {
+            64 => next,
+            32 => next & 0xffff_ffff,
+            _ => next & 0xffff,
+        };
+        if !self.long64 {
+            let last = self.s.rip.wrapping_add(len - 1);
+            if last > self.s.seg[sreg::CS].limit as u64 {
+                return Err(gp0());
+            }
+        }
+        self.io_pos = 0;
+        self.exec(m, &ins)?;
+        self.s.rip = self.next_rip;
+        Ok(())
+    }
+
+    /// Work at an instruction boundary: pending events and the window.
+    #[cold]
+    fn boundary(&mut self, m: &GuestMemory) -> Option<VcpuExit> {
+        if let Some(e) = self.s.events.exception.take() {
+            self.raise(m, e.vector, e.error_code);
+        } else if self.s.events.nmi_pending && !self.s.events.nmi_masked && !self.s.events.interrupt_shadow {
+            self.s.events.nmi_pending = false;
+            self.s.events.nmi_masked = true;
+            self.s.events.halted = false;
+            self.deliver_external(m, vector::NMI);
+        } else if let Some(v) = self.s.events.interrupt.take() {
+            self.s.events.halted = false;
+            self.deliver_external(m, v);
+        }
+        self.update_attention();
+        if self.shutdown {
+            return Some(VcpuExit::Shutdown);
+        }
+        if self.window && self.interrupt_ready() {
+            return Some(VcpuExit::InterruptWindow);
+        }
+        None
+    }
+
+    fn deliver_external(&mut self, m: &GuestMemory, v: u8) {
+        let rip = self.s.rip;
+        if let Err(e) = self.deliver(m, v, None, crate::interrupts::Source::External, rip) {
+            if let Stop::Fault { vector, code } = e {
+                self.raise(m, vector, code);
+            } else {
+                self.shutdown = true;
+            }
+        }
+    }
+
+    fn run_loop(&mut self, m: &GuestMemory, budget: u64) -> VcpuExit {
+        let target = self.retired.saturating_add(budget);
+        loop {
+            if self.shutdown {
+                return VcpuExit::Shutdown;
+            }
+            if self.attention {
+                if let Some(exit) = self.boundary(m) {
+                    return exit;
+                }
+                if self.shutdown {
+                    return VcpuExit::Shutdown;
+                }
+            }
+            if self.s.events.halted {
+                return VcpuExit::Halt;
+            }
+            if self.retired >= target {
+                return VcpuExit::BudgetExhausted;
+            }
+            let shadow = self.s.events.interrupt_shadow;
+            match self.step(m) {
+                Ok(()) => {
+                    self.retired += 1;
+                    if shadow {
+                        self.s.events.interrupt_shadow = false;
+                    }
+                    if !self.io_log.is_empty() {
+                        self.io_log.clear();
+                    }
+                    if let Some(e) = self.exit.take() {
+                        return e;
+                    }
+                }
+                Err(Stop::Fault { vector, code }) => {
+                    self.io_log.clear();
+                    self.raise(m, vector, code);
+                }
+                Err(Stop::Exit) => {
+                    let e = self.exit.take().unwrap_or(VcpuExit::Shutdown);
+                    self.awaiting = Some(e);
+                    return e;
+                }
+            }
+        }
+    }
+}
+
+fn exit_name(e: &VcpuExit) -> &'static str {
+    match e {
+        VcpuExit::IoIn { .. } => "IoIn",
+        VcpuExit::IoOut { .. } => "IoOut",
+        VcpuExit::MmioRead { .. } => "MmioRead",
+        VcpuExit::MmioWrite { .. } => "MmioWrite",
+        VcpuExit::MsrRead { .. } => "MsrRead",
+        VcpuExit::MsrWrite { .. } => "MsrWrite",
+        _ => "exit",
+    }
+}
+
+impl Vcpu for Interpreter {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self, mem: &GuestMemory, budget: u64) -> Result<VcpuExit, VcpuError> {
+        if let Some(e) = &self.awaiting {
+            return Err(VcpuError::MissingCompletion(exit_name(e)));
+        }
+        if mem.generation() != self.mem_gen {
+            // Host pointers are stale after a map change.
+            self.flush_tlb();
+            self.code.clear();
+            self.mem_gen = mem.generation();
+        }
+        self.code.new_epoch();
+        self.fetch_slot = None;
+        Ok(self.run_loop(mem, budget))
+    }
+
+    fn complete(&mut self, completion: Completion) {
+        let Some(exit) = self.awaiting.take() else { return };
+        let entry = match (exit, completion) {
+            (_, Completion::Fault) => Logged::Fault,
+            (_, Completion::Data(v)) => Logged::Value(v),
+            (_, Completion::Done) => Logged::Value(0),
+        };
+        self.io_log.push(entry);
+    }
+
+    fn state(&self) -> ArchState {
+        let mut s = self.s.clone();
+        s.tsc = self.tsc();
+        s
+    }
+
+    fn set_state(&mut self, state: &ArchState) {
+        self.s = state.clone();
+        self.set_tsc(state.tsc);
+        self.io_log.clear();
+        self.awaiting = None;
+        self.exit = None;
+        self.shutdown = false;
+        self.flush_tlb();
+        self.refresh_mode();
+        self.update_attention();
+    }
+
+    fn gprs(&self) -> [u64; 16] {
+        self.s.gpr
+    }
+
+    fn set_gprs(&mut self, gpr: &[u64; 16]) {
+        self.s.gpr = *gpr;
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        let e = &self.s.events;
+        self.s.rflags & rflags::IF != 0
+            && !e.interrupt_shadow
+            && e.interrupt.is_none()
+            && e.exception.is_none()
+            && !self.shutdown
+            && self.awaiting.is_none()
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.s.events.interrupt = Some(vector);
+        self.s.events.halted = false;
+        self.update_attention();
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.window = on;
+        self.update_attention();
+    }
+
+    fn retired_instructions(&self) -> Option<u64> {
+        Some(self.retired)
+    }
+
+    fn tsc(&self) -> u64 {
+        self.tsc_offset.wrapping_add(self.retired.wrapping_mul(TSC_PER_INSN))
+    }
+
+    fn set_tsc(&mut self, tsc: u64) {
+        self.tsc_offset = tsc.wrapping_sub(self.retired.wrapping_mul(TSC_PER_INSN));
+    }
+}

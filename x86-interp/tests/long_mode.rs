@@ -1,0 +1,714 @@
+//! Long-mode behaviour against hand-computed and SDM-specified results.
+
+mod common;
+
+use common::*;
+use iced_x86::code_asm::*;
+#[allow(unused_imports)]
+use sim_core::state::sreg;
+use sim_core::state::{gpr, rflags};
+use sim_core::{Completion, Vcpu, VcpuExit};
+
+const CF: u64 = rflags::CF;
+const PF: u64 = rflags::PF;
+const AF: u64 = rflags::AF;
+const ZF: u64 = rflags::ZF;
+const SF: u64 = rflags::SF;
+const OF: u64 = rflags::OF;
+
+#[test]
+fn arithmetic_and_flags() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, 0x7fff_ffff_ffff_ffffu64)?;
+        a.add(rax, 1)?; // signed overflow: OF SF AF PF? result 0x8000..0000
+        a.pushfq()?;
+        a.pop(rbx)?;
+        a.mov(ecx, 0xffff_ffffu32)?;
+        a.inc(ecx)?; // ZF, CF unchanged
+        a.pushfq()?;
+        a.pop(rdx)?;
+        a.mov(rsi, 10u64)?;
+        a.imul_3(rsi, rsi, -3)?;
+        a.mov(al, 0x80u32)?;
+        a.mov(r8b, 0x80u32)?;
+        a.sub(r8b, 1)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    // 0x7fff..ff + 1: result 0x8000..00, OF=1 SF=1 AF=1 (carry out of bit 3), ZF=0 CF=0, PF=1 (low byte 0).
+    assert_eq!(r.gpr(gpr::RAX), 0x8000_0000_0000_0080, "MOV AL keeps the upper bits");
+    assert_eq!(r.gpr(gpr::RBX) & (CF | PF | AF | ZF | SF | OF), OF | SF | AF | PF);
+    // 0xffffffff + 1 = 0 (32-bit write zero-extends), ZF PF AF set, OF clear.
+    assert_eq!(r.gpr(gpr::RCX), 0);
+    assert_eq!(r.gpr(gpr::RDX) & (ZF | PF | AF | OF | SF), ZF | PF | AF);
+    assert_eq!(r.gpr(gpr::RSI), (-30i64) as u64);
+    assert_eq!(r.gpr(gpr::R8) & 0xff, 0x7f);
+    // 0x80 - 1 = 0x7f: OF (neg - pos = pos), AF (borrow from bit 4).
+    let f = r.state().rflags;
+    assert_eq!(f & (OF | AF | SF | ZF | CF), OF | AF);
+}
+
+#[test]
+fn loop_call_ret_and_stack() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        let mut func = a.create_label();
+        let mut top = a.create_label();
+        a.xor(eax, eax)?;
+        a.mov(ecx, 10u32)?;
+        a.set_label(&mut top)?;
+        a.call(func)?;
+        a.loop_(top)?;
+        a.push(0x1234)?;
+        a.pop(rdx)?;
+        a.hlt()?;
+        a.set_label(&mut func)?;
+        a.add(rax, rcx)?;
+        a.ret()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), 55, "10+9+...+1");
+    assert_eq!(r.gpr(gpr::RDX), 0x1234);
+    assert_eq!(r.gpr(gpr::RSP), STACK_TOP);
+}
+
+/// Exception handler stub: stores the vector number given in `marker` and
+/// the top of the exception frame, then halts.
+fn handler(r: &Rig, at: u64, marker: u32, with_error_code: bool) {
+    r.asm(64, at, |a| {
+        a.mov(dword_ptr(DATA as i32 + 0x100), marker)?;
+        if with_error_code {
+            a.pop(r15)?; // error code
+        }
+        a.mov(r14, qword_ptr(rsp))?; // saved RIP
+        a.mov(r13, rsp)?;
+        a.hlt()
+    });
+}
+
+#[test]
+fn page_fault_sets_cr2_and_error_code() {
+    let mut r = Rig::long();
+    // Unmap the page at 0x1f_f000 and make 0x1f_e000 supervisor read-only.
+    r.mem.write_u64(PT + 0x1ff * 8, 0).unwrap();
+    r.mem.write_u64(PT + 0x1fe * 8, 0x1f_e000 | 1).unwrap();
+    handler(&r, HANDLERS, 14, true);
+    r.gate64(14, HANDLERS, 0, 0, false);
+    let n = r.asm(64, CODE, |a| {
+        a.mov(rax, 0x1f_f008u64)?;
+        a.mov(rbx, 0x55u64)?;
+        a.mov(qword_ptr(rax), rbx)?; // not present: write fault
+        a.hlt()
+    });
+    let _ = n;
+    r.run_to_halt();
+    let s = r.state();
+    assert_eq!(s.cr2, 0x1f_f008);
+    // Error code: not present (P=0), write (W=1), supervisor.
+    assert_eq!(r.gpr(gpr::R15), 0b10);
+    // Saved RIP is the faulting instruction: after two 10-byte MOVs? mov rax, imm32 sign-extended is 7 bytes.
+    let fault_rip = r.gpr(gpr::R14);
+    assert_eq!(r.mem.read_u8(fault_rip).unwrap() & 0xf0, 0x40, "points at the REX prefix of the faulting MOV");
+    // Same-privilege 64-bit frame: SS, RSP, RFLAGS, CS, RIP, error code below
+    // the (16-byte aligned) old RSP; the handler popped the error code.
+    assert_eq!(r.gpr(gpr::R13), STACK_TOP - 40);
+    assert_eq!(r.mem.read_u64(STACK_TOP - 8).unwrap(), KDATA as u64, "old SS");
+    assert_eq!(r.mem.read_u64(STACK_TOP - 16).unwrap(), STACK_TOP, "old RSP");
+    assert_eq!(r.mem.read_u64(STACK_TOP - 32).unwrap(), KCODE as u64, "old CS");
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 14);
+    // Write to the read-only page with CR0.WP: P=1, W=1.
+    r.edit(|s| {
+        s.rip = CODE;
+        s.gpr[gpr::RSP] = STACK_TOP;
+        s.rflags = 2;
+        s.events.halted = false;
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rax, 0x1f_e010u64)?;
+        a.mov(dword_ptr(rax), 1)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.state().cr2, 0x1f_e010);
+    assert_eq!(r.gpr(gpr::R15), 0b11);
+}
+
+#[test]
+fn user_access_to_supervisor_page_and_nx_fetch() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 14, true);
+    r.gate64(14, HANDLERS, 0, 0, false);
+    // NX on the 2 MiB page holding DATA; jump there.
+    let pde = PD + (DATA >> 21) * 8;
+    r.mem.write_u64(pde, DATA | 0x87 | (1 << 63)).unwrap();
+    r.load(DATA, &[0x90, 0xf4]);
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA)?;
+        a.jmp(rax)
+    });
+    r.run_to_halt();
+    assert_eq!(r.state().cr2, DATA);
+    // P=1 (present, protection), I/D=1 (fetch).
+    assert_eq!(r.gpr(gpr::R15), 0b1_0001);
+    assert_eq!(r.gpr(gpr::R14), DATA, "the fault reports the target RIP");
+}
+
+#[test]
+fn double_fault_and_triple_fault() {
+    let mut r = Rig::long();
+    // #GP handler points at a non-present IDT entry (vector 13 not present)
+    // -> #NP while delivering #GP (both contributory) -> #DF.
+    handler(&r, HANDLERS, 8, true);
+    r.gate64(8, HANDLERS, 1, 0, false);
+    r.mem.write_u64(IDT + 13 * 16, 0).unwrap(); // #GP gate not present
+    r.asm(64, CODE, |a| {
+        a.mov(rax, 0x8000_0000_0000_0000u64)?;
+        a.mov(rbx, qword_ptr(rax))?; // non-canonical: #GP(0)
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 8);
+    assert_eq!(r.gpr(gpr::R15), 0, "#DF error code is 0");
+    // IST1 was used: the frame sits just below IST1_TOP (aligned).
+    assert_eq!(r.gpr(gpr::R13), IST1_TOP - 5 * 8);
+    // Now make #DF's gate bad as well: triple fault.
+    r.mem.write_u64(IDT + 8 * 16, 0).unwrap();
+    r.edit(|s| {
+        s.rip = CODE;
+        s.gpr[gpr::RSP] = STACK_TOP;
+        s.events.halted = false;
+    });
+    assert_eq!(r.run_until_exit(), sim_core::VcpuExit::Shutdown);
+}
+
+#[test]
+fn benign_then_contributory_is_delivered_serially() {
+    // #UD handler gate points at a null code selector? Use: INT3 (benign) with
+    // a not-present gate -> #NP delivered normally (no #DF).
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 11, true);
+    r.gate64(11, HANDLERS, 0, 0, false);
+    r.gate64(3, HANDLERS + 0x100, 0, 3, false);
+    r.mem.write_u8(IDT + 3 * 16 + 5, 0x6e).unwrap(); // P=0, DPL3 interrupt gate
+    r.asm(64, CODE, |a| {
+        a.int3()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 11);
+    // #NP error code: IDT bit (2) | vector 3 << 3; EXT=0 for a software interrupt.
+    assert_eq!(r.gpr(gpr::R15), (3 << 3) | 2);
+}
+
+#[test]
+fn rep_string_ops_in_64_and_32_bit_address_size() {
+    let mut r = Rig::long();
+    let src = DATA;
+    let dst = DATA + 0x1000;
+    for i in 0..64u64 {
+        r.mem.write_u8(src + i, i as u8 + 1).unwrap();
+    }
+    r.asm(64, CODE, |a| {
+        a.cld()?;
+        a.mov(rsi, src)?;
+        a.mov(rdi, dst)?;
+        a.mov(ecx, 16u32)?;
+        a.rep().movsd()?; // 64 bytes
+                          // 32-bit address size: addr32 rep stosb with ECX, EDI.
+        a.mov(edi, (dst + 0x100) as u32)?;
+        a.mov(ecx, 5u32)?;
+        a.mov(al, 0xaau32)?;
+        a.db(&[0x67, 0xf3, 0xaa])?; // addr32 rep stosb
+                                    // repne scasb: find 0x20 in src (byte value 0x20 at index 31).
+        a.mov(rdi, src)?;
+        a.mov(rcx, 64u64)?;
+        a.mov(al, 0x20u32)?;
+        a.repne().scasb()?;
+        a.mov(r8, rcx)?;
+        a.mov(r9, rdi)?;
+        // repe cmpsb over equal 64 bytes: runs out with ZF=1.
+        a.mov(rsi, src)?;
+        a.mov(rdi, dst)?;
+        a.mov(rcx, 64u64)?;
+        a.repe().cmpsb()?;
+        a.hlt()
+    });
+    let before = r.cpu.retired_instructions().unwrap();
+    r.run_to_halt();
+    for i in 0..64u64 {
+        assert_eq!(r.mem.read_u8(dst + i).unwrap(), i as u8 + 1);
+    }
+    assert_eq!(r.mem.read_u64(dst + 0x100).unwrap() & 0xff_ffff_ffff, 0xaa_aaaa_aaaa);
+    assert_eq!(r.mem.read_u8(dst + 0x105).unwrap(), 0, "exactly five bytes stored");
+    assert_eq!(r.gpr(gpr::RDI) >> 32, 0);
+    // Found at index 31: 32 iterations, RCX = 64 - 32, RDI one past the match.
+    assert_eq!(r.gpr(gpr::R8), 32);
+    assert_eq!(r.gpr(gpr::R9), src + 32);
+    assert_eq!(r.gpr(gpr::RCX), 0);
+    assert_ne!(r.state().rflags & ZF, 0);
+    // Every REP iteration retires as one instruction: 16 + 5 + 32 + 64
+    // iterations plus 16 other instructions (incl. HLT).
+    let n = r.cpu.retired_instructions().unwrap() - before;
+    assert_eq!(n, 16 + 5 + 32 + 64 + 16);
+}
+
+#[test]
+fn self_modifying_code_is_re_decoded() {
+    let mut r = Rig::long();
+    // A loop body whose immediate is patched each iteration:
+    // the first pass adds 1, then the code rewrites the imm8 to 5.
+    let target = CODE + 0x40;
+    r.asm(64, CODE, |a| {
+        a.xor(eax, eax)?;
+        a.mov(ecx, 3u32)?;
+        a.mov(rdx, target)?;
+        a.jmp(rdx)
+    });
+    r.asm(64, target, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.db(&[0x83, 0xc0, 0x01])?; // add eax, 1: imm8 at offset 2
+        a.mov(byte_ptr(target + 2), 5)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), 1 + 5 + 5);
+    // Writes between runs (by the machine) are seen too.
+    r.mem.write_u8(target + 2, 7).unwrap();
+    r.edit(|s| {
+        s.rip = CODE;
+        s.events.halted = false;
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), 7 + 5 + 5);
+}
+
+#[test]
+fn instruction_crossing_a_page_boundary() {
+    let mut r = Rig::long();
+    let at = CODE + 0x1000 - 3;
+    r.asm(64, CODE, |a| {
+        a.mov(rdx, at)?;
+        a.jmp(rdx)
+    });
+    r.asm(64, at, |a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64)?; // 10 bytes, 3 on the first page
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), 0x1122_3344_5566_7788);
+    // The second page not present: #PF with CR2 = start of that page.
+    // Now an instruction whose second page (0x20_0000) is not present.
+    let at = 0x1f_fffd;
+    r.mem.write_u64(PT + 0x1ff * 8, 0x1f_f000 | 7).unwrap();
+    r.load(at, &[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xf4]);
+    // 0x20_0000 is the first 2 MiB page: unmap it by making PD[1] not present,
+    // after moving our code elsewhere.
+    r.edit(|s| {
+        s.rip = at;
+        s.events.halted = false;
+        s.gpr[gpr::RSP] = 0x1f_0000;
+    });
+    r.mem.write_u64(PD + 8, 0).unwrap();
+    // HANDLERS is in the unmapped 2 MiB page: use a handler below it.
+    handler(&r, 0x1e_0100, 14, true);
+    r.gate64(14, 0x1e_0100, 0, 0, false);
+    r.run_to_halt();
+    assert_eq!(r.state().cr2, 0x20_0000);
+    assert_eq!(r.gpr(gpr::R15), pf_fetch_not_present());
+    assert_eq!(r.gpr(gpr::R14), at);
+}
+
+fn pf_fetch_not_present() -> u64 {
+    // P=0, I/D=1 (EFER.NXE is set in the rig).
+    0b1_0000
+}
+
+#[test]
+fn port_io_exits_and_completes() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, 0x41u32)?;
+        a.out(dx, al)?;
+        a.in_(eax, 0x71)?;
+        a.mov(ebx, eax)?;
+        // REP OUTSB: two bytes from DATA.
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 2u32)?;
+        a.rep().outsb()?;
+        a.hlt()
+    });
+    r.mem.write(DATA, b"hi").unwrap();
+    assert_eq!(r.run(1000), VcpuExit::IoOut { port: 0x3f8, size: 1, data: 0x41 });
+    // Running without answering is an error.
+    assert!(r.cpu.run(&r.mem, 10).is_err());
+    r.complete(Completion::Done);
+    assert_eq!(r.run(1000), VcpuExit::IoIn { port: 0x71, size: 4 });
+    r.complete(Completion::Data(0xdead_beef_1234_5678));
+    assert_eq!(r.run(1000), VcpuExit::IoOut { port: 0x3f8, size: 1, data: b'h' as u32 });
+    r.complete(Completion::Done);
+    assert_eq!(r.run(1000), VcpuExit::IoOut { port: 0x3f8, size: 1, data: b'i' as u32 });
+    r.complete(Completion::Done);
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RBX), 0x1234_5678, "32-bit IN takes the low 4 bytes, zero-extended");
+    assert_eq!(r.gpr(gpr::RCX), 0);
+    assert_eq!(r.gpr(gpr::RSI), DATA + 2);
+}
+
+#[test]
+fn mmio_read_modify_write_restarts_cleanly() {
+    let mut r = Rig::long();
+    // Map the LAPIC page (0xfee00000) through a 2 MiB page at 0x4000_0000... use
+    // PDPT[3] -> a PD whose entry 0x1f7 maps 0xfee00000 as a 2 MiB page.
+    r.mem.write_u64(PDPT + 3 * 8, 0x9000 | 7).unwrap();
+    r.mem.write_u64(0x9000 + 0x1f7 * 8, 0xfee0_0000 | 0x87).unwrap();
+    r.asm(64, CODE, |a| {
+        a.mov(eax, 5u32)?;
+        a.mov(rdi, 0xfee0_0030u64)?;
+        a.add(dword_ptr(rdi), eax)?;
+        a.mov(rbx, 0x77u64)?;
+        a.hlt()
+    });
+    assert_eq!(r.run(1000), VcpuExit::MmioRead { gpa: 0xfee0_0030, size: 4 });
+    let flags_before = r.state().rflags;
+    r.complete(Completion::Data(0xffff_fffe));
+    // Re-executed: the read is taken from the log, the write exits.
+    assert_eq!(r.run(1000), VcpuExit::MmioWrite { gpa: 0xfee0_0030, size: 4, data: 3 });
+    assert_eq!(r.state().rflags, flags_before, "no flags committed before the write completed");
+    r.complete(Completion::Done);
+    r.run_to_halt();
+    // 0xfffffffe + 5 = 0x1_00000003: CF set, result 3.
+    assert_ne!(r.state().rflags & CF, 0);
+    assert_eq!(r.gpr(gpr::RBX), 0x77);
+}
+
+#[test]
+fn cpuid_and_msrs() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.xor(eax, eax)?;
+        a.cpuid()?;
+        a.mov(r8d, ebx)?;
+        // Internal MSR: LSTAR round trip.
+        a.mov(ecx, 0xc000_0082u32)?;
+        a.mov(eax, 0x1234_5678u32)?;
+        a.mov(edx, 0xffff_ffffu32)?;
+        a.wrmsr()?;
+        a.xor(eax, eax)?;
+        a.xor(edx, edx)?;
+        a.rdmsr()?;
+        a.mov(r9d, eax)?;
+        a.mov(r10d, edx)?;
+        // Machine-owned MSR: APIC base.
+        a.mov(ecx, 0x1bu32)?;
+        a.rdmsr()?;
+        a.mov(r11d, eax)?;
+        a.mov(ecx, 0x4000_0000u32)?;
+        a.wrmsr()?;
+        a.hlt()
+    });
+    assert_eq!(r.run(1000), VcpuExit::MsrRead { msr: 0x1b });
+    r.complete(Completion::Data(0xfee0_0900));
+    assert_eq!(r.run(1000), VcpuExit::MsrWrite { msr: 0x4000_0000, value: 0xfee0_0900 });
+    r.complete(Completion::Done);
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R8) as u32, u32::from_le_bytes(*b"Genu"));
+    assert_eq!(r.gpr(gpr::R9), 0x1234_5678);
+    assert_eq!(r.gpr(gpr::R10), 0xffff_ffff);
+    assert_eq!(r.state().msrs.lstar, 0xffff_ffff_1234_5678);
+    assert_eq!(r.gpr(gpr::R11), 0xfee0_0900);
+    assert_eq!(r.gpr(gpr::RDX), 0);
+}
+
+#[test]
+fn msr_fault_completion_raises_gp() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.mov(ecx, 0x1234u32)?;
+        a.rdmsr()?;
+        a.hlt()
+    });
+    assert_eq!(r.run(1000), VcpuExit::MsrRead { msr: 0x1234 });
+    r.complete(Completion::Fault);
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    assert_eq!(r.gpr(gpr::R15), 0);
+}
+
+#[test]
+fn hlt_interrupt_injection_and_shadow() {
+    let mut r = Rig::long();
+    // Handler for vector 0x40: count in RBX, IRETQ.
+    r.asm(64, HANDLERS, |a| {
+        a.inc(rbx)?;
+        a.iretq()
+    });
+    r.gate64(0x40, HANDLERS, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.sti()?;
+        a.hlt()?;
+        a.mov(ecx, 1u32)?;
+        a.cli()?;
+        a.hlt()
+    });
+    // STI's shadow: after STI retires, not ready for one instruction.
+    assert_eq!(r.run(1), VcpuExit::BudgetExhausted);
+    assert!(!r.cpu.interrupt_ready(), "STI shadow");
+    assert_eq!(r.run(10), VcpuExit::Halt);
+    assert!(r.cpu.interrupt_ready());
+    assert_eq!(r.run(10), VcpuExit::Halt, "stays halted without an interrupt");
+    r.cpu.inject_interrupt(0x40);
+    assert_eq!(r.run(100), VcpuExit::Halt);
+    assert_eq!(r.gpr(gpr::RBX), 1);
+    assert_eq!(r.gpr(gpr::RCX), 1, "resumed after HLT");
+    assert_eq!(r.state().rflags & rflags::IF, 0);
+    assert!(!r.cpu.interrupt_ready());
+}
+
+#[test]
+fn interrupt_window_and_budget() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 100u32)?;
+        a.set_label(&mut top)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.sti()?;
+        a.nop()?;
+        a.nop()?;
+        a.hlt()
+    });
+    assert_eq!(r.run(7), VcpuExit::BudgetExhausted);
+    assert_eq!(r.cpu.retired_instructions(), Some(7));
+    r.cpu.request_interrupt_window(true);
+    // 1 + 200 loop instructions, STI, then one shadowed instruction.
+    assert_eq!(r.run(1000), VcpuExit::InterruptWindow);
+    assert_eq!(r.cpu.retired_instructions(), Some(1 + 200 + 1 + 1));
+    r.cpu.request_interrupt_window(false);
+    assert_eq!(r.run(1000), VcpuExit::Halt);
+    assert_eq!(r.cpu.retired_instructions(), Some(205));
+}
+
+#[test]
+fn tsc_advances_per_instruction() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.rdtsc()?;
+        a.mov(r8d, eax)?;
+        a.nop()?;
+        a.rdtsc()?;
+        a.hlt()
+    });
+    r.cpu.set_tsc(1000);
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R8), 1000);
+    assert_eq!(r.gpr(gpr::RAX), 1003, "three instructions retired between the reads");
+}
+
+#[test]
+fn syscall_sysret_round_trip_to_ring3() {
+    let mut r = Rig::long();
+    let user = DATA + 0x2000;
+    let entry = HANDLERS + 0x200;
+    r.edit(|s| {
+        s.msrs.lstar = entry;
+        s.msrs.sfmask = rflags::IF | rflags::DF;
+    });
+    // Kernel: go to ring 3 with SYSRET (RCX = user RIP, R11 = flags).
+    r.asm(64, CODE, |a| {
+        a.mov(rcx, user)?;
+        a.mov(r11d, 0x202u32 | 0x400)?; // IF | DF
+        a.mov(rsp, 0x3f_0000u64)?;
+        a.sysretq()
+    });
+    r.asm(64, user, |a| {
+        a.mov(r12, rsp)?;
+        a.mov(eax, 42u32)?;
+        a.syscall()?;
+        a.hlt()
+    });
+    r.asm(64, entry, |a| {
+        a.mov(r13, rcx)?; // return RIP
+        a.mov(r14, r11)?; // user RFLAGS
+        a.hlt()
+    });
+    r.run_to_halt();
+    let s = r.state();
+    assert_eq!(s.seg[sreg::CS].selector, KCODE);
+    assert_eq!(s.seg[sreg::SS].selector, KDATA);
+    assert_eq!(r.gpr(gpr::R13), user + 10, "after MOV r12,rsp (3) + MOV eax (5) + SYSCALL (2)");
+    assert_eq!(r.gpr(gpr::R14) & 0x602, 0x602, "user flags IF|DF preserved in R11");
+    assert_eq!(s.rflags & (rflags::IF | rflags::DF), 0, "masked by FMASK");
+}
+
+#[test]
+fn iretq_to_ring3_and_back_through_an_interrupt_gate() {
+    let mut r = Rig::long();
+    let user = DATA + 0x3000;
+    // Ring-3 code triggers INT 0x80 (gate DPL 3) and then INT 0x81 (DPL 0 -> #GP).
+    r.asm(64, user, |a| {
+        a.mov(rbx, 0x99u64)?;
+        a.int(0x80)?;
+        a.int(0x81)?;
+        a.hlt()
+    });
+    r.asm(64, HANDLERS, |a| {
+        a.mov(r8, rsp)?;
+        a.mov(r9, qword_ptr(rsp + 8))?; // CS
+        a.mov(r10, qword_ptr(rsp + 24))?; // user RSP
+        a.mov(r11, qword_ptr(rsp + 32))?; // user SS
+        a.iretq()
+    });
+    handler(&r, HANDLERS + 0x100, 13, true);
+    r.gate64(0x80, HANDLERS, 0, 3, false);
+    r.gate64(0x81, HANDLERS + 0x80, 0, 0, false);
+    r.gate64(13, HANDLERS + 0x100, 0, 0, false);
+    // Kernel builds an IRETQ frame to ring 3.
+    r.asm(64, CODE, |a| {
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x3f_8000)?;
+        a.push(0x202)?;
+        a.push((UCODE64 | 3) as i32)?;
+        a.mov(rax, user)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RBX), 0x99);
+    // INT 0x80 from ring 3 switched to RSP0 from the TSS.
+    assert_eq!(r.gpr(gpr::R8), RSP0_TOP - 40);
+    assert_eq!(r.gpr(gpr::R9), (UCODE64 | 3) as u64);
+    assert_eq!(r.gpr(gpr::R10), 0x3f_8000);
+    assert_eq!(r.gpr(gpr::R11), (UDATA | 3) as u64);
+    // INT 0x81 with gate DPL 0 from CPL 3: #GP(0x81 << 3 | 2).
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    assert_eq!(r.gpr(gpr::R15), (0x81 << 3) | 2);
+    assert_eq!(r.state().seg[sreg::CS].selector, KCODE);
+    assert_eq!(r.state().seg[sreg::SS].selector, 0, "null SS with RPL 0 after the stack switch");
+}
+
+#[test]
+fn hypercall_exits_after_the_instruction() {
+    for vmmcall in [false, true] {
+        let mut r = Rig::long();
+        r.asm(64, CODE, |a| {
+            a.mov(eax, 17u32)?;
+            if vmmcall {
+                a.vmmcall()?;
+            } else {
+                a.vmcall()?;
+            }
+            a.hlt()
+        });
+        assert_eq!(r.run(100), VcpuExit::Hypercall);
+        assert_eq!(r.state().rip, CODE + 5 + 3);
+        let mut g = r.cpu.gprs();
+        g[gpr::RAX] = (-38i64) as u64;
+        r.cpu.set_gprs(&g);
+        r.run_to_halt();
+        assert_eq!(r.gpr(gpr::RAX), (-38i64) as u64);
+    }
+}
+
+#[test]
+fn divide_error_and_ud2() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 0, false);
+    r.gate64(0, HANDLERS, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.mov(eax, 1u32)?;
+        a.xor(ecx, ecx)?;
+        a.div(ecx)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 0);
+    assert_eq!(r.gpr(gpr::R14), CODE + 7, "#DE is a fault: RIP of the DIV");
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 6, false);
+    r.gate64(6, HANDLERS, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.ud2()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 6);
+    assert_eq!(r.gpr(gpr::R14), CODE);
+}
+
+#[test]
+fn state_round_trip_is_lossless() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, 5u64)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    let mut s = r.state();
+    s.fpu.xmm[3] = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
+    s.msrs.kernel_gs_base = 0xffff_8000_0000_1000;
+    s.events.nmi_masked = true;
+    s.dr[0] = 0x1000;
+    s.tsc = 123_456;
+    r.cpu.set_state(&s);
+    assert_eq!(r.cpu.state(), s);
+    let mut other = x86_interp::Interpreter::new(1, 2, cpuid());
+    other.set_state(&s);
+    assert_eq!(other.state(), s);
+}
+
+#[test]
+fn random_instruction_streams_never_panic() {
+    // A tiny deterministic generator (xorshift); 10k streams of random bytes
+    // run in a long-mode sandbox with every IDT vector pointing at HLT.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut r = Rig::long();
+    r.load(HANDLERS, &[0xf4]);
+    for v in 0..=255u8 {
+        r.gate64(v, HANDLERS, if v == 8 { 1 } else { 0 }, 3, false);
+    }
+    let base = r.state();
+    for _ in 0..10_000 {
+        let mut code = [0u8; 64];
+        for c in code.chunks_mut(8) {
+            c.copy_from_slice(&next().to_le_bytes());
+        }
+        r.load(CODE, &code);
+        let mut s = base.clone();
+        s.gpr = [next(), next(), next(), next(), STACK_TOP, next(), next(), next(), 0, 0, 0, 0, 0, 0, 0, 0];
+        r.cpu.set_state(&s);
+        for _ in 0..4 {
+            match r.cpu.run(&r.mem, 64).unwrap() {
+                VcpuExit::IoIn { .. } | VcpuExit::MmioRead { .. } | VcpuExit::MsrRead { .. } => {
+                    r.cpu.complete(Completion::Data(next()))
+                }
+                VcpuExit::IoOut { .. } | VcpuExit::MmioWrite { .. } | VcpuExit::MsrWrite { .. } => {
+                    r.cpu.complete(Completion::Done)
+                }
+                _ => {}
+            }
+        }
+        // Restore the tables the stream may have scribbled over.
+        let fresh = Rig::long();
+        let mut buf = vec![0u8; 0x1_0000];
+        fresh.mem.read(0, &mut buf).unwrap();
+        r.mem.write(0, &buf).unwrap();
+        r.load(HANDLERS, &[0xf4]);
+        for v in 0..=255u8 {
+            r.gate64(v, HANDLERS, if v == 8 { 1 } else { 0 }, 3, false);
+        }
+    }
+}
