@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
+use sim_core::platform::ShutdownReason;
 
 mod bench;
 
@@ -20,6 +21,8 @@ pub mod status {
     pub const INSTRUCTION_LIMIT: u8 = 8;
     /// The simulator itself failed (a backend error).
     pub const INTERNAL: u8 = 10;
+    /// The guest shut down reporting a crash (SCHEDOP_shutdown crash or watchdog).
+    pub const GUEST_CRASH: u8 = 12;
 }
 
 #[derive(Parser, Debug)]
@@ -118,7 +121,10 @@ fn run(args: RunArgs) -> ExitCode {
             Ok(img) => img,
             Err(e) => return fail(status::USER_ERROR, e),
         },
-        None => BootImage { name: "built-in demo guest".into(), bytes: xensim::guest::programs::demo() },
+        None => match xensim::guest::programs::demo() {
+            Ok(bytes) => BootImage { name: "built-in demo guest".into(), bytes },
+            Err(e) => return fail(status::INTERNAL, format_args!("building the demo guest: {e}")),
+        },
     };
     let mut modules = Vec::new();
     for name in args.initrd.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
@@ -161,6 +167,15 @@ fn run(args: RunArgs) -> ExitCode {
         StopReason::TripleFault { vcpu, rip } => {
             fail(status::TRIPLE_FAULT, format_args!("guest triple fault on vCPU {vcpu} at RIP {rip:#x}"))
         }
+        StopReason::GuestShutdown(reason) => match reason {
+            ShutdownReason::Crash | ShutdownReason::Watchdog => {
+                fail(status::GUEST_CRASH, format_args!("guest shut down: {reason:?}"))
+            }
+            ShutdownReason::Poweroff | ShutdownReason::Reboot | ShutdownReason::Suspend => {
+                tracing::info!(?reason, "guest shut down");
+                ExitCode::SUCCESS
+            }
+        },
         StopReason::InstructionLimit => fail(
             status::INSTRUCTION_LIMIT,
             format_args!("instruction limit reached after {} instructions", machine.retired_instructions()),

@@ -56,10 +56,9 @@ impl Default for Run {
 
 /// A machine on the interpreter with `kernel` loaded, console captured.
 pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
-    let mut m = Machine::new(run.config.clone(), &mut |id, n, cpuid| {
-        Box::new(x86_interp::Interpreter::new(id, n, cpuid))
-    })
-    .expect("machine");
+    let mut m =
+        Machine::new(run.config.clone(), &mut |id, n, cpuid| Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
+            .expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
     let modules = run.modules.iter().map(|(n, b)| BootImage { name: n.clone(), bytes: b.clone() }).collect();
