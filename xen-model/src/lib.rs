@@ -1,1 +1,3 @@
-//! The Xen platform model (hypercalls, event channels, grant tables, xenstore). Filled by later issues.
+//! The Xen platform model (hypercalls, event channels, grant tables, xenstore).
+
+pub mod xenstore;
