@@ -64,7 +64,7 @@ pub fn bench_ops(n: usize) -> OpsResult {
     for i in 0..n {
         let k = i % keys.len();
         let (conn, pkt) = match i % 8 {
-            0 | 1 | 2 => (guest, Packet::new(MsgType::Read, i as u32, 0, path_payload(&keys[k], None))),
+            0..=2 => (guest, Packet::new(MsgType::Read, i as u32, 0, path_payload(&keys[k], None))),
             3 => (guest, Packet::new(MsgType::Write, i as u32, 0, path_payload(&keys[k], Some(b"value")))),
             4 => (dom0, Packet::new(MsgType::Read, i as u32, 0, path_payload(&abs[k], None))),
             5 => (dom0, Packet::new(MsgType::Directory, i as u32, 0, path_payload("/local/domain/1/data", None))),
