@@ -957,3 +957,61 @@ fn serialize_round_trip_in_the_middle_of_transactions() {
     assert_eq!(t.events(g), t2.events(g));
     assert_eq!(t.read(d0, "/local/domain/1/data/in-tx").unwrap(), "1");
 }
+
+#[test]
+fn deleting_a_node_a_transaction_read_conflicts() {
+    let mut t = T::new();
+    let a = t.conn(0);
+    let b = t.conn(0);
+    t.write(a, "/del/x", "1");
+    let id = start(&mut t, a);
+    t.ok(a, Read, id, &z(&["/del/x"]));
+    t.ok(a, Write, id, &wv("/del/y", "2"));
+    t.ok(b, Rm, 0, &z(&["/del/x"]));
+    assert_eq!(t.err(a, TransactionEnd, id, &z(&["T"])), "EAGAIN");
+}
+
+#[test]
+fn rm_inside_a_transaction_fires_at_commit() {
+    let mut t = T::new();
+    let a = t.conn(0);
+    let w = t.conn(0);
+    t.write(a, "/rmt/a/b", "");
+    t.watch(w, "/rmt", "anc");
+    t.watch(w, "/rmt/a/b", "leaf");
+    t.events(w);
+    let id = start(&mut t, a);
+    t.ok(a, Rm, id, &z(&["/rmt/a"]));
+    assert!(t.events(w).is_empty());
+    t.ok(a, TransactionEnd, id, &z(&["T"]));
+    let mut got = t.events(w);
+    got.sort();
+    assert_eq!(got, T::ev(&[("/rmt/a", "anc"), ("/rmt/a/b", "leaf")]));
+}
+
+#[test]
+fn watch_on_a_parent_created_by_a_write_fires_once_with_the_target() {
+    let mut t = T::new();
+    let a = t.conn(0);
+    t.watch(a, "/cp/mid", "m");
+    t.events(a);
+    t.write(a, "/cp/mid/leaf", "");
+    assert_eq!(t.events(a), T::ev(&[("/cp/mid/leaf", "m")]));
+}
+
+#[test]
+fn node_quota_is_checked_again_at_commit() {
+    let mut t = T::new();
+    let d0 = t.conn(0);
+    let g = t.conn(1);
+    t.write(d0, "/q", "");
+    t.ok(d0, SetPerms, 0, &z(&["/q", "b0"]));
+    t.ok(d0, SetQuota, 0, &z(&["1", "nodes", "2"]));
+    let id = start(&mut t, g);
+    t.ok(g, Write, id, &wv("/q/t1", ""));
+    // Outside the transaction the guest fills its quota.
+    t.write(g, "/q/o1", "");
+    t.write(g, "/q/o2", "");
+    assert_eq!(t.err(g, TransactionEnd, id, &z(&["T"])), "ENOSPC");
+    assert_eq!(t.read(d0, "/q/t1"), Err("ENOENT".into()));
+}
