@@ -91,13 +91,17 @@ pub struct SocketTransport {
 pub fn bind_socket(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    ErrorKind::AddrInUse,
-                    format!("{}: another server is listening on this socket", path.display()),
-                ));
+            match std::os::unix::net::UnixStream::connect(path) {
+                // Nobody listening: a leftover from a server that died.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => fs::remove_file(path)?,
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        ErrorKind::AddrInUse,
+                        format!("{}: another server is listening on this socket", path.display()),
+                    ))
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
             }
-            fs::remove_file(path)?;
         }
         Ok(_) => {
             return Err(io::Error::new(
