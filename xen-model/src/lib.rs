@@ -4,6 +4,7 @@
 
 pub mod errno;
 pub mod guest;
+pub mod xenstore;
 
 /// The simulator's own domain (the toolstack and backends).
 pub const DOM0: u16 = 0;
@@ -11,6 +12,3 @@ pub const DOM0: u16 = 0;
 pub const GUEST_DOMID: u16 = 1;
 /// DOMID_SELF in hypercall arguments.
 pub const DOMID_SELF: u16 = 0x7ff0;
-//! The Xen platform model (hypercalls, event channels, grant tables, xenstore).
-
-pub mod xenstore;
