@@ -27,13 +27,15 @@ impl Write for Capture {
     }
 }
 
-/// The outcome of one guest run.
-#[derive(Debug)]
+/// The outcome of one guest run; the machine stays for inspection.
 pub struct Outcome {
     pub stop: StopReason,
     pub output: String,
     pub instructions: u64,
     pub boot: BootInfo,
+    /// What was loaded (kernel named "guest", modules as given).
+    pub config: BootConfig,
+    pub machine: Machine,
 }
 
 /// Options for `boot`.
@@ -54,6 +56,17 @@ impl Default for Run {
     }
 }
 
+/// The boot configuration `machine` uses for `kernel` and `run`.
+pub fn boot_config(kernel: Vec<u8>, run: &Run) -> BootConfig {
+    let modules = run.modules.iter().map(|(n, b)| BootImage { name: n.clone(), bytes: b.clone() }).collect();
+    BootConfig {
+        kernel: BootImage { name: "guest".into(), bytes: kernel },
+        modules,
+        cmdline: run.cmdline.clone(),
+        rsdp: 0,
+    }
+}
+
 /// A machine on the interpreter with `kernel` loaded, console captured.
 pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
     let mut m =
@@ -61,21 +74,15 @@ pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
             .expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
-    let modules = run.modules.iter().map(|(n, b)| BootImage { name: n.clone(), bytes: b.clone() }).collect();
-    let info = m
-        .boot(BootConfig {
-            kernel: BootImage { name: "guest".into(), bytes: kernel },
-            modules,
-            cmdline: run.cmdline.clone(),
-            rsdp: 0,
-        })
-        .expect("boot");
+    let info = m.boot(boot_config(kernel, run)).expect("boot");
     (m, cap, info)
 }
 
 /// Boot `kernel` on the interpreter and run it to the end.
 pub fn boot(kernel: Vec<u8>, run: &Run) -> Outcome {
+    let mut config = boot_config(kernel.clone(), run);
     let (mut m, cap, boot) = machine(kernel, run);
+    config.rsdp = m.rsdp();
     let stop = m.run().expect("machine run");
-    Outcome { stop, output: cap.text(), instructions: m.retired_instructions(), boot }
+    Outcome { stop, output: cap.text(), instructions: m.retired_instructions(), boot, config, machine: m }
 }

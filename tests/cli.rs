@@ -1,0 +1,103 @@
+//! The `xensim` command line: exit statuses, one-line errors, and the
+//! QEMU-style --kernel/--initrd/--append plumbing, run as a user would.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use sim_core::boot::{BootConfig, BootImage};
+use xensim::guest::programs;
+
+fn xensim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xensim")).args(args).output().expect("run xensim")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scratch directory unique to this test process.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xensim-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn no_kernel_boots_the_demo_and_exits_cleanly() {
+    let o = xensim(&["run"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), programs::demo_expected());
+}
+
+#[test]
+fn missing_and_malformed_kernels_get_one_line_errors() {
+    let o = xensim(&["run", "--kernel", "/nonexistent/vmlinux"]);
+    assert_eq!(o.status.code(), Some(4));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("/nonexistent/vmlinux") && e.contains("no such file"), "{e}");
+
+    let dir = scratch("malformed");
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, b"this is not a kernel at all").unwrap();
+    let o = xensim(&["run", "--kernel", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("junk.bin"), "{e}");
+    assert_eq!(std::fs::read(&junk).unwrap(), b"this is not a kernel at all", "the user's file is untouched");
+
+    let o = xensim(&["run", "--kernel", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "a directory is not a kernel: {}", stderr(&o));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn kernel_modules_and_command_line_reach_the_guest() {
+    let dir = scratch("modules");
+    let kernel = dir.join("pvh64.elf");
+    let image = programs::pvh64_start_info().unwrap();
+    std::fs::write(&kernel, &image).unwrap();
+    let (m1, m2) = (dir.join("initrd.img"), dir.join("extra.bin"));
+    std::fs::write(&m1, vec![7u8; 5000]).unwrap();
+    std::fs::write(&m2, b"abc").unwrap();
+    let initrd = format!("{},{}", m1.display(), m2.display());
+    let o = xensim(&["run", "--kernel", kernel.to_str().unwrap(), "--initrd", &initrd, "--append", "console=hvc0 x=1"]);
+    // The guest writes 0 to isa-debug-exit: status (0 << 1) | 1.
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(&o));
+    // What the guest must have been given, per the PVH contract on a 128 MiB machine.
+    let mem = sim_core::GuestMemory::new(128).unwrap();
+    let cfg = BootConfig {
+        kernel: BootImage { name: kernel.display().to_string(), bytes: image.clone() },
+        modules: vec![
+            BootImage { name: m1.display().to_string(), bytes: vec![7; 5000] },
+            BootImage { name: m2.display().to_string(), bytes: b"abc".to_vec() },
+        ],
+        cmdline: "console=hvc0 x=1".into(),
+        rsdp: sim_core::layout::ACPI_TABLES_BASE,
+    };
+    let kernel_end = sim_core::boot::load(&mem, &cfg).unwrap().kernel_end;
+    let expected = programs::pvh64_start_info_expected(&programs::PvhInputs::xensim(&mem, &cfg, kernel_end));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), expected);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn instruction_limit_and_bad_options() {
+    let dir = scratch("limit");
+    let kernel = dir.join("loop.elf");
+    std::fs::write(&kernel, programs::bench_alu(10_000_000).unwrap()).unwrap();
+    let o = xensim(&["run", "--kernel", kernel.to_str().unwrap(), "--max-instructions", "5000"]);
+    assert_eq!(o.status.code(), Some(8));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("5000 instructions"), "{e}");
+
+    let o = xensim(&["run", "--cpus", "0"]);
+    assert_eq!(o.status.code(), Some(2), "clap rejects it: {}", stderr(&o));
+    let o = xensim(&["run", "--backend", "qemu"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = xensim(&["bench", "--filter", "no-such-benchmark"]);
+    assert_eq!(o.status.code(), Some(4));
+    std::fs::remove_dir_all(dir).unwrap();
+}
