@@ -39,8 +39,19 @@ struct Cli {
 enum Command {
     /// Boot a guest (PVH ELF or Multiboot kernel); with no --kernel, the built-in demo guest.
     Run(RunArgs),
-    /// Measure the interpreter's speed on built-in guest loops; prints `name: value unit` lines.
+    /// Measure speed on built-in workloads; prints `name: value unit` lines.
     Bench(bench::BenchArgs),
+    /// Serve a stand-alone xenstore (no guest) on a Unix socket, for host tools
+    /// (`XENSTORED_PATH=PATH xenstore-ls`).
+    Xenstore(XenstoreArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct XenstoreArgs {
+    /// Path of the Unix socket to create (mode 0600). An existing file that is
+    /// not a socket is never replaced.
+    #[arg(long)]
+    socket: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +103,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Xenstore(args) => xenstore(args),
+    }
+}
+
+fn xenstore(args: XenstoreArgs) -> ExitCode {
+    tracing::info!(socket = %args.socket.display(), "xenstore serving");
+    match xen_model::xenstore::socket::serve_forever(&args.socket, xen_model::xenstore::Store::new()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(status::USER_ERROR, e),
     }
 }
 

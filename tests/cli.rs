@@ -101,3 +101,17 @@ fn instruction_limit_and_bad_options() {
     assert_eq!(o.status.code(), Some(4));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn xenstore_server_never_replaces_a_users_file() {
+    let dir = scratch("xenstore");
+    let file = dir.join("precious.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let o = xensim(&["xenstore", "--socket", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("precious.txt") && e.contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    std::fs::remove_dir_all(dir).unwrap();
+}
