@@ -3,7 +3,10 @@
 //! domid 1.
 
 pub mod errno;
+pub mod evtchn;
 pub mod guest;
+pub mod shared_info;
+pub mod time;
 pub mod xenstore;
 
 /// The simulator's own domain (the toolstack and backends).
