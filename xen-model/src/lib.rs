@@ -2,11 +2,26 @@
 //! sim-core's guest memory. The simulator plays dom0 (domid 0); the guest is
 //! domid 1.
 
+pub mod console;
+pub mod cpuid;
 pub mod errno;
 pub mod evtchn;
+/// TEMPORARY: replaced by `gnttab` when the grant-table branch merges.
+pub mod gnttab_adapter;
 pub mod guest;
+pub mod hvm;
+pub mod hypercall;
+pub mod hypercall_page;
+pub mod memory;
+pub mod physdev;
+pub mod platform;
+pub mod sched;
 pub mod shared_info;
 pub mod time;
+pub mod vcpu_op;
+pub mod version;
+
+pub use platform::{Ring, XenConfig, XenPlatform};
 pub mod xenstore;
 
 /// The simulator's own domain (the toolstack and backends).
