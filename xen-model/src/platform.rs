@@ -548,3 +548,6 @@ impl Platform for XenPlatform {
 pub fn timer_key_singleshot(vcpu: u32) -> TimerKey {
     timer::key(timer::SINGLESHOT, vcpu)
 }
+
+#[cfg(test)]
+mod tests;
