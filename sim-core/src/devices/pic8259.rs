@@ -527,6 +527,28 @@ mod tests {
     }
 
     #[test]
+    fn special_mask_mode_lets_lower_levels_in() {
+        let mut p = Pic8259Pair::new();
+        init(&mut p, false);
+        p.set_irq(3, true);
+        assert_eq!(p.acknowledge(), 0x23);
+        p.set_irq(5, true);
+        assert!(!p.interrupt_output(), "fully nested: IR3 in service blocks IR5");
+        // Datasheet: with special mask mode set (OCW3 ESMM|SMM) and IR3
+        // masked, the lower-priority IR5 is enabled.
+        p.write(0x20, 0x68);
+        p.write(0x21, 0x08);
+        assert_eq!(p.acknowledge(), 0x25);
+        // Leaving special mask mode restores nesting behind IR3.
+        p.write(0x20, 0x63); // specific EOI for IR3
+        p.write(0x20, 0x48); // ESMM without SMM: reset special mask
+        p.set_irq(6, true);
+        assert!(!p.interrupt_output(), "IR5 in service blocks IR6");
+        p.set_irq(4, true);
+        assert_eq!(p.acknowledge(), 0x24, "IR4 nests above IR5");
+    }
+
+    #[test]
     fn poll_command_acknowledges() {
         let mut p = Pic8259Pair::new();
         init(&mut p, false);
