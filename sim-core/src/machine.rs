@@ -150,7 +150,9 @@ impl std::fmt::Debug for Machine {
 }
 
 /// Builds one vCPU: (index, count, CPUID table).
-pub type VcpuFactory<'a> = dyn FnMut(u32, u32, Arc<CpuidTable>) -> Box<dyn Vcpu> + 'a;
+/// Builds one vCPU: (index, count, CPUID table). Fallible: a backend such as
+/// KVM may fail to create it.
+pub type VcpuFactory<'a> = dyn FnMut(u32, u32, Arc<CpuidTable>) -> Result<Box<dyn Vcpu>, VcpuError> + 'a;
 
 impl Machine {
     /// A machine with no hypervisor interface (hypercalls get -ENOSYS).
@@ -189,7 +191,9 @@ impl Machine {
             interrupt_overrides: Vec::new(),
         };
         let rsdp = acpi::write_tables(&mem, &acpi)?;
-        let vcpus: Vec<Box<dyn Vcpu>> = (0..config.cpus).map(|i| make_vcpu(i, config.cpus, cpuid.clone())).collect();
+        let vcpus = (0..config.cpus)
+            .map(|i| make_vcpu(i, config.cpus, cpuid.clone()).map_err(|source| MachineError::Vcpu { vcpu: i, source }))
+            .collect::<Result<Vec<_>, _>>()?;
         let lapics = (0..config.cpus).map(|i| Lapic::new(i, i == 0)).collect();
         let run_state =
             (0..config.cpus).map(|i| if i == 0 { RunState::Running } else { RunState::WaitForSipi }).collect();
@@ -907,14 +911,14 @@ mod tests {
         let log = Arc::new(Mutex::new(Log::default()));
         let l2 = log.clone();
         let mut m = Machine::new(config, &mut |_, _, _| {
-            Box::new(ScriptVcpu {
+            Ok(Box::new(ScriptVcpu {
                 script: script.clone().into(),
                 retired: 0,
                 if_set: false,
                 gpr: [0; 16],
                 window: false,
                 log: l2.clone(),
-            })
+            }))
         })
         .unwrap();
         let sink = Sink::default();
@@ -1069,14 +1073,14 @@ mod tests {
             MachineConfig { quantum: 1000, ..Default::default() },
             Some(Box::new(platform)),
             &mut |_, _, _| {
-                Box::new(ScriptVcpu {
+                Ok(Box::new(ScriptVcpu {
                     script: script.clone().into(),
                     retired: 0,
                     if_set: false,
                     gpr: [u64::MAX; 16],
                     window: false,
                     log: l2.clone(),
-                })
+                }))
             },
         )
         .unwrap();
@@ -1134,14 +1138,14 @@ mod tests {
             MachineConfig { quantum: 1000, ..Default::default() },
             Some(Box::new(GsiPlatform { gsi, level: false })),
             &mut |_, _, _| {
-                Box::new(ScriptVcpu {
+                Ok(Box::new(ScriptVcpu {
                     script: script.clone().into(),
                     retired: 0,
                     if_set: false,
                     gpr: [0; 16],
                     window: false,
                     log: l2.clone(),
-                })
+                }))
             },
         )
         .unwrap();
