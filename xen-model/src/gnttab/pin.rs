@@ -104,9 +104,13 @@ impl GrantTable {
         if self.version == 2 && self.header(gref).0 & gtf::TYPE_MASK == gtf::TRANSITIVE {
             // Xen follows the chain into trans_domid's table. Self-reference
             // is refused and no other domain here has a table, so the chain
-            // always fails, after which Xen clears the flags it set.
+            // always fails, after which Xen clears the flags it set. Maps
+            // refuse transitive grants outright (mapflag in _set_status).
+            if map {
+                return Err(PinError::Transitive);
+            }
             if first {
-                self.set_status(gref, readonly, map, ldom, act.is_some(), !map)?;
+                self.set_status(gref, readonly, map, ldom, act.is_some(), true)?;
             }
             self.undo_status(gref, readonly);
             return Err(PinError::Transitive);
