@@ -85,7 +85,12 @@ impl GrantTable {
             }
             op::COPY => self.each_op(g, uop, count, l::COPY_SIZE, l::COPY_STATUS, |t, f| t.copy_one(mem, f)),
             op::QUERY_SIZE => self.query_size(g, uop, count),
-            op::SET_VERSION => self.set_version_op(g, uop),
+            op::SET_VERSION => {
+                let r = self.set_version_op(g, uop);
+                // Only frames still in the physmap need the platform's attention.
+                self.released.retain(|p| mem.overlays().any(|(_, q)| q.same_page(p)));
+                r
+            }
             op::GET_STATUS_FRAMES => self.get_status_frames(g, mem, uop, count),
             op::GET_VERSION => self.get_version(g, uop),
             op::SWAP_GRANT_REF => self.each_op(g, uop, count, l::SWAP_SIZE, l::SWAP_STATUS, |t, f| t.swap_one(f)),
