@@ -3,6 +3,7 @@
 //! domid 1.
 
 pub mod errno;
+pub mod gnttab;
 pub mod guest;
 pub mod xenstore;
 
