@@ -82,7 +82,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
 fn guest_mips(image: Result<Vec<u8>, xensim::guest::GuestError>) -> Result<f64, String> {
     let kernel = BootImage { name: "benchmark guest".into(), bytes: image.map_err(|e| e.to_string())? };
     let mut m = Machine::new(MachineConfig { memory_mib: 64, ..Default::default() }, &mut |id, n, cpuid| {
-        Box::new(x86_interp::Interpreter::new(id, n, cpuid))
+        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
     })
     .map_err(|e| e.to_string())?;
     m.set_console(Box::new(std::io::sink()));

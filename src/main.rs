@@ -161,7 +161,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let backend = args.backend;
     let mut machine = match Machine::new(config, &mut |id, count, cpuid| match backend {
-        Backend::Interp => Box::new(x86_interp::Interpreter::new(id, count, cpuid)),
+        Backend::Interp => Ok(Box::new(x86_interp::Interpreter::new(id, count, cpuid))),
     }) {
         Ok(m) => m,
         Err(e) => return fail(status::USER_ERROR, e),

@@ -97,11 +97,15 @@ fn lapic_entries_len(cpus: u32) -> u64 {
     xapic * 8 + x2apic * 16
 }
 
+/// MADT flag bit 0: a PC-AT dual-8259 setup is also present.
+const MADT_PCAT_COMPAT: u32 = 1;
+
 fn madt_body(cfg: &AcpiConfig) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&(LAPIC_BASE as u32).to_le_bytes());
-    // Flags: PCAT_COMPAT clear, there is no 8259 pair.
-    b.extend_from_slice(&0u32.to_le_bytes());
+    // Flags: PCAT_COMPAT, the machine has the legacy 8259 pair (ACPI 6.4,
+    // table 5.20); a guest must mask it before using the IOAPIC.
+    b.extend_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     for id in 0..cfg.cpus {
         if id <= MAX_XAPIC_ID {
             b.extend_from_slice(&[MADT_LOCAL_APIC, 8, id as u8, id as u8]);
@@ -294,7 +298,7 @@ mod tests {
         let rsdp = write_tables(&mem, &AcpiConfig { cpus: 4, ..Default::default() }).unwrap();
         let madt = parse(&mem, rsdp).madt;
         assert_eq!(u32_at(&madt, 36), 0xfee0_0000);
-        assert_eq!(u32_at(&madt, 40) & 1, 0, "no PCAT_COMPAT: no 8259");
+        assert_eq!(u32_at(&madt, 40) & 1, 1, "PCAT_COMPAT: the 8259 pair is present");
         let entries = madt_entries(&madt);
         assert_eq!(entries.len(), 4);
         for (i, (ty, e)) in entries.iter().enumerate() {

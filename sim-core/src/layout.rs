@@ -15,6 +15,5 @@ pub const HIGH_MEMORY_BASE: u64 = 0x10_0000;
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 /// LAPIC MMIO base (xAPIC mode).
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
-/// The Xen platform PCI device (vendor 0x5853, device 0x0001): bus 0,
-/// device 3, function 0, as PCI devfn (device << 3 | function).
+/// Device/function number of the Xen platform PCI device on bus 0 (00:03.0).
 pub const XEN_PLATFORM_PCI_DEVFN: u8 = 3 << 3;

@@ -12,17 +12,21 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::acpi::{self, AcpiConfig};
+use crate::acpi::{self, AcpiConfig, IoApicEntry};
 use crate::boot::{self, BootConfig, BootError, BootInfo};
 use crate::bus::{Bus, DeviceCtx, ExitRequest};
 use crate::clock;
 use crate::cpuid::{CpuidTable, Vendor};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
 use crate::devices::debugcon::{Debugcon, DEBUGCON_PORT};
+use crate::devices::ioapic::{IoApic, IoApicDelivery, IoApicMessage, IOAPIC_MMIO_SIZE, XEN_IOAPIC_PINS};
 use crate::devices::lapic::Lapic;
 use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
+use crate::devices::pci::{PciHost, CONFIG_ADDRESS, PCI_PORT_COUNT};
+use crate::devices::pic8259::Pic8259Pair;
 use crate::devices::uart16550::{Uart16550, COM1_BASE};
-use crate::irq::GsiLines;
+use crate::irq::{source, GsiLines};
+use crate::layout::IOAPIC_BASE;
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
 use crate::msr;
 use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, TimerKey};
@@ -32,6 +36,8 @@ use crate::vcpu::{Completion, Vcpu, VcpuError, VcpuExit};
 
 /// Instructions a vCPU runs before the next one gets its turn.
 pub const DEFAULT_QUANTUM: u64 = 100_000;
+/// The ISA IRQ (and GSI, identity-mapped) of COM1.
+pub const COM1_GSI: u32 = 4;
 
 #[derive(Clone, Debug)]
 pub struct MachineConfig {
@@ -114,6 +120,10 @@ pub struct Machine {
     platform: Option<Box<dyn Platform>>,
     effects: Vec<PlatformEffect>,
     gsi: GsiLines,
+    ioapic: IoApic,
+    pic: Pic8259Pair,
+    /// vCPUs sent an ExtINT message by the IOAPIC, owed an 8259 INTA.
+    extint_pending: Vec<bool>,
 }
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
@@ -140,7 +150,9 @@ impl std::fmt::Debug for Machine {
 }
 
 /// Builds one vCPU: (index, count, CPUID table).
-pub type VcpuFactory<'a> = dyn FnMut(u32, u32, Arc<CpuidTable>) -> Box<dyn Vcpu> + 'a;
+/// Builds one vCPU: (index, count, CPUID table). Fallible: a backend such as
+/// KVM may fail to create it.
+pub type VcpuFactory<'a> = dyn FnMut(u32, u32, Arc<CpuidTable>) -> Result<Box<dyn Vcpu>, VcpuError> + 'a;
 
 impl Machine {
     /// A machine with no hypervisor interface (hypercalls get -ENOSYS).
@@ -168,11 +180,24 @@ impl Machine {
         bus.add_ports(DEBUGCON_PORT, 1, Box::new(Debugcon)).expect("debugcon port free");
         bus.add_ports(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, Box::new(DebugExit)).expect("debug-exit ports free");
         bus.add_ports(COM1_BASE, 8, Box::new(Uart16550::new(COM1_BASE))).expect("COM1 ports free");
-        let rsdp = acpi::write_tables(&mem, &AcpiConfig { cpus: config.cpus, ..Default::default() })?;
-        let vcpus: Vec<Box<dyn Vcpu>> = (0..config.cpus).map(|i| make_vcpu(i, config.cpus, cpuid.clone())).collect();
+        bus.add_ports(CONFIG_ADDRESS, PCI_PORT_COUNT, Box::new(PciHost::new())).expect("PCI ports free");
+        // The IOAPIC's ID follows the APIC IDs 0..cpus, within its 4-bit field.
+        let ioapic_id = (config.cpus & 0xf) as u8;
+        // No interrupt source overrides: there is no PIT (IRQ0 -> GSI 2) and
+        // the hardware-reduced FADT has no SCI; ISA IRQs are GSIs 0-15.
+        let acpi = AcpiConfig {
+            cpus: config.cpus,
+            ioapic: Some(IoApicEntry { id: ioapic_id, addr: IOAPIC_BASE as u32, gsi_base: 0 }),
+            interrupt_overrides: Vec::new(),
+        };
+        let rsdp = acpi::write_tables(&mem, &acpi)?;
+        let vcpus = (0..config.cpus)
+            .map(|i| make_vcpu(i, config.cpus, cpuid.clone()).map_err(|source| MachineError::Vcpu { vcpu: i, source }))
+            .collect::<Result<Vec<_>, _>>()?;
         let lapics = (0..config.cpus).map(|i| Lapic::new(i, i == 0)).collect();
         let run_state =
             (0..config.cpus).map(|i| if i == 0 { RunState::Running } else { RunState::WaitForSipi }).collect();
+        let extint_pending = vec![false; config.cpus as usize];
         Ok(Machine {
             mem,
             bus,
@@ -191,6 +216,9 @@ impl Machine {
             platform,
             effects: Vec::new(),
             gsi: GsiLines::new(),
+            ioapic: IoApic::new(ioapic_id, XEN_IOAPIC_PINS),
+            pic: Pic8259Pair::new(),
+            extint_pending,
         })
     }
 
@@ -256,6 +284,8 @@ impl Machine {
     /// One scheduling round: every runnable vCPU runs up to the round's
     /// length; then time advances and due timers fire.
     fn run_round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        // Input pushed into the UART since the last round may raise IRQ4.
+        self.sync_irqs();
         let n = self.vcpus.len();
         let mut round = self.config.quantum.max(1);
         if let Some(deadline) = self.timers.next_deadline() {
@@ -277,6 +307,7 @@ impl Machine {
                         self.run_state[i] = RunState::Running;
                     }
                 }
+                self.sync_irqs();
                 if let Some(stop) = self.apply_effects(None) {
                     return Ok(Some(stop));
                 }
@@ -337,14 +368,14 @@ impl Machine {
                     self.offer_interrupt(i);
                 }
                 VcpuExit::IoIn { port, size } => {
-                    let v = self.with_ctx(now, |bus, ctx| bus.pio_read(port, size, ctx));
+                    let v = self.pio_read(port, size, now);
                     self.vcpus[i].complete(Completion::Data(v.0 as u64));
                     if let Some(stop) = v.1 {
                         return Ok(Some(stop));
                     }
                 }
                 VcpuExit::IoOut { port, size, data } => {
-                    let v = self.with_ctx(now, |bus, ctx| bus.pio_write(port, size, data, ctx));
+                    let v = self.pio_write(port, size, data, now);
                     self.vcpus[i].complete(Completion::Done);
                     if let Some(stop) = v.1 {
                         return Ok(Some(stop));
@@ -389,6 +420,7 @@ impl Machine {
             if let Some(p) = self.platform.as_mut() {
                 p.sync(&mut platform_ctx!(self, now));
             }
+            self.sync_irqs();
             if let Some(stop) = self.apply_effects(Some((i, &mut end_slice))) {
                 return Ok(Some(stop));
             }
@@ -467,11 +499,19 @@ impl Machine {
         (gpa >= base && gpa < base + PAGE_SIZE).then(|| (gpa - base) as u32)
     }
 
+    /// Offset into the IOAPIC's page, if `gpa` falls in it.
+    fn ioapic_page(gpa: u64) -> Option<u64> {
+        gpa.checked_sub(IOAPIC_BASE).filter(|&off| off < IOAPIC_MMIO_SIZE)
+    }
+
     fn mmio_read(&mut self, i: usize, gpa: u64, size: u8, now: u64) -> u64 {
         if let Some(off) = self.lapic_page(i, gpa) {
             // LAPIC registers are 32 bits wide at 16-byte strides.
             let reg = self.lapics[i].mmio_read(off & !3, now) as u64;
             return (reg >> ((off & 3) * 8)) & size_mask(size);
+        }
+        if let Some(off) = Self::ioapic_page(gpa) {
+            return self.ioapic.mmio_read(off, size);
         }
         self.with_ctx(now, |bus, ctx| bus.mmio_read(gpa, size, ctx)).0
     }
@@ -482,7 +522,104 @@ impl Machine {
             self.after_lapic_access(i, action);
             return None;
         }
+        if let Some(off) = Self::ioapic_page(gpa) {
+            let messages = self.ioapic.mmio_write(off, size, data);
+            self.deliver_ioapic(messages);
+            return None;
+        }
         self.with_ctx(now, |bus, ctx| bus.mmio_write(gpa, size, data, ctx)).1
+    }
+
+    /// Port read: the 8259 pair is the machine's own (its output feeds
+    /// interrupt delivery); everything else is on the bus. A wide access to
+    /// the 8259 ports is split into byte cycles, as the ISA bus does.
+    fn pio_read(&mut self, port: u16, size: u8, now: u64) -> (u32, Option<StopReason>) {
+        if Pic8259Pair::claims(port) {
+            let v = (0..u16::from(size.min(4))).rev().fold(0u32, |acc, k| {
+                let byte = self.pic.read(port.wrapping_add(k)).unwrap_or(0xff);
+                (acc << 8) | u32::from(byte)
+            });
+            return (v, None);
+        }
+        self.with_ctx(now, |bus, ctx| bus.pio_read(port, size, ctx))
+    }
+
+    fn pio_write(&mut self, port: u16, size: u8, data: u32, now: u64) -> ((), Option<StopReason>) {
+        if Pic8259Pair::claims(port) {
+            for k in 0..u16::from(size.min(4)) {
+                self.pic.write(port.wrapping_add(k), (data >> (8 * k)) as u8);
+            }
+            // An unmask or EOI may let the 8259 interrupt the BSP.
+            self.offer_interrupt(0);
+            return ((), None);
+        }
+        self.with_ctx(now, |bus, ctx| bus.pio_write(port, size, data, ctx))
+    }
+
+    /// Bring interrupt lines up to date: COM1's level onto its GSI, then
+    /// every GSI whose level changed to the 8259s (ISA IRQs 0-15) and the
+    /// IOAPIC, whose messages go to the LAPICs.
+    fn sync_irqs(&mut self) {
+        if let Some(uart) = self.bus.port_device_mut::<Uart16550>(COM1_BASE) {
+            let level = uart.interrupt_pending();
+            self.gsi.set(COM1_GSI, source::UART, level);
+        }
+        let changed = self.gsi.take_changed();
+        if changed.is_empty() {
+            return;
+        }
+        for (gsi, level) in changed {
+            self.pic.set_irq(gsi, level);
+            let messages = self.ioapic.set_level(gsi, level);
+            self.deliver_ioapic(messages);
+        }
+        self.offer_interrupt(0);
+    }
+
+    /// Deliver IOAPIC messages to the LAPICs their destinations name.
+    fn deliver_ioapic(&mut self, messages: Vec<IoApicMessage>) {
+        // The IOAPIC is no LAPIC: no ID can match a self-relative shorthand.
+        const NO_SENDER: u32 = u32::MAX;
+        for m in messages {
+            let targets: Vec<usize> =
+                (0..self.lapics.len()).filter(|&j| self.lapics[j].matches_destination(&m.dest, NO_SENDER)).collect();
+            match m.delivery {
+                IoApicDelivery::Fixed => {
+                    for j in targets {
+                        self.lapics[j].accept_interrupt(m.vector, m.level_triggered);
+                        self.offer_interrupt(j);
+                    }
+                }
+                IoApicDelivery::LowestPriority => {
+                    // The lowest processor priority wins, then the lowest index
+                    // (deterministic; the SDM leaves the tie-break to the chipset).
+                    let pick = targets
+                        .into_iter()
+                        .filter(|&j| self.lapics[j].software_enabled())
+                        .min_by_key(|&j| (self.lapics[j].ppr() & 0xf0, j));
+                    if let Some(j) = pick {
+                        self.lapics[j].accept_interrupt(m.vector, m.level_triggered);
+                        self.offer_interrupt(j);
+                    }
+                }
+                IoApicDelivery::ExtInt => {
+                    for j in targets {
+                        self.extint_pending[j] = true;
+                        self.offer_interrupt(j);
+                    }
+                }
+                IoApicDelivery::Init => {
+                    for j in targets {
+                        if j != 0 {
+                            self.run_state[j] = RunState::WaitForSipi;
+                        }
+                    }
+                }
+                IoApicDelivery::Nmi | IoApicDelivery::Smi => {
+                    tracing::warn!(pin_vector = m.vector, mode = ?m.delivery, "IOAPIC delivery mode not modelled; dropped");
+                }
+            }
+        }
     }
 
     fn is_lapic_msr(msr: u32) -> bool {
@@ -526,8 +663,15 @@ impl Machine {
     /// Keep the timer queue in step with LAPIC `i` and route any IPI.
     fn after_lapic_access(&mut self, i: usize, action: LapicAction) {
         self.reschedule_lapic_timer(i);
-        if let LapicAction::Ipi(ipi) = action {
-            self.send_ipi(i, ipi);
+        match action {
+            LapicAction::None => {}
+            LapicAction::Ipi(ipi) => self.send_ipi(i, ipi),
+            // The EOI broadcast: the IOAPIC may deliver a still-asserted level pin again.
+            LapicAction::Eoi { vector, level_triggered: true } => {
+                let messages = self.ioapic.eoi(vector);
+                self.deliver_ioapic(messages);
+            }
+            LapicAction::Eoi { level_triggered: false, .. } => {}
         }
     }
 
@@ -575,31 +719,38 @@ impl Machine {
     /// it now, or ask for an interrupt window.
     /// The platform's direct vector (Xen's callback vector) comes first, as
     /// in Xen's hvm_vcpu_has_pending_irq; it bypasses the LAPIC entirely.
+    /// Then the 8259's ExtINT (through LINT0 on the BSP, or an IOAPIC ExtINT
+    /// message), then the LAPIC's highest pending vector.
     fn offer_interrupt(&mut self, i: usize) {
         if matches!(self.run_state[i], RunState::WaitForSipi | RunState::Down) {
             return;
         }
         let direct = self.platform.as_mut().and_then(|p| p.pending_vector(&self.mem, i as u32));
-        if direct.is_none() && self.lapics[i].pending_interrupt().is_none() {
+        let extint =
+            self.extint_pending[i] || (i == 0 && self.lapics[0].accepts_pic_interrupt() && self.pic.interrupt_output());
+        if direct.is_none() && !extint && self.lapics[i].pending_interrupt().is_none() {
             return;
         }
-        let v = &mut self.vcpus[i];
-        if v.interrupt_ready() {
+        if self.vcpus[i].interrupt_ready() {
             let vector = match direct {
                 Some(d) => Some(d),
+                None if extint => {
+                    self.extint_pending[i] = false;
+                    Some(self.pic.acknowledge())
+                }
                 None => self.lapics[i].acknowledge(),
             };
             if let Some(vector) = vector {
-                v.inject_interrupt(vector);
+                self.vcpus[i].inject_interrupt(vector);
                 self.run_state[i] = RunState::Running;
             }
         } else if self.run_state[i] == RunState::Running {
-            v.request_interrupt_window(true);
-        } else if v.state().rflags & rflags::IF != 0 {
+            self.vcpus[i].request_interrupt_window(true);
+        } else if self.vcpus[i].state().rflags & rflags::IF != 0 {
             // Halted with IF set but in a shadow cannot happen after HLT;
             // wake it so the window logic takes over.
             self.run_state[i] = RunState::Running;
-            v.request_interrupt_window(true);
+            self.vcpus[i].request_interrupt_window(true);
         }
     }
 
@@ -618,6 +769,7 @@ impl Machine {
                     if let Some(p) = self.platform.as_mut() {
                         p.timer_fired(&mut platform_ctx!(self, now), k);
                     }
+                    self.sync_irqs();
                     stop = stop.or(self.apply_effects(None));
                 }
             }
@@ -678,6 +830,19 @@ mod tests {
         gpr: [u64; 16],
         window: bool,
         log: Arc<Mutex<Log>>,
+    }
+
+    impl ScriptVcpu {
+        fn boxed(script: &[Step], gpr: [u64; 16], log: &Arc<Mutex<Log>>) -> Box<dyn Vcpu> {
+            Box::new(ScriptVcpu {
+                script: script.iter().copied().collect(),
+                retired: 0,
+                if_set: false,
+                gpr,
+                window: false,
+                log: log.clone(),
+            })
+        }
     }
 
     impl Vcpu for ScriptVcpu {
@@ -758,17 +923,7 @@ mod tests {
     fn machine(script: Vec<Step>, config: MachineConfig) -> (Machine, Arc<Mutex<Log>>, Sink) {
         let log = Arc::new(Mutex::new(Log::default()));
         let l2 = log.clone();
-        let mut m = Machine::new(config, &mut |_, _, _| {
-            Box::new(ScriptVcpu {
-                script: script.clone().into(),
-                retired: 0,
-                if_set: false,
-                gpr: [0; 16],
-                window: false,
-                log: l2.clone(),
-            })
-        })
-        .unwrap();
+        let mut m = Machine::new(config, &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [0; 16], &l2))).unwrap();
         let sink = Sink::default();
         m.set_console(Box::new(sink.clone()));
         (m, log, sink)
@@ -920,16 +1075,7 @@ mod tests {
         let mut m = Machine::with_platform(
             MachineConfig { quantum: 1000, ..Default::default() },
             Some(Box::new(platform)),
-            &mut |_, _, _| {
-                Box::new(ScriptVcpu {
-                    script: script.clone().into(),
-                    retired: 0,
-                    if_set: false,
-                    gpr: [u64::MAX; 16],
-                    window: false,
-                    log: l2.clone(),
-                })
-            },
+            &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [u64::MAX; 16], &l2)),
         )
         .unwrap();
         assert_eq!(m.cpuid().lookup(0, 1, 0x4000_0000, 0).eax, 0x4000_0001, "platform CPUID leaves installed");
@@ -941,6 +1087,235 @@ mod tests {
         assert!(log.tsc_sets.contains(&clock::ns_to_tsc(5100)), "{:?}", log.tsc_sets);
         assert_eq!(log.completions, vec![Completion::Data(0x1234)]);
         assert_eq!(log.injected.first(), Some(&0xf3));
+    }
+
+    /// A platform whose every hypercall toggles its callback GSI.
+    struct GsiPlatform {
+        gsi: u32,
+        level: bool,
+    }
+
+    impl Platform for GsiPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, ctx: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            self.level = !self.level;
+            ctx.gsi.set(self.gsi, crate::irq::source::XEN_CALLBACK, self.level);
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            None
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            true
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+    }
+
+    fn gsi_machine(script: Vec<Step>, gsi: u32) -> (Machine, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let l2 = log.clone();
+        let mut m = Machine::with_platform(
+            MachineConfig { quantum: 1000, ..Default::default() },
+            Some(Box::new(GsiPlatform { gsi, level: false })),
+            &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [0; 16], &l2)),
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        (m, log)
+    }
+
+    /// An MMIO write with interrupts enabled at the exit.
+    fn mmio_w(gpa: u64, data: u64) -> Step {
+        Step { insns: 1, exit: VcpuExit::MmioWrite { gpa, size: 4, data }, if_set: true }
+    }
+
+    fn out(port: u16, size: u8, data: u32) -> Step {
+        Step { insns: 1, exit: VcpuExit::IoOut { port, size, data }, if_set: true }
+    }
+
+    fn hypercall_if() -> Step {
+        Step { insns: 1, exit: VcpuExit::Hypercall, if_set: true }
+    }
+
+    const SVR: u64 = 0xfee0_00f0;
+    const EOI: u64 = 0xfee0_00b0;
+    const LINT0: u64 = 0xfee0_0350;
+    const IOREGSEL: u64 = 0xfec0_0000;
+    const IOWIN: u64 = 0xfec0_0010;
+
+    /// Program IOAPIC pin `pin`: destination APIC ID 0, low word `low`.
+    fn program_pin(pin: u64, low: u64) -> Vec<Step> {
+        vec![mmio_w(IOREGSEL, 0x11 + 2 * pin), mmio_w(IOWIN, 0), mmio_w(IOREGSEL, 0x10 + 2 * pin), mmio_w(IOWIN, low)]
+    }
+
+    #[test]
+    fn level_gsi_reaches_the_lapic_and_is_redelivered_after_eoi_while_asserted() {
+        // Pin 28 (the platform device's INTA): level, active low, vector 0x51.
+        let mut script = vec![mmio_w(SVR, 0x1ff)];
+        script.extend(program_pin(28, 0x51 | (1 << 15) | (1 << 13)));
+        script.extend([
+            hypercall_if(), // assert: delivered and taken at once
+            mmio_w(EOI, 0), // still asserted: delivered again
+            hypercall_if(), // deassert
+            mmio_w(EOI, 0), // remote IRR clears; nothing more
+            step(1, VcpuExit::Halt),
+        ]);
+        let (mut m, log) = gsi_machine(script, crate::devices::pci::intx_gsi(3, 0));
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(log.lock().unwrap().injected, vec![0x51, 0x51]);
+        assert_eq!(m.ioapic.redirection_entry(28).map(|e| e & (1 << 14)), Some(0), "remote IRR clear");
+    }
+
+    #[test]
+    fn masked_pin_delivers_nothing_until_unmasked() {
+        let mut script = vec![mmio_w(SVR, 0x1ff)];
+        script.extend(program_pin(20, 0x62 | (1 << 15) | (1 << 16)));
+        script.push(hypercall_if()); // assert while masked
+        script.push(step(1, VcpuExit::MmioRead { gpa: 0xfee0_0200 + 0x30, size: 4 })); // IRR 0x60-0x7f
+        script.extend(program_pin(20, 0x62 | (1 << 15))); // unmask
+        script.push(step(1, VcpuExit::Halt));
+        let (mut m, log) = gsi_machine(script, 20);
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        let log = log.lock().unwrap();
+        let irr = log.completions.iter().find(|c| matches!(c, Completion::Data(_)));
+        assert_eq!(irr, Some(&Completion::Data(0)), "nothing requested while masked");
+        assert_eq!(log.injected, vec![0x62]);
+    }
+
+    #[test]
+    fn edge_pin_is_not_redelivered_by_eoi() {
+        let mut script = vec![mmio_w(SVR, 0x1ff)];
+        script.extend(program_pin(10, 0x45));
+        script.extend([hypercall_if(), mmio_w(EOI, 0), mmio_w(EOI, 0), step(1, VcpuExit::Halt)]);
+        let (mut m, log) = gsi_machine(script, 10);
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(log.lock().unwrap().injected, vec![0x45]);
+    }
+
+    #[test]
+    fn uart_interrupt_reaches_the_ioapic_on_irq4() {
+        let mut script = vec![mmio_w(SVR, 0x1ff)];
+        script.extend(program_pin(4, 0x34));
+        // OUT2 gates the 16550's interrupt onto the ISA bus; then enable
+        // the THR-empty interrupt, which is pending at once (THR is empty).
+        script.extend([out(0x3fc, 1, 0x08), out(0x3f9, 1, 0x02), step(1, VcpuExit::Halt)]);
+        let (mut m, log, _) = machine(script, MachineConfig { quantum: 1000, ..Default::default() });
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(log.lock().unwrap().injected, vec![0x34]);
+        assert!(m.gsi.source_level(COM1_GSI, crate::irq::source::UART));
+    }
+
+    #[test]
+    fn pic_delivers_extint_through_lint0() {
+        let mut script = vec![mmio_w(SVR, 0x1ff), mmio_w(LINT0, 0x700)];
+        // init_8259A-style initialisation: vectors 0x30 (master), 0x38 (slave).
+        for (port, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01)] {
+            script.push(out(port, 1, v));
+        }
+        for (port, v) in [(0xa0, 0x11), (0xa1, 0x38), (0xa1, 0x02), (0xa1, 0x01)] {
+            script.push(out(port, 1, v));
+        }
+        script.push(out(0x21, 1, 0xef)); // OCW1: only IRQ4 unmasked
+        script.extend([out(0x3fc, 1, 0x08), out(0x3f9, 1, 0x02)]);
+        script.push(out(0x20, 1, 0x0b)); // OCW3: read ISR
+        script.push(step(1, VcpuExit::IoIn { port: 0x20, size: 1 }));
+        script.push(step(1, VcpuExit::Halt));
+        let (mut m, log, _) = machine(script, MachineConfig { quantum: 1000, ..Default::default() });
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        let log = log.lock().unwrap();
+        assert_eq!(log.injected, vec![0x34], "IRQ4 = master base + 4; the IOAPIC pin is masked");
+        assert_eq!(log.completions.last(), Some(&Completion::Data(0x10)), "IR4 in service");
+    }
+
+    #[test]
+    fn pic_is_silent_while_lint0_is_masked() {
+        let mut script = vec![mmio_w(SVR, 0x1ff)];
+        for (port, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01)] {
+            script.push(out(port, 1, v));
+        }
+        script.extend([out(0x3fc, 1, 0x08), out(0x3f9, 1, 0x02), step(1, VcpuExit::Halt)]);
+        let (mut m, log, _) = machine(script, MachineConfig { quantum: 1000, ..Default::default() });
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert!(log.lock().unwrap().injected.is_empty());
+    }
+
+    #[test]
+    fn xen_platform_pci_config_through_ports() {
+        let cfg = |reg: u32| 0x8000_0000 | (3 << 11) | reg;
+        let script = vec![
+            step(1, VcpuExit::IoOut { port: 0xcf8, size: 4, data: cfg(0) }),
+            step(1, VcpuExit::IoIn { port: 0xcfc, size: 4 }),
+            step(1, VcpuExit::IoIn { port: 0xcfe, size: 2 }),
+            step(1, VcpuExit::IoOut { port: 0xcf8, size: 4, data: cfg(0x3c) }),
+            step(1, VcpuExit::IoIn { port: 0xcfc, size: 1 }),
+            step(1, VcpuExit::IoIn { port: 0xcfd, size: 1 }),
+            step(1, VcpuExit::IoOut { port: 0xcf8, size: 4, data: cfg(0x10) }),
+            step(1, VcpuExit::IoOut { port: 0xcfc, size: 4, data: u32::MAX }),
+            step(1, VcpuExit::IoIn { port: 0xcfc, size: 4 }),
+            step(1, VcpuExit::IoOut { port: 0xcf8, size: 4, data: 0x8000_0000 | (4 << 11) }),
+            step(1, VcpuExit::IoIn { port: 0xcfc, size: 4 }),
+            step(1, VcpuExit::Halt),
+        ];
+        let (mut m, log, _) = machine(script, Default::default());
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        let data: Vec<Completion> =
+            log.lock().unwrap().completions.iter().copied().filter(|c| matches!(c, Completion::Data(_))).collect();
+        assert_eq!(
+            data,
+            vec![
+                Completion::Data(0x0001_5853), // vendor 5853, device 0001
+                Completion::Data(0x0001),      // device ID alone
+                Completion::Data(28),          // interrupt line: GSI of 00:03 INTA
+                Completion::Data(1),           // interrupt pin: INTA
+                Completion::Data(0xffff_ff01), // BAR0 sized: 256 bytes of I/O
+                Completion::Data(0xffff_ffff), // 00:04.0 is absent
+            ]
+        );
+    }
+
+    #[test]
+    fn madt_lists_the_ioapic() {
+        let (m, _, _) = machine(vec![], MachineConfig { cpus: 2, ..Default::default() });
+        // Find the MADT ("APIC") through the XSDT the RSDP points to (ACPI 6.0, 5.2.5-5.2.12).
+        let rd = |gpa: u64, n: usize| {
+            let mut b = vec![0; n];
+            m.mem.read(gpa, &mut b).unwrap();
+            b
+        };
+        let rsdp = rd(m.rsdp(), 36);
+        let xsdt = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let xsdt_len = u32::from_le_bytes(rd(xsdt + 4, 4).try_into().unwrap()) as u64;
+        let madt = (36..xsdt_len)
+            .step_by(8)
+            .map(|o| u64::from_le_bytes(rd(xsdt + o, 8).try_into().unwrap()))
+            .find(|&t| rd(t, 4) == b"APIC")
+            .expect("MADT in the XSDT");
+        let len = u32::from_le_bytes(rd(madt + 4, 4).try_into().unwrap()) as usize;
+        let body = rd(madt, len);
+        let mut o = 44;
+        let mut ioapics = Vec::new();
+        while o + 2 <= len {
+            let (ty, l) = (body[o], body[o + 1] as usize);
+            if ty == 1 {
+                ioapics.push((body[o + 2], u32::from_le_bytes(body[o + 4..o + 8].try_into().unwrap())));
+            }
+            o += l.max(2);
+        }
+        assert_eq!(ioapics, vec![(2, 0xfec0_0000)], "IOAPIC ID = vCPU count, at IOAPIC_BASE");
     }
 
     #[test]

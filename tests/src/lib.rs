@@ -70,7 +70,7 @@ pub fn boot_config(kernel: Vec<u8>, run: &Run) -> BootConfig {
 /// A machine on the interpreter with `kernel` loaded, console captured.
 pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
     let mut m =
-        Machine::new(run.config.clone(), &mut |id, n, cpuid| Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
+        Machine::new(run.config.clone(), &mut |id, n, cpuid| Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid))))
             .expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));

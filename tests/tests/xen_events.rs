@@ -12,7 +12,7 @@ fn run_xen(kernel: Vec<u8>) -> (StopReason, String) {
     let config = MachineConfig { memory_mib: 64, max_instructions: Some(20_000_000), ..Default::default() };
     let platform = XenPlatform::new(XenConfig::default(), config.cpus);
     let mut m = Machine::with_platform(config, Some(Box::new(platform)), &mut |id, n, cpuid| {
-        Box::new(x86_interp::Interpreter::new(id, n, cpuid))
+        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
     })
     .expect("machine");
     let cap = Capture::default();

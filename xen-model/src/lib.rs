@@ -6,8 +6,7 @@ pub mod console;
 pub mod cpuid;
 pub mod errno;
 pub mod evtchn;
-/// TEMPORARY: replaced by `gnttab` when the grant-table branch merges.
-pub mod gnttab_adapter;
+pub mod gnttab;
 pub mod guest;
 pub mod hvm;
 pub mod hypercall;
@@ -21,8 +20,9 @@ pub mod time;
 pub mod vcpu_op;
 pub mod version;
 
-pub use platform::{Ring, XenConfig, XenPlatform};
 pub mod xenstore;
+
+pub use platform::{Ring, XenConfig, XenPlatform};
 
 /// The simulator's own domain (the toolstack and backends).
 pub const DOM0: u16 = 0;

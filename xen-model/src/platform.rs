@@ -15,7 +15,7 @@ use sim_core::vcpu::Vcpu;
 use sim_core::GuestMemory;
 
 use crate::evtchn::{Delivery, EventChannels, VIRQ_TIMER};
-use crate::gnttab_adapter::GrantTable;
+use crate::gnttab::GrantTable;
 use crate::guest::GuestVirt;
 use crate::hvm::{Callback, HVM_NR_PARAMS};
 use crate::shared_info::{vcpu_info, SharedInfo, VcpuInfoAt, LEGACY_MAX_VCPUS};

@@ -8,8 +8,10 @@
 //! Divide Configuration Register, so at divide-by-1 one tick is one virtual
 //! nanosecond. The TSC is `clock::ns_to_tsc(now_ns)` (TSC 0 at power-on).
 //!
-//! Not modelled: the EOI broadcast to IOAPICs for level-triggered vectors
-//! (comes with the IOAPIC), CMCI (version reports max LVT 5, so there is no
+//! An EOI reports the vector it retires (`LapicAction::Eoi`); the machine
+//! forwards level-triggered ones to the IOAPIC (the EOI broadcast; the
+//! version register does not offer EOI-broadcast suppression).
+//! Not modelled: CMCI (version reports max LVT 5, so there is no
 //! CMCI register), focus processor checks and lowest-priority arbitration
 //! (the machine picks among `matches_destination` candidates). The xAPIC ID
 //! register is read-only (model-specific per the SDM). While hardware-disabled
@@ -118,6 +120,11 @@ pub struct Ipi {
 pub enum LapicAction {
     None,
     Ipi(Ipi),
+    /// An EOI retired `vector` from ISR; `level_triggered` is its TMR bit.
+    Eoi {
+        vector: u8,
+        level_triggered: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,10 +376,25 @@ impl Lapic {
         }
     }
 
-    fn eoi(&mut self) {
-        if let Some(v) = highest_bit(&self.isr) {
-            set_bit(&mut self.isr, v, false);
+    /// Retire the highest in-service vector.
+    fn eoi(&mut self) -> LapicAction {
+        match highest_bit(&self.isr) {
+            Some(v) => {
+                set_bit(&mut self.isr, v, false);
+                let (i, m) = bit_pos(v);
+                LapicAction::Eoi { vector: v, level_triggered: self.tmr[i] & m != 0 }
+            }
+            None => LapicAction::None,
         }
+    }
+
+    /// Whether the 8259's INTR reaches this CPU: LINT0 programmed ExtINT and
+    /// unmasked, or the LAPIC hardware-disabled (its LINT0 pin then is the
+    /// CPU's INTR pin). The machine asks only for the BSP, where the 8259
+    /// is wired (as Xen's vlapic_accept_pic_intr).
+    pub fn accepts_pic_interrupt(&self) -> bool {
+        let lint0 = self.lvt[((reg::LVT_LINT0 - reg::LVT_TIMER) >> 4) as usize];
+        !self.hw_enabled() || (lint0 & LVT_MASKED == 0 && (lint0 >> 8) & 7 == 7)
     }
 
     /// Decode the ICR into an IPI; `None` for reserved delivery modes and
@@ -565,7 +587,7 @@ impl Lapic {
         match offset {
             reg::TPR => self.tpr = value & 0xff,
             reg::EOI if x2 && value != 0 => return None,
-            reg::EOI => self.eoi(),
+            reg::EOI => return Some(self.eoi()),
             reg::LDR if !x2 => self.ldr = value & 0xff00_0000,
             reg::DFR if !x2 => self.dfr = value | 0x0fff_ffff,
             reg::SVR => self.write_svr(value),
@@ -771,12 +793,30 @@ mod tests {
         l.accept_interrupt(0x90, true);
         l.acknowledge();
         assert_eq!(l.mmio_read(reg::TMR + 0x40, 0), 1 << 16, "level-triggered sets TMR");
-        l.mmio_write(reg::EOI, 0, 0);
+        let a = l.mmio_write(reg::EOI, 0, 0);
+        assert_eq!(a, LapicAction::Eoi { vector: 0x90, level_triggered: true });
         assert_eq!(l.mmio_read(reg::ISR + 0x40, 0), 0);
         assert_eq!(l.mmio_read(reg::ISR + 0x10, 0), 1 << 16);
-        l.mmio_write(reg::EOI, 0, 0);
+        let a = l.mmio_write(reg::EOI, 0, 0);
+        assert_eq!(a, LapicAction::Eoi { vector: 0x30, level_triggered: false });
         assert_eq!(l.mmio_read(reg::ISR + 0x10, 0), 0);
         assert_eq!(l.ppr(), 0);
+        assert_eq!(l.mmio_write(reg::EOI, 0, 0), LapicAction::None, "nothing in service");
+    }
+
+    #[test]
+    fn pic_interrupts_need_lint0_extint_unmasked_or_a_disabled_lapic() {
+        let mut l = Lapic::new(0, true);
+        assert!(!l.accepts_pic_interrupt(), "reset: LINT0 masked");
+        l.mmio_write(reg::SVR, SVR_ENABLE | 0xff, 0);
+        l.mmio_write(reg::LVT_LINT0, 0x700, 0); // ExtINT, unmasked
+        assert!(l.accepts_pic_interrupt());
+        l.mmio_write(reg::LVT_LINT0, 0x1_0700, 0);
+        assert!(!l.accepts_pic_interrupt(), "masked");
+        l.mmio_write(reg::LVT_LINT0, 0x400, 0); // NMI
+        assert!(!l.accepts_pic_interrupt());
+        l.msr_write(IA32_APIC_BASE, LAPIC_BASE, 0).unwrap(); // EN clear
+        assert!(l.accepts_pic_interrupt(), "hardware-disabled: INTR goes straight to the CPU");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! rest are held back by an ideal flow-controlled line, so input is never
 //! overrun. Loopback (MCR bit 4) is modelled, since Linux's 8250 probe uses it.
 //!
-//! Not modelled yet: raising IRQ4. `interrupt_pending()` computes the line's
-//! level (IIR source gated by MCR.OUT2) for when GSI lines exist.
+//! `interrupt_pending()` is the IRQ line's level (IIR source gated by
+//! MCR.OUT2); the machine drives GSI 4 from it after every exit.
 //! Register access is byte-wide; a wider access is treated as a byte access.
 
 use std::collections::VecDeque;

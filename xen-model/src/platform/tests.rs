@@ -259,10 +259,15 @@ fn shared_info_maps_anywhere_with_wallclock_and_time() {
     r.mem.write_u64(0xa010, 1 << 40).unwrap();
     assert_eq!(r.call(nr::MEMORY_OP, &[7, 0xa000]), -EINVAL);
     assert_eq!(r.call(nr::MEMORY_OP, &[7, 0x7fff_f000]), -EFAULT);
-    // grant_table frames wait for the grant-table model.
+    // Grant frame 0 at another unbacked frame; moving it leaves the old one.
     r.mem.write_u32(0xa004, 1).unwrap();
     r.mem.write_u64(0xa010, 0xfeff1).unwrap();
-    assert_eq!(r.call(nr::MEMORY_OP, &[7, 0xa000]), -EINVAL);
+    assert_eq!(r.call(nr::MEMORY_OP, &[7, 0xa000]), 0);
+    assert_eq!(r.mem.backing(0xfeff1 << 12), sim_core::memory::Backing::Overlay);
+    r.mem.write_u64(0xa010, 0xfeff2).unwrap();
+    assert_eq!(r.call(nr::MEMORY_OP, &[7, 0xa000]), 0);
+    assert_eq!(r.mem.backing(0xfeff1 << 12), sim_core::memory::Backing::Mmio);
+    assert_eq!(r.mem.backing(0xfeff2 << 12), sim_core::memory::Backing::Overlay);
 }
 
 #[test]
