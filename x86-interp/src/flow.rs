@@ -39,7 +39,7 @@ impl Interpreter {
     /// Target of a relative branch, resolved against the real next RIP
     /// (cached instructions were decoded at a page offset).
     #[inline(always)]
-    fn rel_target(&self, ins: &Instruction) -> u64 {
+    pub(crate) fn rel_target(&self, ins: &Instruction) -> u64 {
         let nip = ins.next_ip();
         match ins.op_kind(0) {
             OpKind::NearBranch16 => {

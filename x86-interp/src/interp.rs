@@ -22,7 +22,7 @@ use sim_core::memory::GuestMemory;
 use sim_core::state::{cr0, efer, rflags, sreg, ArchState};
 use sim_core::{Completion, Vcpu, VcpuError, VcpuExit};
 
-use crate::code_cache::{CodeCache, Decoded, PAGE};
+use crate::code_cache::{Cached, CodeCache, Decoded, PAGE};
 use crate::fault::{exc, gp0, vector, Stop, R};
 use crate::tlb::Tlb;
 
@@ -63,6 +63,24 @@ pub struct Interpreter {
     pub(crate) cpl: u8,
     /// RIP of the next instruction (branches overwrite it).
     pub(crate) next_rip: u64,
+    /// L0: linear RIP -> decoded instruction, valid while `gen == l0_gen`.
+    /// Saves the page/offset look-up chain on every hit; any event that can
+    /// change what a linear address decodes to bumps `l0_gen`.
+    /// Lent to the run loop while it runs, so handlers can borrow an entry
+    /// while holding `&mut self`.
+    l0: Option<Box<L0>>,
+    l0_gen: u64,
+}
+
+type L0 = [L0Entry; L0_ENTRIES];
+
+const L0_ENTRIES: usize = 512;
+
+#[derive(Clone, Copy)]
+struct L0Entry {
+    la: u64,
+    gen: u64,
+    c: Cached,
 }
 
 impl Interpreter {
@@ -92,6 +110,8 @@ impl Interpreter {
             real: true,
             cpl: 0,
             next_rip: 0,
+            l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])),
+            l0_gen: 1,
         };
         i.refresh_mode();
         i
@@ -112,13 +132,20 @@ impl Interpreter {
     pub(crate) fn code_written(&mut self, gfn: u64) {
         if let Some(slot) = self.code.invalidate(gfn) {
             if self.fetch_slot == Some(slot) {
-                self.fetch_slot = None;
+                self.forget_fetch();
             }
         }
     }
 
+    /// Drop the current fetch page and every L0 entry (O(1)).
+    pub(crate) fn forget_fetch(&mut self) {
+        self.fetch_slot = None;
+        self.l0_gen = self.l0_gen.wrapping_add(1);
+    }
+
     /// Recompute the cached mode after CS, CR0, EFER or RFLAGS.VM changed.
     pub(crate) fn refresh_mode(&mut self) {
+        let (old_bits, old_cpl) = (self.bits, self.cpl);
         let cs = self.s.seg[sreg::CS];
         let pe = self.s.cr0 & cr0::PE != 0;
         let vm = self.s.rflags & rflags::VM != 0;
@@ -133,22 +160,26 @@ impl Interpreter {
         };
         self.cpl = self.s.cpl();
         self.fetch_slot = None;
+        if old_bits != self.bits || old_cpl != self.cpl {
+            // L0 entries were decoded for, and permission-checked at, the old mode.
+            self.forget_fetch();
+        }
     }
 
     /// Flush translations (CR0/CR4/EFER changes).
     pub(crate) fn flush_tlb(&mut self) {
         self.tlb.flush_all();
-        self.fetch_slot = None;
+        self.forget_fetch();
     }
 
     pub(crate) fn flush_tlb_non_global(&mut self) {
         self.tlb.flush_non_global();
-        self.fetch_slot = None;
+        self.forget_fetch();
     }
 
     pub(crate) fn flush_tlb_page(&mut self, la: u64) {
         self.tlb.flush_page(la);
-        self.fetch_slot = None;
+        self.forget_fetch();
     }
 
     fn update_attention(&mut self) {
@@ -202,23 +233,24 @@ impl Interpreter {
         }
     }
 
+    /// The decoded instruction at linear `la` if it is in the current fetch page.
     #[inline(always)]
-    fn fetch(&mut self, m: &GuestMemory) -> R<Instruction> {
-        let la = self.rip_la();
-        if la & !0xfff == self.fetch_tag {
-            if let Some(slot) = self.fetch_slot {
-                if let Some(p) = self.code.page_mut(slot) {
-                    if let Decoded::Hit(ins) = p.get((la & 0xfff) as usize) {
-                        return Ok(ins);
-                    }
-                }
-            }
+    fn fetch_fast(&self, la: u64) -> Option<&Cached> {
+        if la & !0xfff != self.fetch_tag {
+            return None;
         }
-        self.fetch_slow(m, la)
+        self.code.page(self.fetch_slot?)?.cached((la & 0xfff) as usize)
+    }
+
+    fn fetch_miss(&mut self, m: &GuestMemory, la: u64) -> R<(Cached, bool)> {
+        match self.fetch_fast(la) {
+            Some(c) => Ok((*c, true)),
+            None => self.fetch_slow(m, la),
+        }
     }
 
     #[cold]
-    fn fetch_slow(&mut self, m: &GuestMemory, la: u64) -> R<Instruction> {
+    fn fetch_slow(&mut self, m: &GuestMemory, la: u64) -> R<(Cached, bool)> {
         self.fetch_slot = None;
         let (host, gpa) = self.xlate_fetch(m, la)?;
         let Some(host) = host else {
@@ -229,7 +261,12 @@ impl Interpreter {
         // SAFETY: `host` points into a mapped guest page that stays valid
         // while this run holds `&GuestMemory`; the page is 4 KiB.
         let bytes = unsafe { &*page_base };
+        let clears = self.code.clears;
         let (slot, created) = self.code.enter(gpa >> 12, bytes, self.bits);
+        if clears != self.code.clears {
+            // Copies of instructions from dropped pages are no longer guarded.
+            self.forget_fetch();
+        }
         if created {
             self.tlb.drop_writes_to(gpa);
         }
@@ -241,14 +278,14 @@ impl Interpreter {
             None => Decoded::CrossesPage,
         };
         match cached {
-            Decoded::Hit(ins) => Ok(ins),
+            Decoded::Hit(c) => Ok((c, true)),
             Decoded::CrossesPage => {
                 let mut buf = [0u8; 15];
                 let n = 15.min(PAGE - off);
                 buf[..n].copy_from_slice(&bytes[off..off + n]);
                 self.fetch_bytes(m, la.wrapping_add(n as u64), &mut buf[n..])?;
                 let mut dec = Decoder::with_ip(self.bits, &buf, off as u64, DecoderOptions::NONE);
-                Ok(dec.decode())
+                Ok((Cached::new(dec.decode()), false))
             }
         }
     }
@@ -256,8 +293,24 @@ impl Interpreter {
     // The loop.
 
     #[inline(always)]
-    fn step(&mut self, m: &GuestMemory) -> R<()> {
-        let ins = self.fetch(m)?;
+    fn step(&mut self, m: &GuestMemory, l0: &mut L0) -> R<()> {
+        let la = self.rip_la();
+        let slot = (la as usize) & (L0_ENTRIES - 1);
+        let e = &l0[slot];
+        let uncached;
+        let c: &Cached = if e.la == la && e.gen == self.l0_gen {
+            &l0[slot].c
+        } else {
+            let (c, cacheable) = self.fetch_miss(m, la)?;
+            if cacheable {
+                l0[slot] = L0Entry { la, gen: self.l0_gen, c };
+                &l0[slot].c
+            } else {
+                uncached = c;
+                &uncached
+            }
+        };
+        let ins = &c.ins;
         let len = ins.len() as u64;
         let next = self.s.rip.wrapping_add(len);
         self.next_rip = match self.bits {
@@ -272,7 +325,7 @@ impl Interpreter {
             }
         }
         self.io_pos = 0;
-        self.exec(m, &ins)?;
+        (c.run)(self, m, ins)?;
         self.s.rip = self.next_rip;
         Ok(())
     }
@@ -312,12 +365,12 @@ impl Interpreter {
         }
     }
 
-    fn run_loop(&mut self, m: &GuestMemory, budget: u64) -> VcpuExit {
+    fn run_loop(&mut self, m: &GuestMemory, budget: u64, l0: &mut L0) -> VcpuExit {
         let target = self.retired.saturating_add(budget);
+        if self.shutdown {
+            return VcpuExit::Shutdown;
+        }
         loop {
-            if self.shutdown {
-                return VcpuExit::Shutdown;
-            }
             if self.attention {
                 if let Some(exit) = self.boundary(m) {
                     return exit;
@@ -326,6 +379,7 @@ impl Interpreter {
                     return VcpuExit::Shutdown;
                 }
             }
+            // HLT returns through `exit`; a halted vCPU only gets here on entry.
             if self.s.events.halted {
                 return VcpuExit::Halt;
             }
@@ -333,7 +387,7 @@ impl Interpreter {
                 return VcpuExit::BudgetExhausted;
             }
             let shadow = self.s.events.interrupt_shadow;
-            match self.step(m) {
+            match self.step(m, l0) {
                 Ok(()) => {
                     self.retired += 1;
                     if shadow {
@@ -349,6 +403,9 @@ impl Interpreter {
                 Err(Stop::Fault { vector, code }) => {
                     self.io_log.clear();
                     self.raise(m, vector, code);
+                    if self.shutdown {
+                        return VcpuExit::Shutdown;
+                    }
                 }
                 Err(Stop::Exit) => {
                     let e = self.exit.take().unwrap_or(VcpuExit::Shutdown);
@@ -388,8 +445,13 @@ impl Vcpu for Interpreter {
             self.mem_gen = mem.generation();
         }
         self.code.new_epoch();
-        self.fetch_slot = None;
-        Ok(self.run_loop(mem, budget))
+        self.forget_fetch();
+        let mut l0 = self.l0.take().unwrap_or_else(|| {
+            Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])
+        });
+        let exit = self.run_loop(mem, budget, &mut l0);
+        self.l0 = Some(l0);
+        Ok(exit)
     }
 
     fn complete(&mut self, completion: Completion) {

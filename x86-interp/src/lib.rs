@@ -9,6 +9,7 @@
 
 pub mod alu;
 mod code_cache;
+mod dispatch;
 mod exec;
 mod fault;
 mod flow;

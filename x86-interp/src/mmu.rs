@@ -67,7 +67,8 @@ impl Interpreter {
             }
             let code = d.attr & seg_attr::CODE != 0;
             let rw = d.attr & seg_attr::RW != 0;
-            if (write && (code || !rw)) || (!write && code && !rw) {
+            let denied = if write { code || !rw } else { code && !rw };
+            if denied {
                 return Err(fault());
             }
             if !code && d.attr & seg_attr::DC != 0 {

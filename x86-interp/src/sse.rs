@@ -1,6 +1,6 @@
 //! TEMPORARY stand-in for the alu helper's sse.rs (same signatures as the
 //! contract) until it lands: no SSE instruction is supported yet (#UD).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_unit_err)]
 
 use iced_x86::Code;
 use sim_core::state::FpuState;
@@ -30,8 +30,9 @@ pub fn fxsave(f: &FpuState, _long64: bool) -> [u8; 512] {
 }
 
 pub fn fxrstor(b: &[u8; 512], _long64: bool) -> Result<FpuState, ()> {
-    let mut f = FpuState::default();
-    f.fcw = u16::from_le_bytes([b[0], b[1]]);
-    f.mxcsr = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
-    Ok(f)
+    Ok(FpuState {
+        fcw: u16::from_le_bytes([b[0], b[1]]),
+        mxcsr: u32::from_le_bytes([b[24], b[25], b[26], b[27]]),
+        ..FpuState::default()
+    })
 }

@@ -1,0 +1,210 @@
+//! Handler selection at decode time. The common integer and branch forms
+//! get specialised handlers (no mnemonic dispatch per execution); all other
+//! instructions go through `Interpreter::exec`.
+
+use iced_x86::{Instruction, Mnemonic, OpKind};
+use sim_core::memory::GuestMemory;
+
+use crate::alu;
+use crate::code_cache::Handler;
+use crate::fault::R;
+use crate::interp::Interpreter;
+
+const ADD: u8 = 0;
+const OR: u8 = 1;
+const ADC: u8 = 2;
+const SBB: u8 = 3;
+const AND: u8 = 4;
+const SUB: u8 = 5;
+const XOR: u8 = 6;
+const CMP: u8 = 7;
+const TEST: u8 = 8;
+
+pub fn handler(ins: &Instruction) -> Handler {
+    use Mnemonic as M;
+    let gpr_or_imm = |i: u32| match ins.op_kind(i) {
+        OpKind::Register => ins.op_register(i).is_gpr(),
+        OpKind::Memory => true,
+        k => is_imm(k),
+    };
+    let reg_form = ins.op_kind(0) == OpKind::Register
+        && ins.op_register(0).is_gpr()
+        && (is_imm(ins.op_kind(1)) || (ins.op_kind(1) == OpKind::Register && ins.op_register(1).is_gpr()));
+    let reg0 = ins.op_kind(0) == OpKind::Register && ins.op_register(0).is_gpr();
+    match ins.mnemonic() {
+        M::Add if reg_form => binop_reg::<ADD>,
+        M::Sub if reg_form => binop_reg::<SUB>,
+        M::And if reg_form => binop_reg::<AND>,
+        M::Or if reg_form => binop_reg::<OR>,
+        M::Xor if reg_form => binop_reg::<XOR>,
+        M::Cmp if reg_form => binop_reg::<CMP>,
+        M::Test if reg_form => binop_reg::<TEST>,
+        M::Inc if reg0 => inc_dec_reg::<true>,
+        M::Dec if reg0 => inc_dec_reg::<false>,
+        M::Add => binop::<ADD>,
+        M::Or => binop::<OR>,
+        M::Adc => binop::<ADC>,
+        M::Sbb => binop::<SBB>,
+        M::And => binop::<AND>,
+        M::Sub => binop::<SUB>,
+        M::Xor => binop::<XOR>,
+        M::Cmp => binop::<CMP>,
+        M::Test => binop::<TEST>,
+        M::Inc => inc_dec::<true>,
+        M::Dec => inc_dec::<false>,
+        M::Mov if gpr_or_imm(0) && gpr_or_imm(1) => mov,
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => jcc,
+        M::Jmp if is_near(ins.op_kind(0)) => jmp_rel,
+        M::Nop | M::Pause => nop,
+        M::Lea => lea,
+        M::Push if gpr_or_imm(0) => push,
+        M::Pop if ins.op_kind(0) == OpKind::Register && ins.op_register(0).is_gpr() => pop,
+        _ => Interpreter::exec,
+    }
+}
+
+fn is_imm(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
+fn is_near(k: OpKind) -> bool {
+    matches!(k, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
+}
+
+fn binop<const K: u8>(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let size = cpu.op_size(ins, 0);
+    let dst = cpu.loc(ins, 0);
+    let a = cpu.load(m, dst, size)?;
+    let b = cpu.rd(m, ins, 1, size)?;
+    let f = cpu.flags();
+    let sz = size as u8;
+    let (r, f) = match K {
+        ADD => alu::add(a, b, sz, f),
+        OR => alu::or(a, b, sz, f),
+        ADC => alu::adc(a, b, sz, f),
+        SBB => alu::sbb(a, b, sz, f),
+        AND | TEST => alu::and(a, b, sz, f),
+        XOR => alu::xor(a, b, sz, f),
+        _ => alu::sub(a, b, sz, f),
+    };
+    if K != CMP && K != TEST {
+        cpu.store(m, dst, size, r)?;
+    }
+    cpu.set_flags(f);
+    Ok(())
+}
+
+/// Second operand of a register-form ALU instruction.
+#[inline(always)]
+fn src_reg_or_imm(cpu: &Interpreter, ins: &Instruction) -> u64 {
+    if ins.op_kind(1) == OpKind::Register {
+        cpu.reg(ins.op_register(1))
+    } else {
+        ins.immediate(1)
+    }
+}
+
+/// `op r, r/imm`: no memory, no operand-kind dispatch beyond the source.
+fn binop_reg<const K: u8>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let d = ins.op_register(0);
+    let sz = d.size() as u8;
+    let a = cpu.reg(d);
+    let b = src_reg_or_imm(cpu, ins);
+    let f = cpu.flags();
+    let (r, f) = match K {
+        ADD => alu::add(a, b, sz, f),
+        OR => alu::or(a, b, sz, f),
+        AND | TEST => alu::and(a, b, sz, f),
+        XOR => alu::xor(a, b, sz, f),
+        _ => alu::sub(a, b, sz, f),
+    };
+    if K != CMP && K != TEST {
+        cpu.set_reg(d, r);
+    }
+    cpu.set_flags(f);
+    Ok(())
+}
+
+fn inc_dec_reg<const INC: bool>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let d = ins.op_register(0);
+    let sz = d.size() as u8;
+    let a = cpu.reg(d);
+    let (r, f) = if INC { alu::inc(a, sz, cpu.flags()) } else { alu::dec(a, sz, cpu.flags()) };
+    cpu.set_reg(d, r);
+    cpu.set_flags(f);
+    Ok(())
+}
+
+fn inc_dec<const INC: bool>(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let size = cpu.op_size(ins, 0);
+    let dst = cpu.loc(ins, 0);
+    let a = cpu.load(m, dst, size)?;
+    let (r, f) = if INC { alu::inc(a, size as u8, cpu.flags()) } else { alu::dec(a, size as u8, cpu.flags()) };
+    cpu.store(m, dst, size, r)?;
+    cpu.set_flags(f);
+    Ok(())
+}
+
+fn mov(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let size = cpu.op_size(ins, 0);
+    let v = cpu.rd(m, ins, 1, size)?;
+    cpu.wr(m, ins, 0, size, v)
+}
+
+fn jcc(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    if alu::cond(ins.condition_code(), cpu.flags()) {
+        let t = cpu.rel_target(ins);
+        cpu.jump(t)
+    } else {
+        Ok(())
+    }
+}
+
+fn jmp_rel(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let t = cpu.rel_target(ins);
+    cpu.jump(t)
+}
+
+fn nop(_cpu: &mut Interpreter, _m: &GuestMemory, _ins: &Instruction) -> R<()> {
+    Ok(())
+}
+
+fn lea(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let (_, off) = cpu.ea(ins);
+    let r = ins.op_register(0);
+    cpu.set_reg(r, off & crate::operands::mask(r.size()));
+    Ok(())
+}
+
+fn push(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    cpu.push_op(m, ins)
+}
+
+fn pop(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    cpu.pop_op(m, ins)
+}
