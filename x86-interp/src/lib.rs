@@ -1,3 +1,4 @@
 //! The software x86 CPU.
 
 pub mod alu;
+pub mod sse;
