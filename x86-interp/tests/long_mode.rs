@@ -712,3 +712,86 @@ fn random_instruction_streams_never_panic() {
         }
     }
 }
+
+#[test]
+fn sse_glue_loads_computes_and_stores() {
+    let mut r = Rig::long();
+    // Two packed-single vectors: [1.5, 2.0, -1.0, 0.25] + [2.25, 0.5, 1.0, 4.0].
+    let a: [f32; 4] = [1.5, 2.0, -1.0, 0.25];
+    let b: [f32; 4] = [2.25, 0.5, 1.0, 4.0];
+    for i in 0..4 {
+        r.mem.write_u32(DATA + i * 4, a[i as usize].to_bits()).unwrap();
+        r.mem.write_u32(DATA + 16 + i * 4, b[i as usize].to_bits()).unwrap();
+    }
+    r.mem.write_u64(DATA + 0x40, 3.0f64.to_bits()).unwrap();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA)?;
+        a.movaps(xmm0, xmmword_ptr(rax))?;
+        a.addps(xmm0, xmmword_ptr(rax + 16))?;
+        a.movups(xmmword_ptr(rax + 0x21), xmm0)?; // unaligned store
+        a.movsd_2(xmm1, qword_ptr(rax + 0x40))?; // load zeroes the upper half
+        a.mov(ecx, 2u32)?;
+        a.cvtsi2sd(xmm2, ecx)?;
+        a.comisd(xmm1, xmm2)?; // 3.0 > 2.0: ZF=PF=CF=0
+        a.pushfq()?;
+        a.pop(rbx)?;
+        a.movd(edx, xmm0)?;
+        a.hlt()
+    });
+    r.edit(|s| s.fpu.xmm[1] = u128::MAX);
+    r.run_to_halt();
+    let sum = [3.75f32, 2.5, 0.0, 4.25];
+    for (i, want) in sum.iter().enumerate() {
+        assert_eq!(f32::from_bits(r.mem.read_u32(DATA + 0x21 + i as u64 * 4).unwrap()), *want);
+    }
+    assert_eq!(r.state().fpu.xmm[1], 3.0f64.to_bits() as u128);
+    assert_eq!(r.gpr(gpr::RBX) & (ZF | PF | CF), 0);
+    assert_eq!(r.gpr(gpr::RDX), 3.75f32.to_bits() as u64);
+}
+
+#[test]
+fn sse_misaligned_and_disabled() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    handler(&r, HANDLERS + 0x100, 7, false);
+    r.gate64(7, HANDLERS + 0x100, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA + 8)?;
+        a.movaps(xmm0, xmmword_ptr(rax))?; // misaligned: #GP(0)
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    // CR0.TS: #NM.
+    r.edit(|s| {
+        s.cr0 |= sim_core::state::cr0::TS;
+        s.rip = CODE;
+        s.events.halted = false;
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 7);
+}
+
+#[test]
+fn fxsave_fxrstor_round_trip() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA)?;
+        a.fxsave64(zmmword_ptr(rax))?;
+        a.pxor(xmm9, xmm9)?;
+        a.mov(ecx, 0x1f80u32 | 0x6000)?; // RC = toward zero
+        a.mov(dword_ptr(rax + 0x300), ecx)?;
+        a.ldmxcsr(dword_ptr(rax + 0x300))?;
+        a.fxrstor64(zmmword_ptr(rax))?;
+        a.stmxcsr(dword_ptr(rax + 0x304))?;
+        a.hlt()
+    });
+    r.edit(|s| s.fpu.xmm[9] = 0xabcd);
+    r.run_to_halt();
+    assert_eq!(r.state().fpu.xmm[9], 0xabcd, "restored from the image");
+    // FXSAVE layout (SDM vol. 1 table 10-2): MXCSR at 24, XMM9 at 160 + 9*16.
+    assert_eq!(r.mem.read_u32(DATA + 24).unwrap(), 0x1f80);
+    assert_eq!(r.mem.read_u64(DATA + 160 + 9 * 16).unwrap(), 0xabcd);
+    assert_eq!(r.mem.read_u32(DATA + 0x304).unwrap(), 0x1f80, "MXCSR restored by FXRSTOR");
+}
