@@ -293,6 +293,9 @@ impl Interpreter {
     #[inline(always)]
     fn mov(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         let k0 = ins.op_kind(0);
+        if ins.op_kind(1) == OpKind::Register && (ins.op_register(1).is_cr() || ins.op_register(1).is_dr()) {
+            return self.mov_special(m, ins);
+        }
         if k0 == OpKind::Register {
             let r = ins.op_register(0);
             if r.is_gpr() {

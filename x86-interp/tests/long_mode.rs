@@ -795,3 +795,32 @@ fn fxsave_fxrstor_round_trip() {
     assert_eq!(r.mem.read_u64(DATA + 160 + 9 * 16).unwrap(), 0xabcd);
     assert_eq!(r.mem.read_u32(DATA + 0x304).unwrap(), 0x1f80, "MXCSR restored by FXRSTOR");
 }
+
+#[test]
+fn invlpg_and_cr3_reload_drop_stale_translations() {
+    let mut r = Rig::long();
+    // Linear 0x1f_0000 -> physical 0x1f_0000 (value 1), later -> 0x1f_1000 (value 2).
+    r.mem.write_u64(0x1f_0000, 1).unwrap();
+    r.mem.write_u64(0x1f_1000, 2).unwrap();
+    let pte = PT + 0x1f0 * 8;
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, 0x1f_0000u64)?;
+        a.mov(r8, qword_ptr(rbx))?; // fills the TLB
+        a.mov(rax, pte)?;
+        a.mov(qword_ptr(rax), 0x1f_1000 | 7)?;
+        a.invlpg(byte_ptr(rbx))?;
+        a.mov(r9, qword_ptr(rbx))?; // must see the new mapping
+        a.mov(qword_ptr(rax), 0x1f_0000 | 7)?;
+        a.mov(rcx, cr3)?;
+        a.mov(cr3, rcx)?;
+        a.mov(r10, qword_ptr(rbx))?; // and again after a CR3 reload
+        a.mov(r11, cr0)?;
+        a.mov(r12, cr4)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9), r.gpr(gpr::R10)), (1, 2, 1));
+    assert_eq!(r.gpr(gpr::RCX), PML4);
+    assert_eq!(r.gpr(gpr::R11), r.state().cr0);
+    assert_eq!(r.gpr(gpr::R12), r.state().cr4);
+}
