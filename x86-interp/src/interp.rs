@@ -130,10 +130,10 @@ impl Interpreter {
 
     /// Page `gfn` was written: forget its decoded instructions.
     pub(crate) fn code_written(&mut self, gfn: u64) {
-        if let Some(slot) = self.code.invalidate(gfn) {
-            if self.fetch_slot == Some(slot) {
-                self.forget_fetch();
-            }
+        if self.code.invalidate(gfn).is_some() {
+            // L0 may hold instructions of this page even when it is not the
+            // current fetch page.
+            self.forget_fetch();
         }
     }
 

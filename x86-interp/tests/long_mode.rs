@@ -824,3 +824,25 @@ fn invlpg_and_cr3_reload_drop_stale_translations() {
     assert_eq!(r.gpr(gpr::R11), r.state().cr0);
     assert_eq!(r.gpr(gpr::R12), r.state().cr4);
 }
+
+#[test]
+fn patching_another_code_page_is_seen() {
+    let mut r = Rig::long();
+    let func = CODE + 0x3000;
+    // func: mov eax, imm32; ret  (imm at func + 1)
+    r.asm(64, func, |a| {
+        a.mov(eax, 1u32)?;
+        a.ret()
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, func)?;
+        a.call(rbx)?;
+        a.mov(r8, rax)?;
+        a.mov(dword_ptr(func + 1), 2)?; // patch from another page
+        a.call(rbx)?;
+        a.mov(r9, rax)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9)), (1, 2));
+}
