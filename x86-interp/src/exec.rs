@@ -49,6 +49,12 @@ impl Interpreter {
                 self.set_reg(ins.op_register(0), v & mask(ds));
                 Ok(())
             }
+            M::Wbinvd | M::Invd => {
+                if self.cpl != 0 {
+                    return Err(gp0());
+                }
+                Ok(())
+            }
             M::Nop
             | M::Pause
             | M::Endbr32
@@ -56,8 +62,6 @@ impl Interpreter {
             | M::Lfence
             | M::Sfence
             | M::Mfence
-            | M::Wbinvd
-            | M::Invd
             | M::Prefetch
             | M::Prefetchnta
             | M::Prefetcht0

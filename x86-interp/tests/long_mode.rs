@@ -846,3 +846,127 @@ fn patching_another_code_page_is_seen() {
     r.run_to_halt();
     assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9)), (1, 2));
 }
+
+#[test]
+fn bit_test_family_and_bit_scans() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, DATA)?;
+        a.mov(rax, 100u64)?;
+        a.bts(qword_ptr(rbx), rax)?; // bit 100: qword at +8, bit 36
+        a.setc(r8b)?;
+        a.mov(rax, -1i64)?;
+        a.bts(qword_ptr(rbx + 16), rax)?; // bit -1 of +16: qword +8, bit 63
+        a.btr(qword_ptr(rbx + 8), 36)?; // immediate form, within the operand
+        a.setc(r9b)?;
+        a.mov(ecx, 0x10u32)?;
+        a.btc(ecx, 36)?; // register form: 36 mod 32 = 4
+        a.setc(r10b)?;
+        a.mov(edx, 0xf0u32)?;
+        a.bsf(esi, edx)?;
+        a.bsr(edi, edx)?;
+        a.mov(r11, 0x0102_0304_0506_0708u64)?;
+        a.bswap(r11)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u64(DATA + 8).unwrap(), 1 << 63);
+    assert_eq!(r.mem.read_u64(DATA).unwrap(), 0);
+    assert_eq!(r.mem.read_u64(DATA + 16).unwrap(), 0);
+    assert_eq!((r.gpr(gpr::R8) & 0xff, r.gpr(gpr::R9) & 0xff, r.gpr(gpr::R10) & 0xff), (0, 1, 1));
+    assert_eq!(r.gpr(gpr::RCX), 0);
+    assert_eq!((r.gpr(gpr::RSI), r.gpr(gpr::RDI)), (4, 7));
+    assert_eq!(r.gpr(gpr::R11), 0x0807_0605_0403_0201);
+}
+
+#[test]
+fn extensions_shifts_multiply_divide() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(al, 0x80u32)?;
+        a.movsx(r11d, al)?;
+        a.movzx(r12d, al)?;
+        a.movsxd(r13, r11d)?;
+        a.mov(eax, 0x1234_5678u32)?;
+        a.mov(ebx, 0x9abc_def0u32)?;
+        a.shld(eax, ebx, 8)?;
+        a.mov(r14d, eax)?;
+        a.shrd(eax, ebx, 8)?;
+        a.mov(r15d, eax)?;
+        a.mov(rax, u64::MAX)?;
+        a.mov(rcx, 2u64)?;
+        a.mul(rcx)?;
+        a.mov(r8, rax)?;
+        a.mov(r9, rdx)?;
+        a.mov(eax, -7i32 as u32)?;
+        a.cdq()?;
+        a.mov(ecx, 2u32)?;
+        a.idiv(ecx)?;
+        a.mov(r10, rax)?;
+        a.mov(rsi, rdx)?;
+        a.mov(rax, -5i64)?;
+        a.cqo()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R11), 0xffff_ff80);
+    assert_eq!(r.gpr(gpr::R12), 0x80);
+    assert_eq!(r.gpr(gpr::R13), 0xffff_ffff_ffff_ff80);
+    assert_eq!(r.gpr(gpr::R14), 0x3456_789a);
+    assert_eq!(r.gpr(gpr::R15), 0xf034_5678);
+    assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9)), (0xffff_ffff_ffff_fffe, 1));
+    assert_eq!((r.gpr(gpr::R10), r.gpr(gpr::RSI)), (0xffff_fffd, 0xffff_ffff), "-7/2 = -3 rem -1");
+    assert_eq!(r.gpr(gpr::RDX), u64::MAX);
+}
+
+#[test]
+fn exchange_compare_and_misc() {
+    let mut r = Rig::long();
+    for i in 0..16u64 {
+        r.mem.write_u8(DATA + 0x100 + i, (i * 3) as u8).unwrap();
+    }
+    r.asm(64, CODE, |a| {
+        a.mov(rdi, DATA)?;
+        a.mov(qword_ptr(rdi + 0x200), 5)?;
+        a.mov(rax, 5u64)?;
+        a.mov(rcx, 9u64)?;
+        a.cmpxchg(qword_ptr(rdi + 0x200), rcx)?; // equal: store 9, ZF=1
+        a.setz(r8b)?;
+        a.cmpxchg(qword_ptr(rdi + 0x200), rcx)?; // rax=5 != 9: rax = 9, ZF=0
+        a.setz(r9b)?;
+        a.mov(r10, rax)?;
+        a.mov(qword_ptr(rdi + 0x208), 10)?;
+        a.mov(rdx, 3u64)?;
+        a.xadd(qword_ptr(rdi + 0x208), rdx)?;
+        a.lea(rbx, qword_ptr(rdi + 0x100))?;
+        a.mov(al, 5u32)?;
+        a.xlatb()?;
+        a.movzx(r11d, al)?;
+        a.stc()?;
+        a.lahf()?;
+        a.mov(r12, rax)?;
+        a.shr(r12, 8)?;
+        a.mov(r13, rsp)?;
+        a.enter(16, 0)?;
+        a.mov(r14, rsp)?;
+        a.mov(r15, rbp)?;
+        a.leave()?;
+        a.cmp(r13, rsp)?;
+        a.sete(sil)?;
+        a.xor(ecx, ecx)?;
+        a.cmp(ecx, 1)?;
+        a.cmovl(ecx, r11d)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u64(DATA + 0x200).unwrap(), 9);
+    assert_eq!((r.gpr(gpr::R8) & 0xff, r.gpr(gpr::R9) & 0xff, r.gpr(gpr::R10)), (1, 0, 9));
+    assert_eq!(r.mem.read_u64(DATA + 0x208).unwrap(), 13);
+    assert_eq!(r.gpr(gpr::RDX), 10);
+    assert_eq!(r.gpr(gpr::R11), 15);
+    assert_eq!(r.gpr(gpr::R12) & 0x3, 0x3, "LAHF: CF and the fixed bit 1");
+    assert_eq!(r.gpr(gpr::R15), r.gpr(gpr::R13) - 8, "ENTER: RBP = frame after pushing RBP");
+    assert_eq!(r.gpr(gpr::R14), r.gpr(gpr::R13) - 8 - 16);
+    assert_eq!(r.gpr(gpr::RSI) & 0xff, 1, "LEAVE restored RSP");
+    assert_eq!(r.gpr(gpr::RCX), 15, "0 < 1 signed: CMOVL taken");
+}
