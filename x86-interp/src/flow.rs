@@ -113,7 +113,7 @@ impl Interpreter {
                     };
                     self.far_jump(m, ins.far_branch_selector(), off, None)
                 }
-                OpKind::Memory if ins.memory_size().size() > 8 || matches!(ins.code(), Code::Jmp_m1616) => {
+                OpKind::Memory if matches!(ins.code(), Code::Jmp_m1616 | Code::Jmp_m1632 | Code::Jmp_m1664) => {
                     self.far_indirect(m, ins, false)
                 }
                 _ => {

@@ -319,7 +319,7 @@ impl Interpreter {
             _ => next & 0xffff,
         };
         if !self.long64 {
-            let last = self.s.rip.wrapping_add(len - 1);
+            let last = self.s.rip.wrapping_add(len.saturating_sub(1));
             if last > self.s.seg[sreg::CS].limit as u64 {
                 return Err(gp0());
             }

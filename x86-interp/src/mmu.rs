@@ -60,7 +60,7 @@ impl Interpreter {
             let la = if seg >= sreg::FS { d.base.wrapping_add(off) } else { off };
             return if canonical(la) { Ok(la) } else { Err(fault()) };
         }
-        let last = off.wrapping_add(size as u64 - 1);
+        let last = off.wrapping_add((size as u64).saturating_sub(1));
         if !self.real {
             if !d.present() {
                 return Err(fault());
@@ -224,12 +224,16 @@ impl Interpreter {
 
     #[inline(always)]
     pub(crate) fn rd_mem(&mut self, m: &GuestMemory, seg: usize, off: u64, size: usize) -> R<u64> {
+        // Scalar accesses are 1..=8 bytes; odd operand sizes never reach
+        // here, but keep the host access in bounds regardless.
+        let size = size.clamp(1, 8);
         let la = self.lin(seg, off, size, false)?;
         self.read_la(m, la, size, self.cpl == 3)
     }
 
     #[inline(always)]
     pub(crate) fn wr_mem(&mut self, m: &GuestMemory, seg: usize, off: u64, size: usize, v: u64) -> R<()> {
+        let size = size.clamp(1, 8);
         let la = self.lin(seg, off, size, true)?;
         self.write_la(m, la, size, v, self.cpl == 3)
     }
