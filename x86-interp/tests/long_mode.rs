@@ -970,3 +970,84 @@ fn exchange_compare_and_misc() {
     assert_eq!(r.gpr(gpr::RSI) & 0xff, 1, "LEAVE restored RSP");
     assert_eq!(r.gpr(gpr::RCX), 15, "0 < 1 signed: CMOVL taken");
 }
+
+#[test]
+fn compatibility_mode_round_trip() {
+    let mut r = Rig::long();
+    let compat = CODE + 0x100;
+    let back = CODE + 0x200;
+    // 64-bit: far return into the 32-bit kernel code segment (L=0, D=1).
+    r.asm(64, CODE, |a| {
+        a.push(KCODE32 as i32)?;
+        a.mov(rax, compat)?;
+        a.push(rax)?;
+        a.db(&[0x48, 0xcb]) // retfq
+    });
+    // Compatibility mode: 32-bit operand/address size, then far JMP back.
+    r.asm(32, compat, |a| {
+        a.mov(eax, 0xffff_ffffu32)?;
+        a.add(eax, 2)?; // wraps at 32 bits
+        a.mov(ebx, esp)?;
+        a.db(&[0xea])?; // jmp ptr16:32
+        a.dd(&[back as u32])?;
+        a.dw(&[KCODE])
+    });
+    r.asm(64, back, |a| {
+        a.mov(rcx, 0x1_0000_0000u64)?;
+        a.hlt()
+    });
+    r.edit(|s| s.gpr[gpr::RAX] = 0xdead_0000_0000_0000);
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), 1, "32-bit result, upper half zeroed");
+    assert_eq!(r.gpr(gpr::RBX), STACK_TOP, "ESP after the far return");
+    assert_eq!(r.gpr(gpr::RCX), 0x1_0000_0000, "back in 64-bit mode");
+    assert_eq!(r.state().seg[sreg::CS].selector, KCODE);
+}
+
+#[test]
+fn mov_ss_blocks_interrupts_for_one_instruction() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.sti()?;
+        a.nop()?;
+        a.mov(eax, KDATA as u32)?;
+        a.mov(ss, ax)?;
+        a.nop()?;
+        a.hlt()
+    });
+    assert_eq!(r.run(4), VcpuExit::BudgetExhausted);
+    assert!(!r.cpu.interrupt_ready(), "shadow after MOV SS");
+    assert_eq!(r.run(1), VcpuExit::BudgetExhausted);
+    assert!(r.cpu.interrupt_ready());
+}
+
+#[test]
+fn sysenter_sysexit() {
+    let mut r = Rig::long();
+    let entry = HANDLERS + 0x300;
+    let user = DATA + 0x4000;
+    r.edit(|s| {
+        s.msrs.sysenter_cs = KCODE as u64; // CS=0x08, SS=0x10; SYSEXIT64: CS=0x28|3, SS=0x30|3
+        s.msrs.sysenter_eip = entry;
+        s.msrs.sysenter_esp = 0x3e_0000;
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rdx, user)?;
+        a.mov(rcx, 0x3f_0000u64)?;
+        a.db(&[0x48, 0x0f, 0x35]) // sysexitq
+    });
+    r.asm(64, user, |a| {
+        a.mov(r8, rsp)?;
+        a.sysenter()?;
+        a.hlt()
+    });
+    r.asm(64, entry, |a| {
+        a.mov(r9, rsp)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R8), 0x3f_0000);
+    assert_eq!(r.gpr(gpr::R9), 0x3e_0000);
+    assert_eq!(r.state().seg[sreg::CS].selector, KCODE);
+    assert_eq!(r.state().rflags & rflags::IF, 0);
+}
