@@ -199,3 +199,45 @@ fn protected_mode_int_from_ring3_switches_to_the_tss_stack() {
     let _ = VcpuExit::Halt;
     let _ = r.cpu.retired_instructions();
 }
+
+#[test]
+fn random_instruction_streams_never_panic_in_real_and_protected_mode() {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for (rig, code_at) in [(Rig::real(), 0x10000u64), (Rig::prot32(), CODE)] {
+        let mut r = rig;
+        let base = r.state();
+        let mut low = vec![0u8; 0x1_0000];
+        r.mem.read(0, &mut low).unwrap();
+        for _ in 0..5_000 {
+            let mut code = [0u8; 64];
+            for c in code.chunks_mut(8) {
+                c.copy_from_slice(&next().to_le_bytes());
+            }
+            r.load(code_at, &code);
+            let mut s = base.clone();
+            for g in s.gpr.iter_mut().take(8) {
+                *g = next() & 0xffff_ffff;
+            }
+            s.gpr[gpr::RSP] = base.gpr[gpr::RSP];
+            r.cpu.set_state(&s);
+            for _ in 0..4 {
+                match r.cpu.run(&r.mem, 64).unwrap() {
+                    VcpuExit::IoIn { .. } | VcpuExit::MmioRead { .. } | VcpuExit::MsrRead { .. } => {
+                        r.cpu.complete(sim_core::Completion::Data(next()))
+                    }
+                    VcpuExit::IoOut { .. } | VcpuExit::MmioWrite { .. } | VcpuExit::MsrWrite { .. } => {
+                        r.cpu.complete(sim_core::Completion::Done)
+                    }
+                    _ => {}
+                }
+            }
+            r.mem.write(0, &low).unwrap();
+        }
+    }
+}
