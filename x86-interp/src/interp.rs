@@ -211,7 +211,7 @@ impl Interpreter {
             Some(Logged::Fault) => Err(gp0()),
             None => {
                 self.exit = Some(exit);
-                Err(Stop::Exit)
+                Err(Stop::EXIT)
             }
         }
     }
@@ -357,7 +357,7 @@ impl Interpreter {
     fn deliver_external(&mut self, m: &GuestMemory, v: u8) {
         let rip = self.s.rip;
         if let Err(e) = self.deliver(m, v, None, crate::interrupts::Source::External, rip) {
-            if let Stop::Fault { vector, code } = e {
+            if let Some((vector, code)) = e.fault() {
                 self.raise(m, vector, code);
             } else {
                 self.shutdown = true;
@@ -396,18 +396,21 @@ impl Interpreter {
                     if !self.io_log.is_empty() {
                         self.io_log.clear();
                     }
-                    if let Some(e) = self.exit.take() {
-                        return e;
+                    if self.exit.is_some() {
+                        if let Some(e) = self.exit.take() {
+                            return e;
+                        }
                     }
                 }
-                Err(Stop::Fault { vector, code }) => {
+                Err(e) if e.fault().is_some() => {
+                    let (vector, code) = e.fault().unwrap_or((0, None));
                     self.io_log.clear();
                     self.raise(m, vector, code);
                     if self.shutdown {
                         return VcpuExit::Shutdown;
                     }
                 }
-                Err(Stop::Exit) => {
+                Err(_) => {
                     let e = self.exit.take().unwrap_or(VcpuExit::Shutdown);
                     self.awaiting = Some(e);
                     return e;

@@ -7,7 +7,7 @@
 use sim_core::memory::GuestMemory;
 use sim_core::state::{efer, gpr, rflags, seg_attr, sreg, Segment};
 
-use crate::fault::{class, exc_code, gp, gp0, vector, Class, Stop, R};
+use crate::fault::{class, exc_code, gp, gp0, vector, Class, R};
 use crate::interp::Interpreter;
 use crate::segments::{desc_attr, sel_err};
 
@@ -70,7 +70,8 @@ impl Interpreter {
             let rip = self.s.rip;
             match self.deliver(m, cur.0, cur.1, Source::Exception, rip) {
                 Ok(()) => return,
-                Err(Stop::Fault { vector: v2, code: c2 }) => {
+                Err(e) if e.fault().is_some() => {
+                    let (v2, c2) = e.fault().unwrap_or((0, None));
                     if cur.0 == vector::DF {
                         self.shutdown = true;
                         return;
@@ -80,7 +81,7 @@ impl Interpreter {
                         || (a == Class::PageFault && b != Class::Benign);
                     cur = if double { (vector::DF, Some(0)) } else { (v2, c2) };
                 }
-                Err(Stop::Exit) => {
+                Err(_) => {
                     // The handler's stack or IDT is in MMIO: not modelled.
                     tracing::warn!("x86-interp: event delivery touched MMIO; shutting down");
                     self.exit = None;

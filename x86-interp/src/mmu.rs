@@ -9,7 +9,7 @@ use sim_core::paging::{self, Access};
 use sim_core::state::{seg_attr, sreg};
 use sim_core::VcpuExit;
 
-use crate::fault::{exc_code, gp0, ss0, vector, Stop, R};
+use crate::fault::{exc_code, gp0, ss0, vector, R};
 use crate::interp::Interpreter;
 use crate::tlb::Kind;
 
@@ -253,7 +253,7 @@ impl Interpreter {
                         dst.copy_from_slice(src);
                     }
                 }
-                Target::Mmio(_) => return Err(Stop::Fault { vector: vector::UD, code: None }),
+                Target::Mmio(_) => return Err(crate::fault::ud()),
             }
             off += n;
         }
