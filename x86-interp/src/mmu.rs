@@ -111,6 +111,9 @@ impl Interpreter {
     /// Host address of a fetchable page (for the code cache); None for MMIO.
     pub(crate) fn xlate_fetch(&mut self, m: &GuestMemory, la: u64) -> R<(Option<usize>, u64)> {
         let user = self.cpl == 3;
+        if let Some((h, gpa)) = self.tlb.lookup_gpa(Kind::Fetch, la, user) {
+            return Ok((Some(h), gpa));
+        }
         match self.xlate(m, la, Kind::Fetch, user)? {
             Target::Host(h, gpa) => Ok((Some(h), gpa)),
             Target::Mmio(g) => Ok((None, g)),
