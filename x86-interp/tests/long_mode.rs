@@ -1051,3 +1051,72 @@ fn sysenter_sysexit() {
     assert_eq!(r.state().seg[sreg::CS].selector, KCODE);
     assert_eq!(r.state().rflags & rflags::IF, 0);
 }
+
+/// Enter ring 3 at `user` with RFLAGS = `flags` via IRETQ.
+fn to_ring3(r: &Rig, user: u64, flags: u32) {
+    r.asm(64, CODE, |a| {
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x3f_8000)?;
+        a.push(flags as i32)?;
+        a.push((UCODE64 | 3) as i32)?;
+        a.mov(rax, user)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+}
+
+#[test]
+fn popf_and_cli_respect_cpl_and_iopl() {
+    let mut r = Rig::long();
+    let user = DATA + 0x5000;
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    to_ring3(&r, user, 0x202);
+    r.asm(64, user, |a| {
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.and(eax, !0x200)?; // try to clear IF
+        a.or(eax, 0x3000 | 0x400)?; // try to set IOPL=3; DF may change
+        a.push(rax)?;
+        a.popfq()?;
+        a.pushfq()?;
+        a.pop(rbx)?;
+        a.cli()?; // CPL 3 > IOPL 0: #GP(0)
+        a.hlt()
+    });
+    r.run_to_halt();
+    let f = r.gpr(gpr::RBX);
+    assert_ne!(f & rflags::IF, 0, "IF unchanged at CPL 3 with IOPL 0");
+    assert_eq!(f & rflags::IOPL, 0, "IOPL unchanged below CPL 0");
+    assert_ne!(f & rflags::DF, 0, "DF is writable");
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    assert_eq!(r.mem.read_u8(r.gpr(gpr::R14)).unwrap(), 0xfa, "#GP on the CLI");
+}
+
+#[test]
+fn port_io_from_ring3_needs_iopl() {
+    let mut r = Rig::long();
+    let user = DATA + 0x6000;
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    to_ring3(&r, user, 0x3202); // IOPL 3: allowed
+    r.asm(64, user, |a| {
+        a.out(0x80, al)?;
+        a.hlt()
+    });
+    assert_eq!(r.run(100), VcpuExit::IoOut { port: 0x80, size: 1, data: (user & 0xff) as u32 });
+    r.complete(Completion::Done);
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13, "then HLT at CPL 3: #GP");
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    to_ring3(&r, user, 0x202); // IOPL 0
+    r.asm(64, user, |a| {
+        a.out(0x80, al)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    assert_eq!(r.gpr(gpr::R14), user, "#GP on the OUT, no exit");
+}
