@@ -387,6 +387,7 @@ impl Interpreter {
                 return VcpuExit::BudgetExhausted;
             }
             let shadow = self.s.events.interrupt_shadow;
+            let single_step = self.s.rflags & rflags::TF != 0;
             match self.step(m, l0) {
                 Ok(()) => {
                     self.retired += 1;
@@ -399,6 +400,15 @@ impl Interpreter {
                     if self.exit.is_some() {
                         if let Some(e) = self.exit.take() {
                             return e;
+                        }
+                    }
+                    if single_step {
+                        // Single-step trap after the instruction (DR6.BS);
+                        // not after HLT/VMCALL, which returned above.
+                        self.s.dr[4] |= 1 << 14;
+                        self.raise(m, vector::DB, None);
+                        if self.shutdown {
+                            return VcpuExit::Shutdown;
                         }
                     }
                 }
@@ -524,5 +534,14 @@ impl Vcpu for Interpreter {
 
     fn set_tsc(&mut self, tsc: u64) {
         self.tsc_offset = tsc.wrapping_sub(self.retired.wrapping_mul(TSC_PER_INSN));
+    }
+
+    fn translate_gva(
+        &self,
+        mem: &GuestMemory,
+        gva: u64,
+        access: sim_core::paging::Access,
+    ) -> Result<u64, sim_core::paging::PageFault> {
+        sim_core::paging::translate(mem, &self.s.paging(), gva, access, false).map(|t| t.gpa)
     }
 }

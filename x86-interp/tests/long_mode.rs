@@ -1120,3 +1120,29 @@ fn port_io_from_ring3_needs_iopl() {
     assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
     assert_eq!(r.gpr(gpr::R14), user, "#GP on the OUT, no exit");
 }
+
+#[test]
+fn trap_flag_single_steps() {
+    let mut r = Rig::long();
+    // #DB handler counts traps in R12 and returns.
+    r.asm(64, HANDLERS, |a| {
+        a.inc(r12)?;
+        a.iretq()
+    });
+    r.gate64(1, HANDLERS, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.pushfq()?;
+        a.or(qword_ptr(rsp), 0x100)?;
+        a.popfq()?; // TF takes effect after the next instruction
+        a.nop()?;
+        a.nop()?;
+        a.pushfq()?;
+        a.and(qword_ptr(rsp), !0x100)?;
+        a.popfq()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    // Traps after: NOP, NOP, PUSHFQ, AND, POPFQ (TF was set when it began) = 5.
+    assert_eq!(r.gpr(gpr::R12), 5);
+    assert_ne!(r.state().dr[4] & (1 << 14), 0, "DR6.BS");
+}
