@@ -230,6 +230,9 @@ impl Interpreter {
         if let Some(c) = code {
             self.push_on(m, &mut st, c as u64, size)?;
         }
+        // Everything that can fault happens before the first commit.
+        self.set_desc_accessed(m, sel, desc)?;
+        let desc = desc | 1 << 40;
         if let Some((ss, ssd)) = new_ss {
             self.set_desc_accessed(m, ss, ssd)?;
             self.s.seg[sreg::SS] = Segment::from_descriptor(ss, ssd | 1 << 40, 0);
@@ -273,6 +276,8 @@ impl Interpreter {
         if let Some(c) = code {
             self.push_on(m, &mut st, c as u64, 8)?;
         }
+        self.set_desc_accessed(m, sel, desc)?;
+        let desc = desc | 1 << 40;
         if new_cpl < self.cpl {
             // SS becomes a null selector with RPL = new CPL.
             self.s.seg[sreg::SS] = Segment { selector: new_cpl as u16, base: 0, limit: 0, attr: (new_cpl as u16) << 5 };
@@ -375,11 +380,13 @@ impl Interpreter {
             return Err(gp0());
         }
         let new_flags = self.merge_flags(fl, size, !long);
-        // Commit.
+        // Commit (CS first: its accessed-bit write is the last thing that can fault).
         let popped = if pops_stack { 5 * sz } else { 3 * sz };
-        self.s.gpr[gpr::RSP] = self.sp_after(popped);
-        self.s.rflags = new_flags;
+        let new_rsp = self.sp_after(popped);
         self.set_cs(m, cs, desc, rpl)?;
+        self.s.gpr[gpr::RSP] = new_rsp;
+        self.s.rflags = new_flags;
+        self.refresh_mode();
         if let Some((sp, ss, ss_desc)) = new_stack {
             self.s.seg[sreg::SS] = match ss_desc {
                 Some(d) => Segment::from_descriptor(ss, d | 1 << 40, 0),
@@ -436,8 +443,9 @@ impl Interpreter {
             let d = self.check_stack_seg(m, ss, rpl, vector::GP)?;
             new_stack = Some((sp, ss, d));
         }
-        self.s.gpr[gpr::RSP] = self.sp_after(2 * sz + imm);
+        let new_rsp = self.sp_after(2 * sz + imm);
         self.set_cs(m, cs, desc, rpl)?;
+        self.s.gpr[gpr::RSP] = new_rsp;
         if let Some((sp, ss, d)) = new_stack {
             let seg = Segment::from_descriptor(ss, d | 1 << 40, 0);
             self.s.seg[sreg::SS] = seg;
