@@ -304,6 +304,9 @@ impl Interpreter {
         }
         let desc = self.check_far_code(m, sel)?;
         let new = sim_core::state::Segment::from_descriptor(sel, desc, 0);
+        // Set the accessed bit first so nothing can fault after the pushes.
+        self.set_desc_accessed(m, sel, desc)?;
+        let desc = desc | 1 << 40;
         let long_target = self.s.efer & sim_core::state::efer::LMA != 0 && new.long();
         if !long_target && off > new.limit as u64 {
             return Err(gp0());
