@@ -38,7 +38,7 @@ pub struct Interpreter {
     pub(crate) id: u32,
     pub(crate) vcpu_count: u32,
     pub(crate) cpuid: Arc<CpuidTable>,
-    retired: u64,
+    pub(crate) retired: u64,
     tsc_offset: u64,
     pub(crate) tlb: Tlb,
     pub(crate) code: CodeCache,
@@ -63,6 +63,8 @@ pub struct Interpreter {
     pub(crate) cpl: u8,
     /// RIP of the next instruction (branches overwrite it).
     pub(crate) next_rip: u64,
+    /// `retired` value at which the current `run` stops (for REP bulk runs).
+    pub(crate) run_target: u64,
     /// L0: linear RIP -> decoded instruction, valid while `gen == l0_gen`.
     /// Saves the page/offset look-up chain on every hit; any event that can
     /// change what a linear address decodes to bumps `l0_gen`.
@@ -110,6 +112,7 @@ impl Interpreter {
             real: true,
             cpl: 0,
             next_rip: 0,
+            run_target: 0,
             l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])),
             l0_gen: 1,
         };
@@ -367,6 +370,7 @@ impl Interpreter {
 
     fn run_loop(&mut self, m: &GuestMemory, budget: u64, l0: &mut L0) -> VcpuExit {
         let target = self.retired.saturating_add(budget);
+        self.run_target = target;
         if self.shutdown {
             return VcpuExit::Shutdown;
         }

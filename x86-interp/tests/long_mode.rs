@@ -1146,3 +1146,35 @@ fn trap_flag_single_steps() {
     assert_eq!(r.gpr(gpr::R12), 5);
     assert_ne!(r.state().dr[4] & (1 << 14), 0, "DR6.BS");
 }
+
+#[test]
+fn rep_stos_respects_the_budget_per_iteration() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rdi, DATA + 0xff0)?; // crosses into the next page after 16 bytes
+        a.mov(ecx, 100u32)?;
+        a.mov(al, 0x5au32)?;
+        a.rep().stosb()?;
+        a.mov(rsi, DATA + 0x2000)?;
+        a.mov(rdi, DATA + 0x2001)?;
+        a.mov(ecx, 64u32)?;
+        a.rep().movsb()?; // overlapping forward copy propagates byte 0
+        a.hlt()
+    });
+    r.mem.write_u8(DATA + 0x2000, 0xab).unwrap();
+    assert_eq!(r.run(3 + 10), VcpuExit::BudgetExhausted);
+    assert_eq!(r.gpr(gpr::RCX), 90, "exactly ten iterations retired");
+    assert_eq!(r.gpr(gpr::RDI), DATA + 0xff0 + 10);
+    assert_eq!(r.mem.read_u8(DATA + 0xff0 + 9).unwrap(), 0x5a);
+    assert_eq!(r.mem.read_u8(DATA + 0xff0 + 10).unwrap(), 0);
+    r.run_to_halt();
+    assert_eq!(r.cpu.retired_instructions(), Some(3 + 100 + 3 + 64 + 1));
+    for i in 0..100 {
+        assert_eq!(r.mem.read_u8(DATA + 0xff0 + i).unwrap(), 0x5a);
+    }
+    assert_eq!(r.mem.read_u8(DATA + 0xff0 + 100).unwrap(), 0);
+    for i in 0..=64 {
+        assert_eq!(r.mem.read_u8(DATA + 0x2000 + i).unwrap(), 0xab, "byte {i}");
+    }
+    assert_eq!(r.mem.read_u8(DATA + 0x2000 + 65).unwrap(), 0);
+}
