@@ -286,7 +286,9 @@ impl Interpreter {
                 let mut buf = [0u8; 15];
                 let n = 15.min(PAGE - off);
                 buf[..n].copy_from_slice(&bytes[off..off + n]);
-                self.fetch_bytes(m, la.wrapping_add(n as u64), &mut buf[n..])?;
+                let next_page = la.wrapping_add(n as u64);
+                let next_page = if self.long64 { next_page } else { next_page & 0xffff_ffff };
+                self.fetch_bytes(m, next_page, &mut buf[n..])?;
                 let mut dec = Decoder::with_ip(self.bits, &buf, off as u64, DecoderOptions::NONE);
                 Ok((Cached::new(dec.decode()), false))
             }
