@@ -27,7 +27,8 @@ impl Interpreter {
         use Mnemonic as M;
         match ins.mnemonic() {
             M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp | M::Test => self.binop(m, ins),
-            M::Mov => self.mov(m, ins),
+            // MOVNTI is a plain store here (no caches to bypass).
+            M::Mov | M::Movnti => self.mov(m, ins),
             M::Inc | M::Dec | M::Neg | M::Not => self.unop(m, ins),
             M::Push => self.push_op(m, ins),
             M::Pop => self.pop_op(m, ins),

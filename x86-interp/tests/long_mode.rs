@@ -1178,3 +1178,18 @@ fn rep_stos_respects_the_budget_per_iteration() {
     }
     assert_eq!(r.mem.read_u8(DATA + 0x2000 + 65).unwrap(), 0);
 }
+
+#[test]
+fn movnti_stores_like_mov() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64)?;
+        a.mov(rbx, DATA)?;
+        a.movnti(qword_ptr(rbx + 8), rax)?;
+        a.movnti(dword_ptr(rbx + 16), eax)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u64(DATA + 8).unwrap(), 0x1122_3344_5566_7788);
+    assert_eq!(r.mem.read_u64(DATA + 16).unwrap(), 0x5566_7788);
+}
