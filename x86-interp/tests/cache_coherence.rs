@@ -104,7 +104,7 @@ fn self_patching_programs_agree() {
             let d = (next() % 0x50) as i32;
             let imm = next() as u32;
             match next() % 10 {
-                0 => a.mov(byte_ptr(rbx + d), (imm & 0xff) as u32),
+                0 => a.mov(byte_ptr(rbx + d), imm & 0xff),
                 1 => a.add(byte_ptr(rsi + d), al),
                 2 => a.xor(eax, imm),
                 3 => a.inc(dword_ptr(rdi + d)),
