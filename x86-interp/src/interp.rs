@@ -58,6 +58,11 @@ pub struct Interpreter {
     warned: HashSet<Mnemonic>,
     // Mode cache, refreshed by `refresh_mode`.
     pub(crate) bits: u32,
+    /// RIP wrap mask for the code size (0xffff, 0xffffffff or all ones).
+    ip_mask: u64,
+    /// Highest RIP an instruction may reach: the CS limit, or all ones in
+    /// 64-bit mode (no limit check).
+    fetch_limit: u64,
     pub(crate) long64: bool,
     pub(crate) real: bool,
     pub(crate) cpl: u8,
@@ -100,6 +105,8 @@ impl Interpreter {
             fetch_slot: None,
             io_log: Vec::new(),
             io_pos: 0,
+            ip_mask: 0xffff,
+            fetch_limit: 0xffff,
             exit: None,
             awaiting: None,
             window: false,
@@ -162,6 +169,12 @@ impl Interpreter {
             16
         };
         self.cpl = self.s.cpl();
+        self.ip_mask = match self.bits {
+            64 => u64::MAX,
+            32 => 0xffff_ffff,
+            _ => 0xffff,
+        };
+        self.fetch_limit = if self.long64 { u64::MAX } else { cs.limit as u64 };
         self.fetch_slot = None;
         if old_bits != self.bits || old_cpl != self.cpl {
             // L0 entries were decoded for, and permission-checked at, the old mode.
@@ -318,18 +331,10 @@ impl Interpreter {
         let ins = &c.ins;
         let len = ins.len() as u64;
         let next = self.s.rip.wrapping_add(len);
-        self.next_rip = match self.bits {
-            64 => next,
-            32 => next & 0xffff_ffff,
-            _ => next & 0xffff,
-        };
-        if !self.long64 {
-            let last = self.s.rip.wrapping_add(len.saturating_sub(1));
-            if last > self.s.seg[sreg::CS].limit as u64 {
-                return Err(gp0());
-            }
+        self.next_rip = next & self.ip_mask;
+        if self.s.rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
+            return Err(gp0());
         }
-        self.io_pos = 0;
         (c.run)(self, m, ins)?;
         self.s.rip = self.next_rip;
         Ok(())
@@ -402,6 +407,7 @@ impl Interpreter {
                     }
                     if !self.io_log.is_empty() {
                         self.io_log.clear();
+                        self.io_pos = 0;
                     }
                     if self.exit.is_some() {
                         if let Some(e) = self.exit.take() {
@@ -421,12 +427,15 @@ impl Interpreter {
                 Err(e) if e.fault().is_some() => {
                     let (vector, code) = e.fault().unwrap_or((0, None));
                     self.io_log.clear();
+                    self.io_pos = 0;
                     self.raise(m, vector, code);
                     if self.shutdown {
                         return VcpuExit::Shutdown;
                     }
                 }
                 Err(_) => {
+                    // The instruction restarts and replays the log from the top.
+                    self.io_pos = 0;
                     let e = self.exit.take().unwrap_or(VcpuExit::Shutdown);
                     self.awaiting = Some(e);
                     return e;
@@ -493,6 +502,7 @@ impl Vcpu for Interpreter {
         self.s = state.clone();
         self.set_tsc(state.tsc);
         self.io_log.clear();
+        self.io_pos = 0;
         self.awaiting = None;
         self.exit = None;
         self.shutdown = false;
