@@ -2,7 +2,7 @@
 //! get specialised handlers (no mnemonic dispatch per execution); all other
 //! instructions go through `Interpreter::exec`.
 
-use iced_x86::{Instruction, Mnemonic, OpKind};
+use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind};
 use sim_core::memory::GuestMemory;
 
 use crate::alu;
@@ -68,7 +68,7 @@ pub fn handler(ins: &Instruction) -> Handler {
         | M::Jl
         | M::Jge
         | M::Jle
-        | M::Jg => jcc,
+        | M::Jg => jcc_for(ins.condition_code()),
         M::Jmp if is_near(ins.op_kind(0)) => jmp_rel,
         M::Nop | M::Pause => nop,
         M::Lea => lea,
@@ -176,8 +176,53 @@ fn mov(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
     cpu.wr(m, ins, 0, size, v)
 }
 
-fn jcc(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
-    if alu::cond(ins.condition_code(), cpu.flags()) {
+/// A Jcc handler with its condition fixed at compile time.
+fn jcc_for(cc: ConditionCode) -> Handler {
+    use ConditionCode as C;
+    match cc {
+        C::o => jcc::<{ C::o as u8 }>,
+        C::no => jcc::<{ C::no as u8 }>,
+        C::b => jcc::<{ C::b as u8 }>,
+        C::ae => jcc::<{ C::ae as u8 }>,
+        C::e => jcc::<{ C::e as u8 }>,
+        C::ne => jcc::<{ C::ne as u8 }>,
+        C::be => jcc::<{ C::be as u8 }>,
+        C::a => jcc::<{ C::a as u8 }>,
+        C::s => jcc::<{ C::s as u8 }>,
+        C::ns => jcc::<{ C::ns as u8 }>,
+        C::p => jcc::<{ C::p as u8 }>,
+        C::np => jcc::<{ C::np as u8 }>,
+        C::l => jcc::<{ C::l as u8 }>,
+        C::ge => jcc::<{ C::ge as u8 }>,
+        C::le => jcc::<{ C::le as u8 }>,
+        C::g => jcc::<{ C::g as u8 }>,
+        C::None => jmp_rel,
+    }
+}
+
+/// ConditionCode by discriminant (for the const parameter above).
+const CONDS: [ConditionCode; 17] = [
+    ConditionCode::None,
+    ConditionCode::o,
+    ConditionCode::no,
+    ConditionCode::b,
+    ConditionCode::ae,
+    ConditionCode::e,
+    ConditionCode::ne,
+    ConditionCode::be,
+    ConditionCode::a,
+    ConditionCode::s,
+    ConditionCode::ns,
+    ConditionCode::p,
+    ConditionCode::np,
+    ConditionCode::l,
+    ConditionCode::ge,
+    ConditionCode::le,
+    ConditionCode::g,
+];
+
+fn jcc<const CC: u8>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    if alu::cond(CONDS[CC as usize], cpu.flags()) {
         let t = cpu.rel_target(ins);
         cpu.jump(t)
     } else {

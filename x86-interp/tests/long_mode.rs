@@ -1193,3 +1193,43 @@ fn movnti_stores_like_mov() {
     assert_eq!(r.mem.read_u64(DATA + 8).unwrap(), 0x1122_3344_5566_7788);
     assert_eq!(r.mem.read_u64(DATA + 16).unwrap(), 0x5566_7788);
 }
+
+#[test]
+fn every_jcc_condition() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.push((CF | SF | PF | 2) as i32)?;
+        a.popfq()?;
+        a.xor(r8d, r8d)?;
+        let mut labels: Vec<CodeLabel> = (0..16).map(|_| a.create_label()).collect();
+        for (i, l) in labels.iter_mut().enumerate() {
+            match i {
+                0 => a.jo(*l)?,
+                1 => a.jno(*l)?,
+                2 => a.jb(*l)?,
+                3 => a.jae(*l)?,
+                4 => a.je(*l)?,
+                5 => a.jne(*l)?,
+                6 => a.jbe(*l)?,
+                7 => a.ja(*l)?,
+                8 => a.js(*l)?,
+                9 => a.jns(*l)?,
+                10 => a.jp(*l)?,
+                11 => a.jnp(*l)?,
+                12 => a.jl(*l)?,
+                13 => a.jge(*l)?,
+                14 => a.jle(*l)?,
+                _ => a.jg(*l)?,
+            }
+            a.or(r8d, 1 << i)?; // only when not taken; OR clobbers the flags, so reload them
+            a.push((CF | SF | PF | 2) as i32)?;
+            a.popfq()?;
+            a.set_label(l)?;
+        }
+        a.hlt()
+    });
+    r.run_to_halt();
+    // CF=1 ZF=0 SF=1 OF=0 PF=1: not taken are o, ae, e, a, ns, np, ge, g.
+    let not_taken = [0, 3, 4, 7, 9, 11, 13, 15].iter().fold(0u64, |m, b| m | 1 << b);
+    assert_eq!(r.gpr(gpr::R8), not_taken);
+}
