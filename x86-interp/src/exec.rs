@@ -215,6 +215,12 @@ impl Interpreter {
         if let Some(r) = self.exec_simd(m, ins) {
             return r;
         }
+        // Unimplemented x87 arithmetic still honours CR0.EM/TS (#NM) first.
+        if ins.cpuid_features().contains(&iced_x86::CpuidFeature::FPU)
+            && self.s.cr0 & (sim_core::state::cr0::EM | sim_core::state::cr0::TS) != 0
+        {
+            return Err(exc(vector::NM));
+        }
         self.warn_once(ins);
         Err(ud())
     }

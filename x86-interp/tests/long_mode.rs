@@ -1233,3 +1233,45 @@ fn every_jcc_condition() {
     let not_taken = [0, 3, 4, 7, 9, 11, 13, 15].iter().fold(0u64, |m, b| m | 1 << b);
     assert_eq!(r.gpr(gpr::R8), not_taken);
 }
+
+#[test]
+fn x87_control_state_and_unimplemented_arithmetic() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 6, false);
+    r.gate64(6, HANDLERS, 0, 0, false);
+    handler(&r, HANDLERS + 0x100, 7, false);
+    r.gate64(7, HANDLERS + 0x100, 0, 0, false);
+    r.edit(|s| {
+        s.fpu.fcw = 0x1234;
+        s.fpu.fsw = 0x80ff;
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, DATA)?;
+        a.fnstcw(word_ptr(rbx))?;
+        a.fnclex()?;
+        a.fnstsw(ax)?;
+        a.mov(r8d, eax)?;
+        a.fninit()?;
+        a.fnstcw(word_ptr(rbx + 2))?;
+        a.mov(word_ptr(rbx + 4), 0x027f)?;
+        a.fldcw(word_ptr(rbx + 4))?;
+        a.wait()?;
+        a.fld1()?; // not implemented: #UD
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u16(DATA).unwrap(), 0x1234);
+    assert_eq!(r.gpr(gpr::R8) & 0xffff, 0x0000, "FNCLEX clears the exception and busy bits");
+    assert_eq!(r.mem.read_u16(DATA + 2).unwrap(), 0x037f, "FNINIT control word");
+    assert_eq!(r.state().fpu.fcw, 0x027f);
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 6);
+    // With CR0.TS the same instruction raises #NM instead.
+    let fld1_at = r.gpr(gpr::R14);
+    r.edit(|s| {
+        s.cr0 |= sim_core::state::cr0::TS;
+        s.rip = fld1_at;
+        s.events.halted = false;
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 7);
+}
