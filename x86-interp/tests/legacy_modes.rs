@@ -241,3 +241,46 @@ fn random_instruction_streams_never_panic_in_real_and_protected_mode() {
         }
     }
 }
+
+#[test]
+fn protected_mode_iret_back_to_ring3() {
+    let mut r = Rig::prot32();
+    r.mem.write_u32(TSS + 4, 0x7000).unwrap();
+    r.mem.write_u32(TSS + 8, KDATA as u32).unwrap();
+    let tss: u64 = 0x67 | (TSS & 0xff_ffff) << 16 | 0x89 << 40;
+    r.mem.write_u64(GDT + 0x30, tss).unwrap();
+    r.gate32(0x80, 0x28_0000, 3);
+    // Handler: count in EDI, return to ring 3.
+    r.asm(32, 0x28_0000, |a| {
+        a.inc(edi)?;
+        a.iretd()
+    });
+    // Ring-3 #GP catcher for the final HLT: gate 13 -> HLT at ring 0.
+    r.gate32(13, 0x28_0100, 0);
+    r.asm(32, 0x28_0100, |a| a.hlt());
+    let user = 0x50_0000u64;
+    r.asm(32, user, |a| {
+        a.int(0x80)?;
+        a.mov(ebx, esp)?;
+        a.mov(ecx, ss)?;
+        a.int(0x80)?;
+        a.hlt() // #GP at CPL 3
+    });
+    r.asm(32, CODE, |a| {
+        a.mov(ax, TSS_SEL as u32)?;
+        a.ltr(ax)?;
+        a.xor(edi, edi)?;
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x6000)?;
+        a.push(0x202)?;
+        a.push((UCODE32 | 3) as i32)?;
+        a.push(user as i32)?;
+        a.iretd()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RDI), 2, "two round trips through the gate");
+    assert_eq!(r.gpr(gpr::RBX), 0x6000, "user ESP restored by IRETD");
+    assert_eq!(r.gpr(gpr::RCX), (UDATA | 3) as u64, "user SS restored");
+    let s = r.state();
+    assert_eq!(s.seg[sreg::CS].selector, KCODE32, "the #GP handler runs at ring 0");
+}
