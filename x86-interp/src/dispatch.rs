@@ -71,6 +71,11 @@ pub fn handler(ins: &Instruction) -> Handler {
         | M::Jg => jcc_for(ins.condition_code()),
         M::Jmp if is_near(ins.op_kind(0)) => jmp_rel,
         M::Nop | M::Pause => nop,
+        M::Call => call,
+        M::Ret => ret,
+        M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shl | M::Sal | M::Shr | M::Sar => shift,
+        M::Mul | M::Imul | M::Div | M::Idiv => muldiv,
+        M::Movzx => movzx,
         M::Lea => lea,
         M::Push if gpr_or_imm(0) => push,
         M::Pop if ins.op_kind(0) == OpKind::Register && ins.op_register(0).is_gpr() => pop,
@@ -243,6 +248,30 @@ fn lea(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
     let (_, off) = cpu.ea(ins);
     let r = ins.op_register(0);
     cpu.set_reg(r, off & crate::operands::mask(r.size()));
+    Ok(())
+}
+
+fn call(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    cpu.call(m, ins)
+}
+
+fn ret(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let extra = if ins.op_count() > 0 { ins.immediate16() as u64 } else { 0 };
+    let size = Interpreter::stack_size(ins).saturating_sub(extra as usize);
+    cpu.ret_near(m, size, extra)
+}
+
+fn shift(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    cpu.shift(m, ins)
+}
+
+fn muldiv(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    cpu.muldiv(m, ins)
+}
+
+fn movzx(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let v = cpu.rd(m, ins, 1, cpu.op_size(ins, 1))?;
+    cpu.set_reg(ins.op_register(0), v);
     Ok(())
 }
 

@@ -440,7 +440,7 @@ impl Interpreter {
         }
     }
 
-    fn muldiv(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    pub(crate) fn muldiv(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         use Mnemonic as M;
         let f = self.flags();
         if ins.mnemonic() == M::Imul && ins.op_count() >= 2 {
@@ -491,7 +491,7 @@ impl Interpreter {
         Ok(())
     }
 
-    fn shift(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    pub(crate) fn shift(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         use Mnemonic as M;
         let size = self.op_size(ins, 0);
         let dst = self.loc(ins, 0);

@@ -70,7 +70,7 @@ impl Interpreter {
 
     /// Operand size of a near branch/stack op from its stack effect.
     #[inline(always)]
-    fn stack_size(ins: &Instruction) -> usize {
+    pub(crate) fn stack_size(ins: &Instruction) -> usize {
         ins.stack_pointer_increment().unsigned_abs() as usize
     }
 
@@ -216,7 +216,7 @@ impl Interpreter {
         })
     }
 
-    fn call(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    pub(crate) fn call(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         match ins.op_kind(0) {
             OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
                 let t = self.rel_target(ins);
@@ -246,7 +246,7 @@ impl Interpreter {
         }
     }
 
-    fn ret_near(&mut self, m: &GuestMemory, size: usize, extra: u64) -> R<()> {
+    pub(crate) fn ret_near(&mut self, m: &GuestMemory, size: usize, extra: u64) -> R<()> {
         let t = self.peek(m, 0, size)?;
         self.jump(t)?;
         self.s.gpr[gpr::RSP] = self.sp_after(size as u64 + extra);
