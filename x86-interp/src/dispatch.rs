@@ -52,6 +52,9 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Test => binop::<TEST>,
         M::Inc => inc_dec::<true>,
         M::Dec => inc_dec::<false>,
+        M::Mov if reg_form => mov_rr,
+        M::Mov if reg0 && ins.op_kind(1) == OpKind::Memory => mov_load,
+        M::Mov if ins.op_kind(0) == OpKind::Memory && gpr_or_imm(1) && ins.op_kind(1) != OpKind::Memory => mov_store,
         M::Mov if gpr_or_imm(0) && gpr_or_imm(1) => mov,
         M::Jo
         | M::Jno
@@ -179,6 +182,31 @@ fn mov(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
     let size = cpu.op_size(ins, 0);
     let v = cpu.rd(m, ins, 1, size)?;
     cpu.wr(m, ins, 0, size, v)
+}
+
+/// A Jcc handler with its condition fixed at compile time.
+/// `mov r, r/imm`.
+fn mov_rr(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let v = src_reg_or_imm(cpu, ins);
+    cpu.set_reg(ins.op_register(0), v);
+    Ok(())
+}
+
+/// `mov r, [mem]`.
+fn mov_load(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let r = ins.op_register(0);
+    let (s, o) = cpu.ea(ins);
+    let v = cpu.rd_mem(m, s, o, r.size())?;
+    cpu.set_reg(r, v);
+    Ok(())
+}
+
+/// `mov [mem], r/imm`.
+fn mov_store(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    let size = ins.memory_size().size();
+    let v = src_reg_or_imm(cpu, ins);
+    let (s, o) = cpu.ea(ins);
+    cpu.wr_mem(m, s, o, size, v)
 }
 
 /// A Jcc handler with its condition fixed at compile time.

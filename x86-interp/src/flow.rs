@@ -71,7 +71,13 @@ impl Interpreter {
     /// Operand size of a near branch/stack op from its stack effect.
     #[inline(always)]
     pub(crate) fn stack_size(ins: &Instruction) -> usize {
-        ins.stack_pointer_increment().unsigned_abs() as usize
+        use Code as C;
+        match ins.code() {
+            // The common forms without iced's general (slower) table walk.
+            C::Push_r64 | C::Pop_r64 | C::Call_rel32_64 | C::Retnq | C::Pushq_imm8 | C::Pushq_imm32 => 8,
+            C::Push_r32 | C::Pop_r32 | C::Call_rel32_32 | C::Retnd | C::Pushd_imm8 | C::Pushd_imm32 => 4,
+            _ => ins.stack_pointer_increment().unsigned_abs() as usize,
+        }
     }
 
     pub(crate) fn exec_flow(&mut self, m: &GuestMemory, ins: &Instruction) -> Option<R<()>> {
