@@ -308,6 +308,14 @@ impl Interpreter {
             self.next_rip = off;
             return Ok(());
         }
+        if sel & !3 != 0 {
+            let raw = self.read_desc(m, sel, crate::fault::vector::GP)?;
+            let ty = (raw >> 40) & 0x1f;
+            let long = self.s.efer & sim_core::state::efer::LMA != 0;
+            if ty == crate::gates::CALL_GATE_32 || (!long && ty == crate::gates::CALL_GATE_16) {
+                return self.via_call_gate(m, sel, raw, call_size.is_some(), ret);
+            }
+        }
         let desc = self.check_far_code(m, sel)?;
         let new = sim_core::state::Segment::from_descriptor(sel, desc, 0);
         // Set the accessed bit first so nothing can fault after the pushes.

@@ -22,12 +22,12 @@ pub enum Source {
 }
 
 /// A stack being built before it is committed.
-struct Stack {
-    seg: Segment,
-    sp: u64,
-    mask: u64,
-    long: bool,
-    user: bool,
+pub(crate) struct Stack {
+    pub seg: Segment,
+    pub sp: u64,
+    pub mask: u64,
+    pub long: bool,
+    pub user: bool,
 }
 
 /// RFLAGS bits any IRET/POPF may change (IF, IOPL, VM, VIF, VIP are
@@ -46,7 +46,7 @@ pub const FLAGS_COMMON: u64 = rflags::CF
     | rflags::ID;
 
 impl Interpreter {
-    fn push_on(&mut self, m: &GuestMemory, st: &mut Stack, v: u64, size: usize) -> R<()> {
+    pub(crate) fn push_on(&mut self, m: &GuestMemory, st: &mut Stack, v: u64, size: usize) -> R<()> {
         st.sp = st.sp.wrapping_sub(size as u64) & st.mask;
         let la = if st.long {
             if ((st.sp as i64) << 16 >> 16) as u64 != st.sp {

@@ -22,7 +22,7 @@
 //! path for REP MOVS/STOS over RAM retires the same count).
 //!
 //! Not modelled (the guest gets #GP or #UD, see the report in each module):
-//! task switches and task gates, call gates, virtual-8086 mode, legacy-mode
+//! task switches and task gates, virtual-8086 mode, legacy-mode
 //! SYSCALL, x87 arithmetic (control instructions only), MMX, debug-register
 //! breakpoints (TF single-step is), alignment checking, executing from MMIO.
 
@@ -32,6 +32,7 @@ mod dispatch;
 mod exec;
 mod fault;
 mod flow;
+mod gates;
 mod interp;
 mod interrupts;
 mod mmu;

@@ -284,3 +284,54 @@ fn protected_mode_iret_back_to_ring3() {
     let s = r.state();
     assert_eq!(s.seg[sreg::CS].selector, KCODE32, "the #GP handler runs at ring 0");
 }
+
+#[test]
+fn far_call_through_a_32bit_call_gate_copies_parameters() {
+    let mut r = Rig::prot32();
+    r.mem.write_u32(TSS + 4, 0x7000).unwrap();
+    r.mem.write_u32(TSS + 8, KDATA as u32).unwrap();
+    let tss: u64 = 0x67 | (TSS & 0xff_ffff) << 16 | 0x89 << 40;
+    r.mem.write_u64(GDT + 0x30, tss).unwrap();
+    let target = 0x28_0400u64;
+    // 32-bit call gate at 0x48: DPL 3, 2 parameters, to KCODE32:target.
+    let gate = (target & 0xffff)
+        | (KCODE32 as u64) << 16
+        | 2 << 32
+        | (0xcu64 | 3 << 5 | 0x80) << 40
+        | ((target >> 16) & 0xffff) << 48;
+    r.mem.write_u64(GDT + 0x48, gate).unwrap();
+    r.edit(|s| s.gdtr.limit = 0x4f);
+    r.asm(32, target, |a| {
+        a.mov(ebx, esp)?;
+        a.mov(ecx, dword_ptr(esp + 8))?; // parameter nearer the caller's ESP
+        a.mov(edx, dword_ptr(esp + 12))?;
+        a.retf_1(8)
+    });
+    r.gate32(13, 0x28_0100, 0);
+    r.asm(32, 0x28_0100, |a| a.hlt());
+    let user = 0x50_0000u64;
+    r.asm(32, user, |a| {
+        a.push(0x2222)?;
+        a.push(0x1111)?;
+        a.db(&[0x9a])?; // call ptr16:32 0x48|3:0
+        a.dd(&[0])?;
+        a.dw(&[0x48 | 3])?;
+        a.mov(esi, esp)?;
+        a.hlt()
+    });
+    r.asm(32, CODE, |a| {
+        a.mov(ax, TSS_SEL as u32)?;
+        a.ltr(ax)?;
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x6000)?;
+        a.push(0x202)?;
+        a.push((UCODE32 | 3) as i32)?;
+        a.push(user as i32)?;
+        a.iretd()
+    });
+    r.run_to_halt();
+    // Inner stack: SS, ESP, param2, param1, CS, EIP below 0x7000.
+    assert_eq!(r.gpr(gpr::RBX), 0x7000 - 24);
+    assert_eq!((r.gpr(gpr::RCX), r.gpr(gpr::RDX)), (0x1111, 0x2222));
+    assert_eq!(r.gpr(gpr::RSI), 0x6000, "RETF 8 dropped the parameters from the caller's stack");
+}

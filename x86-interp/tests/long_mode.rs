@@ -1275,3 +1275,51 @@ fn x87_control_state_and_unimplemented_arithmetic() {
     r.run_to_halt();
     assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 7);
 }
+
+#[test]
+fn far_call_through_a_64bit_call_gate_to_ring0_and_back() {
+    let mut r = Rig::long();
+    let target = HANDLERS + 0x400;
+    let user = DATA + 0x7000;
+    // 64-bit call gate at GDT 0x48 (16 bytes), DPL 3, to KCODE:target.
+    let lo =
+        (target & 0xffff) | (KCODE as u64) << 16 | (0xcu64 | 3 << 5 | 0x80) << 40 | ((target >> 16) & 0xffff) << 48;
+    r.mem.write_u64(GDT + 0x48, lo).unwrap();
+    r.mem.write_u64(GDT + 0x50, target >> 32).unwrap();
+    r.edit(|s| s.gdtr.limit = 0x57);
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    r.asm(64, target, |a| {
+        a.mov(r8, rsp)?;
+        a.mov(r9, qword_ptr(rsp + 8))?; // caller CS
+        a.mov(r10, qword_ptr(rsp + 16))?; // caller RSP
+        a.mov(r11, qword_ptr(rsp + 24))?; // caller SS
+        a.db(&[0x48, 0xcb]) // retfq: back to ring 3
+    });
+    // Pointer m16:32 at DATA + 0x7800: offset (ignored), selector 0x48|3.
+    r.mem.write_u32(DATA + 0x7800, 0).unwrap();
+    r.mem.write_u16(DATA + 0x7804, 0x48 | 3).unwrap();
+    r.asm(64, user, |a| {
+        a.mov(rbx, DATA + 0x7800)?;
+        a.db(&[0xff, 0x1b])?; // call far [rbx]
+        a.mov(r12, rsp)?;
+        a.hlt() // #GP at CPL 3 ends the test
+    });
+    let to_user = CODE;
+    r.asm(64, to_user, |a| {
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x3f_8000)?;
+        a.push(0x202)?;
+        a.push((UCODE64 | 3) as i32)?;
+        a.mov(rax, user)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R8), RSP0_TOP - 32, "SS, RSP, CS, RIP on the RSP0 stack");
+    assert_eq!(r.gpr(gpr::R9), (UCODE64 | 3) as u64);
+    assert_eq!(r.gpr(gpr::R10), 0x3f_8000);
+    assert_eq!(r.gpr(gpr::R11), (UDATA | 3) as u64);
+    assert_eq!(r.gpr(gpr::R12), 0x3f_8000, "RETF restored the ring-3 stack");
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+}
