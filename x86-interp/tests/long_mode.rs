@@ -1323,3 +1323,10 @@ fn far_call_through_a_64bit_call_gate_to_ring0_and_back() {
     assert_eq!(r.gpr(gpr::R12), 0x3f_8000, "RETF restored the ring-3 stack");
     assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
 }
+
+/// The machine may move vCPUs between threads.
+#[test]
+fn interpreter_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<x86_interp::Interpreter>();
+}
