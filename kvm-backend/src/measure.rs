@@ -1,0 +1,1 @@
+//! Exit round-trip measurements for `xensim bench --backend kvm`.
