@@ -207,3 +207,14 @@ fn direct_vmcall_behaviour_is_reported() {
         t.exits, st.gpr[0], st.gpr[0] as i64, st.gpr[3], st.rip, st.events
     );
 }
+
+#[test]
+fn exit_round_trips_are_measured() {
+    if kvm_or_skip("exit_round_trips_are_measured").is_none() {
+        return;
+    }
+    let pio = kvm_backend::measure::pio_exit_rtt_us(2000).unwrap();
+    let hc = kvm_backend::measure::hypercall_rtt_us(2000).unwrap();
+    eprintln!("kvm-exit-rtt-us {pio:.2} kvm-hypercall-rtt-us {hc:.2}");
+    assert!(pio > 0.0 && pio.is_finite() && hc > 0.0 && hc.is_finite());
+}
