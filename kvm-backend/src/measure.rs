@@ -9,7 +9,7 @@ use sim_core::cpuid::{CpuidTable, Vendor};
 use sim_core::layout::HYPERCALL_PORT;
 use sim_core::memory::GuestMemory;
 use sim_core::state::ArchState;
-use sim_core::vcpu::{Completion, Vcpu, VcpuExit};
+use sim_core::vcpu::{Completion, VcpuExit};
 
 use crate::error::KvmError;
 use crate::vm::KvmVm;
