@@ -77,14 +77,23 @@ impl XenPlatform {
             }
             op::MEMORY_MAP => {
                 let g = a.guest(ctx.mem);
-                if self.cfg.memory_map.is_empty() {
-                    return Err(Errno(ENOSYS));
-                }
+                // With no map configured, answer what a toolstack would have
+                // set (XENMEM_set_memory_map): the E820 map of guest RAM.
+                let derived;
+                let map = if self.cfg.memory_map.is_empty() {
+                    derived = sim_core::boot::e820_map(ctx.mem)
+                        .iter()
+                        .map(|e| (e.addr, e.size, e.kind.code()))
+                        .collect::<Vec<_>>();
+                    &derived
+                } else {
+                    &self.cfg.memory_map
+                };
                 let nr = g.read_u32(arg)?;
                 let buf = a.read_ulong(&g, arg + a.ulong_size())?;
-                let n = (nr as usize).min(self.cfg.memory_map.len());
+                let n = (nr as usize).min(map.len());
                 let mut out = Vec::with_capacity(n * 20);
-                for &(addr, size, ty) in &self.cfg.memory_map[..n] {
+                for &(addr, size, ty) in &map[..n] {
                     out.extend_from_slice(&addr.to_le_bytes());
                     out.extend_from_slice(&size.to_le_bytes());
                     out.extend_from_slice(&ty.to_le_bytes());

@@ -45,7 +45,8 @@ pub struct XenConfig {
     pub store: Option<Ring>,
     /// The PV console ring (HVM_PARAM_CONSOLE_PFN/EVTCHN).
     pub console: Option<Ring>,
-    /// XENMEM_memory_map: (address, size, E820 type).
+    /// XENMEM_memory_map: (address, size, E820 type); empty = the E820 map
+    /// of guest RAM, as the toolstack would set it.
     pub memory_map: Vec<(u64, u64, u32)>,
     /// XENVER_guest_handle.
     pub handle: [u8; 16],
@@ -53,6 +54,9 @@ pub struct XenConfig {
     /// Offer PIRQs (XENFEAT_hvm_pirqs, PHYSDEVOP_*): HVM guests with the
     /// emulated-PIRQ option; PVH guests have none.
     pub pirqs: bool,
+    /// How hypercall-page stubs enter the hypervisor (VMCALL, or a port exit
+    /// on backends that cannot intercept VMCALL).
+    pub hypercall_gate: crate::hypercall_page::HypercallGate,
 }
 
 impl Default for XenConfig {
@@ -67,6 +71,7 @@ impl Default for XenConfig {
             handle: [0; 16],
             max_grant_frames: 64,
             pirqs: false,
+            hypercall_gate: Default::default(),
         }
     }
 }
@@ -470,7 +475,7 @@ impl Platform for XenPlatform {
         value: u64,
     ) -> Option<Result<(), ()>> {
         (msr == HYPERCALL_MSR).then(|| {
-            if crate::hypercall_page::write(ctx.mem, self.vendor, value) {
+            if crate::hypercall_page::write(ctx.mem, self.vendor, self.cfg.hypercall_gate, value) {
                 Ok(())
             } else {
                 Err(())

@@ -272,11 +272,18 @@ fn shared_info_maps_anywhere_with_wallclock_and_time() {
 
 #[test]
 fn memory_map_copies_at_most_what_was_asked() {
-    let mut r = Rig::new(XenConfig::default(), 1);
-    assert_eq!(r.call(nr::MEMORY_OP, &[9, 0x7000]), -ENOSYS, "no map set");
-    let cfg = XenConfig::default().with_memory_map_of(&GuestMemory::new(4).unwrap());
-    let n = cfg.memory_map.len();
+    // A configured map is answered as given.
+    let cfg = XenConfig { memory_map: vec![(0, 0x9f000, 1), (0x100000, 0x1000, 2)], ..Default::default() };
     let mut r = Rig::new(cfg, 1);
+    r.mem.write_u32(0x7000, 8).unwrap();
+    r.mem.write_u64(0x7008, 0x7100).unwrap();
+    assert_eq!(r.call(nr::MEMORY_OP, &[9, 0x7000]), 0);
+    assert_eq!(r.mem.read_u32(0x7000).unwrap(), 2);
+    assert_eq!((r.mem.read_u64(0x7114).unwrap(), r.mem.read_u32(0x7124).unwrap()), (0x100000, 2));
+    // With none configured, the E820 map of guest RAM is derived.
+    let cfg = XenConfig::default().with_memory_map_of(&r.mem);
+    let n = cfg.memory_map.len();
+    let mut r = Rig::new(XenConfig::default(), 1);
     r.mem.write_u32(0x7000, 1).unwrap();
     r.mem.write_u64(0x7008, 0x7100).unwrap();
     assert_eq!(r.call(nr::MEMORY_OP, &[9, 0x7000]), 0);
