@@ -6,7 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
+use std::sync::Arc;
+
+use sim_core::cpuid::CpuidTable;
 use sim_core::platform::ShutdownReason;
+use sim_core::vcpu::{Vcpu, VcpuError};
+use xen_model::hypercall_page::HypercallGate;
+use xen_model::platform::{XenConfig, XenPlatform};
 
 mod bench;
 
@@ -74,32 +80,89 @@ struct RunArgs {
     /// CPU backend.
     #[arg(long, value_enum, default_value_t = Backend::Interp)]
     backend: Backend,
-    /// Stop after this many instructions (all vCPUs together).
+    /// Stop after this many instructions (all vCPUs together; interpreter only).
     #[arg(long)]
     max_instructions: Option<u64>,
+    /// Log every hypercall with its decoded arguments and result (to stderr).
+    #[arg(long)]
+    trace_hypercalls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
+pub enum Backend {
     /// The software x86 interpreter (deterministic, exact instruction counts).
     Interp,
+    /// The host's KVM (/dev/kvm): real speed on hardware virtualization.
+    Kvm,
 }
 
-fn init_tracing(verbose: u8) {
+/// The vCPU backend, ready to build vCPUs for a machine.
+pub enum Cpus {
+    Interp,
+    Kvm(std::sync::Arc<kvm_backend::KvmVm>),
+}
+
+impl Cpus {
+    /// Open the backend (for KVM: /dev/kvm and a VM), reporting what it found.
+    pub fn open(backend: Backend) -> Result<Cpus, String> {
+        match backend {
+            Backend::Interp => Ok(Cpus::Interp),
+            Backend::Kvm => {
+                let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
+                tracing::info!(caps = ?vm.caps(), "KVM");
+                tracing::info!("KVM hypercall interception: {}", vm.hypercall_strategy().describe());
+                Ok(Cpus::Kvm(vm))
+            }
+        }
+    }
+
+    /// How the Xen platform's hypercall page must enter the hypervisor.
+    pub fn hypercall_gate(&self) -> HypercallGate {
+        match self {
+            Cpus::Interp => HypercallGate::Native,
+            Cpus::Kvm(_) => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
+        }
+    }
+
+    pub fn create(&self, id: u32, count: u32, cpuid: Arc<CpuidTable>) -> Result<Box<dyn Vcpu>, VcpuError> {
+        match self {
+            Cpus::Interp => Ok(Box::new(x86_interp::Interpreter::new(id, count, cpuid))),
+            Cpus::Kvm(vm) => vm.create_vcpu(id, count, cpuid),
+        }
+    }
+
+    /// A machine of `config` on this backend with the Xen platform attached.
+    pub fn machine(&self, config: MachineConfig) -> Result<Machine, sim_core::machine::MachineError> {
+        let xen = XenConfig { hypercall_gate: self.hypercall_gate(), ..Default::default() };
+        let platform = XenPlatform::new(xen, config.cpus);
+        Machine::with_platform(config, Some(Box::new(platform)), &mut |id, n, cpuid| self.create(id, n, cpuid))
+    }
+}
+
+/// Where hypercall traces are logged (xen-model's dispatcher).
+const HYPERCALL_TARGET: &str = "xensim::hypercall";
+
+fn init_tracing(verbose: u8, trace_hypercalls: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if trace_hypercalls {
+        if let Ok(d) = format!("{HYPERCALL_TARGET}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let trace_hypercalls = matches!(&cli.command, Command::Run(a) if a.trace_hypercalls);
+    init_tracing(cli.verbose, trace_hypercalls);
     match cli.command {
         Command::Run(args) => run(args),
         Command::Bench(args) => bench::run(args),
@@ -159,10 +222,14 @@ fn run(args: RunArgs) -> ExitCode {
         max_instructions: args.max_instructions,
         ..Default::default()
     };
-    let backend = args.backend;
-    let mut machine = match Machine::new(config, &mut |id, count, cpuid| match backend {
-        Backend::Interp => Ok(Box::new(x86_interp::Interpreter::new(id, count, cpuid))),
-    }) {
+    if args.backend == Backend::Kvm && args.max_instructions.is_some() {
+        return fail(status::USER_ERROR, "--max-instructions needs --backend interp: KVM cannot count instructions");
+    }
+    let cpus = match Cpus::open(args.backend) {
+        Ok(c) => c,
+        Err(e) => return fail(status::USER_ERROR, e),
+    };
+    let mut machine = match cpus.machine(config) {
         Ok(m) => m,
         Err(e) => return fail(status::USER_ERROR, e),
     };

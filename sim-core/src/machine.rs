@@ -193,7 +193,12 @@ impl Machine {
         let rsdp = acpi::write_tables(&mem, &acpi)?;
         let vcpus = (0..config.cpus)
             .map(|i| make_vcpu(i, config.cpus, cpuid.clone()).map_err(|source| MachineError::Vcpu { vcpu: i, source }))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<Box<dyn Vcpu>>, _>>()?;
+        // Power-on: every TSC starts at machine time 0.
+        let mut vcpus = vcpus;
+        for v in &mut vcpus {
+            v.set_tsc(0);
+        }
         let lapics = (0..config.cpus).map(|i| Lapic::new(i, i == 0)).collect();
         let run_state =
             (0..config.cpus).map(|i| if i == 0 { RunState::Running } else { RunState::WaitForSipi }).collect();
@@ -324,10 +329,24 @@ impl Machine {
 
         if any_ran {
             self.now_ns += round * clock::NS_PER_INSN;
+            // Backends that cannot count instructions (KVM) run their TSC
+            // with the host: machine time follows the furthest vCPU's TSC.
+            // TODO(issue 5): these readings must go through the door.
+            for v in self.vcpus.iter().filter(|v| v.retired_instructions().is_none()) {
+                self.now_ns = self.now_ns.max(clock::tsc_to_ns(v.tsc()));
+            }
         } else {
             // Everyone is halted: skip to the next timer, or stop for good.
             match self.timers.next_deadline() {
-                Some(d) => self.now_ns = self.now_ns.max(d),
+                Some(d) => {
+                    self.now_ns = self.now_ns.max(d);
+                    // A skip is a jump of virtual time on every backend.
+                    for v in self.vcpus.iter_mut().filter(|v| v.retired_instructions().is_none()) {
+                        if v.tsc() < clock::ns_to_tsc(self.now_ns) {
+                            v.set_tsc(clock::ns_to_tsc(self.now_ns));
+                        }
+                    }
+                }
                 None => return Ok(Some(StopReason::Halted)),
             }
         }
@@ -339,7 +358,11 @@ impl Machine {
     /// Run vCPU `i` for up to `budget` instructions, handling its exits.
     fn run_slice(&mut self, i: usize, budget: u64) -> Result<Option<StopReason>, MachineError> {
         let start = self.now_ns;
-        self.vcpus[i].set_tsc(clock::ns_to_tsc(start));
+        // On the interpreter the TSC is derived from machine time and the
+        // instructions retired in this slice (see `clock`).
+        if self.vcpus[i].retired_instructions().is_some() {
+            self.vcpus[i].set_tsc(clock::ns_to_tsc(start));
+        }
         let mut left = budget;
         while left > 0 {
             let before = self.vcpus[i].retired_instructions().unwrap_or(0);
