@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
-use std::sync::Arc;
-
-use sim_core::cpuid::CpuidTable;
 use sim_core::platform::ShutdownReason;
-use sim_core::vcpu::{Vcpu, VcpuError};
 use xen_model::hypercall_page::HypercallGate;
 use xen_model::platform::{XenConfig, XenPlatform};
 
@@ -96,14 +92,16 @@ pub enum Backend {
     Kvm,
 }
 
-/// The vCPU backend, ready to build vCPUs for a machine.
+/// The vCPU backend, ready to build machines.
 pub enum Cpus {
     Interp,
-    Kvm(std::sync::Arc<kvm_backend::KvmVm>),
+    /// KVM: each machine gets a VM of its own (vCPU ids are per VM).
+    Kvm,
 }
 
 impl Cpus {
-    /// Open the backend (for KVM: /dev/kvm and a VM), reporting what it found.
+    /// Check the backend is usable (for KVM: /dev/kvm opens and a VM can be
+    /// created), reporting what it found.
     pub fn open(backend: Backend) -> Result<Cpus, String> {
         match backend {
             Backend::Interp => Ok(Cpus::Interp),
@@ -111,7 +109,7 @@ impl Cpus {
                 let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
                 tracing::info!(caps = ?vm.caps(), "KVM");
                 tracing::info!("KVM hypercall interception: {}", vm.hypercall_strategy().describe());
-                Ok(Cpus::Kvm(vm))
+                Ok(Cpus::Kvm)
             }
         }
     }
@@ -120,22 +118,25 @@ impl Cpus {
     pub fn hypercall_gate(&self) -> HypercallGate {
         match self {
             Cpus::Interp => HypercallGate::Native,
-            Cpus::Kvm(_) => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
-        }
-    }
-
-    pub fn create(&self, id: u32, count: u32, cpuid: Arc<CpuidTable>) -> Result<Box<dyn Vcpu>, VcpuError> {
-        match self {
-            Cpus::Interp => Ok(Box::new(x86_interp::Interpreter::new(id, count, cpuid))),
-            Cpus::Kvm(vm) => vm.create_vcpu(id, count, cpuid),
+            Cpus::Kvm => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
         }
     }
 
     /// A machine of `config` on this backend with the Xen platform attached.
-    pub fn machine(&self, config: MachineConfig) -> Result<Machine, sim_core::machine::MachineError> {
+    pub fn machine(&self, config: MachineConfig) -> Result<Machine, String> {
         let xen = XenConfig { hypercall_gate: self.hypercall_gate(), ..Default::default() };
-        let platform = XenPlatform::new(xen, config.cpus);
-        Machine::with_platform(config, Some(Box::new(platform)), &mut |id, n, cpuid| self.create(id, n, cpuid))
+        let platform: Option<Box<dyn sim_core::platform::Platform>> =
+            Some(Box::new(XenPlatform::new(xen, config.cpus)));
+        let m = match self {
+            Cpus::Interp => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
+                Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
+            }),
+            Cpus::Kvm => {
+                let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
+                Machine::with_platform(config, platform, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid))
+            }
+        };
+        m.map_err(|e| e.to_string())
     }
 }
 

@@ -115,3 +115,23 @@ fn xenstore_server_never_replaces_a_users_file() {
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn demo_runs_on_kvm_with_the_same_output() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        eprintln!("skipped: /dev/kvm is not usable here ({e})");
+        return;
+    }
+    let o = xensim(&["run", "--backend", "kvm"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), programs::demo_expected());
+    let o = xensim(&["run", "--backend", "kvm", "--max-instructions", "10"]);
+    assert_eq!(o.status.code(), Some(4), "KVM cannot count instructions");
+}
+
+#[test]
+fn trace_hypercalls_logs_to_stderr_only() {
+    let o = xensim(&["run", "--trace-hypercalls"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), programs::demo_expected(), "stdout stays the guest's");
+}
