@@ -171,7 +171,7 @@ fn call(p: &mut XenPlatform, ctx: &mut PlatformCtx, a: &Args) -> XenResult<i64> 
         }
         nr::GRANT_TABLE_OP => {
             let g = a.guest(ctx.mem);
-            p.gnttab.hypercall(&g, ctx.mem, a.arg(0) as u32, a.arg(1), a.arg(2) as u32)
+            p.gnttab.hypercall_abi(&g, ctx.mem, a.arg(0) as u32, a.arg(1), a.arg(2) as u32, a.compat)
         }
         nr::PHYSDEV_OP => p.physdev_op(ctx, a),
         _ => Err(Errno(ENOSYS)),
