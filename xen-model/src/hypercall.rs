@@ -123,18 +123,9 @@ pub(crate) fn dispatch(p: &mut XenPlatform, ctx: &mut PlatformCtx, v: u32, vcpu:
             e.result()
         }
     };
-    tracing::info!(
-        target: "xensim::hypercall",
-        vcpu = v,
-        "{}({}{:#x}, {:#x}, {:#x}, {:#x}) = {}",
-        name(nr),
-        if compat { "32-bit: " } else { "" },
-        a.arg(0),
-        a.arg(1),
-        a.arg(2),
-        a.arg(3),
-        ret
-    );
+    if tracing::enabled!(target: "xensim::hypercall", tracing::Level::INFO) {
+        tracing::info!(target: "xensim::hypercall", "vcpu {v}: {}", crate::trace::line(nr, &a.args, compat, ret));
+    }
     regs[gpr::RAX] = if compat { ret as u32 as u64 } else { ret as u64 };
     vcpu.set_gprs(&regs);
 }
