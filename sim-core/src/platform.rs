@@ -102,4 +102,12 @@ pub trait Platform: Send {
     /// lines that depend on guest memory (e.g. deassert the callback GSI
     /// once upcall_pending is seen clear).
     fn sync(&mut self, ctx: &mut PlatformCtx);
+
+    /// A value from outside arrived through the machine's door (xenstore
+    /// socket traffic, disk completions, the wall clock at power-on, console
+    /// input after it was queued on `ctx.console_input`). Called at round
+    /// boundaries only.
+    fn input(&mut self, ctx: &mut PlatformCtx, input: &crate::door::Input) {
+        let _ = (ctx, input);
+    }
 }
