@@ -93,8 +93,9 @@ pub enum StopReason {
     GuestShutdown(ShutdownReason),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunState {
+/// What a vCPU is doing between rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RunState {
     Running,
     Halted,
     /// An application processor waiting for INIT-SIPI.
@@ -150,6 +151,8 @@ macro_rules! platform_ctx {
         }
     };
 }
+
+pub mod snapshot;
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
