@@ -306,7 +306,6 @@ impl Machine {
     pub fn run(&mut self) -> Result<StopReason, MachineError> {
         loop {
             if let Some(stop) = self.run_round()? {
-                self.flush_console();
                 return Ok(stop);
             }
         }
@@ -317,6 +316,13 @@ impl Machine {
     /// due timers fire. Round boundaries are the deterministic points where
     /// a recorder may take checkpoints; `run` is this in a loop.
     pub fn run_round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let r = self.round();
+        // Output is on the console by the end of every round, however it ended.
+        self.flush_console();
+        r
+    }
+
+    fn round(&mut self) -> Result<Option<StopReason>, MachineError> {
         let input_stop = self.take_inputs()?;
         // Input delivered to the UART may raise IRQ4.
         self.sync_irqs();
