@@ -16,6 +16,10 @@ pub struct CpuidResult {
     pub edx: u32,
 }
 
+/// Xen's HVM features leaf (base 0x40000000 + 4) and its vCPU-id flag.
+pub const XEN_HVM_LEAF: u32 = 0x4000_0004;
+pub const XEN_HVM_VCPU_ID_PRESENT: u32 = 1 << 3;
+
 /// The CPU vendor the guest sees; decides e.g. VMCALL vs VMMCALL stubs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Vendor {
@@ -175,6 +179,9 @@ impl CpuidTable {
                 };
                 r = CpuidResult { eax: shift, ebx: count, ecx: (level_type << 8) | (sub & 0xff), edx: vcpu_id };
             }
+            // Xen's HVM leaf: EBX carries the vCPU id when EAX bit 3
+            // (XEN_HVM_CPUID_VCPU_ID_PRESENT) says so.
+            XEN_HVM_LEAF if r.eax & XEN_HVM_VCPU_ID_PRESENT != 0 => r.ebx = vcpu_id,
             _ => {}
         }
         r
@@ -218,5 +225,17 @@ mod tests {
         let mut t2 = t.clone();
         t2.set(0x4000_0000, 0, CpuidResult { eax: 0x4000_0004, ..Default::default() });
         assert_eq!(t2.lookup(0, 1, 0x4000_0000, 0).eax, 0x4000_0004);
+    }
+
+    #[test]
+    fn xen_hvm_leaf_reports_each_vcpus_id() {
+        let mut t = CpuidTable::baseline(Vendor::Intel);
+        t.set(0x4000_0000, 0, CpuidResult { eax: 0x4000_0004, ..Default::default() });
+        t.set(XEN_HVM_LEAF, 0, CpuidResult { eax: 1 << 6, ebx: 0, ecx: 1, edx: 0 });
+        assert_eq!(t.lookup(2, 4, XEN_HVM_LEAF, 0).ebx, 0, "flag absent: EBX as stored");
+        t.set(XEN_HVM_LEAF, 0, CpuidResult { eax: (1 << 6) | XEN_HVM_VCPU_ID_PRESENT, ebx: 0, ecx: 1, edx: 0 });
+        assert_eq!(t.lookup(2, 4, XEN_HVM_LEAF, 0).ebx, 2);
+        assert_eq!(t.lookup(3, 4, XEN_HVM_LEAF, 0).ebx, 3);
+        assert_eq!(t.lookup(3, 4, XEN_HVM_LEAF, 0).ecx, 1, "other registers untouched");
     }
 }

@@ -17,3 +17,8 @@ pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
 /// Device/function number of the Xen platform PCI device on bus 0 (00:03.0).
 pub const XEN_PLATFORM_PCI_DEVFN: u8 = 3 << 3;
+/// The port hypercall-page stubs write to on CPUs that cannot intercept
+/// VMCALL (KVM without Xen support): `mov eax, nr; out HYPERCALL_PORT, al;
+/// ret`. 8-bit because every other register carries a hypercall argument,
+/// so the stub cannot load DX; 0xE8 is unused on the PC (0xE9 is debugcon).
+pub const HYPERCALL_PORT: u16 = 0xe8;

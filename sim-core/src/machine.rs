@@ -914,6 +914,19 @@ mod tests {
         log: Arc<Mutex<Log>>,
     }
 
+    impl ScriptVcpu {
+        fn boxed(script: &[Step], gpr: [u64; 16], log: &Arc<Mutex<Log>>) -> Box<dyn Vcpu> {
+            Box::new(ScriptVcpu {
+                script: script.iter().copied().collect(),
+                retired: 0,
+                if_set: false,
+                gpr,
+                window: false,
+                log: log.clone(),
+            })
+        }
+    }
+
     impl Vcpu for ScriptVcpu {
         fn id(&self) -> u32 {
             0
@@ -992,17 +1005,7 @@ mod tests {
     fn machine(script: Vec<Step>, config: MachineConfig) -> (Machine, Arc<Mutex<Log>>, Sink) {
         let log = Arc::new(Mutex::new(Log::default()));
         let l2 = log.clone();
-        let mut m = Machine::new(config, &mut |_, _, _| {
-            Ok(Box::new(ScriptVcpu {
-                script: script.clone().into(),
-                retired: 0,
-                if_set: false,
-                gpr: [0; 16],
-                window: false,
-                log: l2.clone(),
-            }))
-        })
-        .unwrap();
+        let mut m = Machine::new(config, &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [0; 16], &l2))).unwrap();
         let sink = Sink::default();
         m.set_console(Box::new(sink.clone()));
         (m, log, sink)
@@ -1154,16 +1157,7 @@ mod tests {
         let mut m = Machine::with_platform(
             MachineConfig { quantum: 1000, ..Default::default() },
             Some(Box::new(platform)),
-            &mut |_, _, _| {
-                Ok(Box::new(ScriptVcpu {
-                    script: script.clone().into(),
-                    retired: 0,
-                    if_set: false,
-                    gpr: [u64::MAX; 16],
-                    window: false,
-                    log: l2.clone(),
-                }))
-            },
+            &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [u64::MAX; 16], &l2)),
         )
         .unwrap();
         assert_eq!(m.cpuid().lookup(0, 1, 0x4000_0000, 0).eax, 0x4000_0001, "platform CPUID leaves installed");
@@ -1219,16 +1213,7 @@ mod tests {
         let mut m = Machine::with_platform(
             MachineConfig { quantum: 1000, ..Default::default() },
             Some(Box::new(GsiPlatform { gsi, level: false })),
-            &mut |_, _, _| {
-                Ok(Box::new(ScriptVcpu {
-                    script: script.clone().into(),
-                    retired: 0,
-                    if_set: false,
-                    gpr: [0; 16],
-                    window: false,
-                    log: l2.clone(),
-                }))
-            },
+            &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [0; 16], &l2)),
         )
         .unwrap();
         m.set_console(Box::new(Sink::default()));

@@ -5,6 +5,7 @@
 pub mod asm;
 pub mod elf;
 pub mod programs;
+pub mod xen;
 
 pub use asm::{Boot, GuestError, GuestProgram, Mode};
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use sim_core::boot::{BootConfig, BootImage, BootInfo};
 use sim_core::door::{Input, ScriptDoor};
-use sim_core::machine::{Machine, MachineConfig, StopReason};
+use sim_core::machine::{Machine, MachineConfig, StopReason, VcpuFactory};
 
 /// A console sink that keeps everything written to it.
 #[derive(Clone, Default)]
@@ -74,9 +74,12 @@ pub fn boot_config(kernel: Vec<u8>, run: &Run) -> BootConfig {
 
 /// A machine on the interpreter with `kernel` loaded, console captured.
 pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
-    let mut m =
-        Machine::new(run.config.clone(), &mut |id, n, cpuid| Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid))))
-            .expect("machine");
+    machine_on(kernel, run, &mut |id, n, cpuid| Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid))))
+}
+
+/// A machine whose vCPUs come from `factory` (e.g. KVM), `kernel` loaded.
+pub fn machine_on(kernel: Vec<u8>, run: &Run, factory: &mut VcpuFactory<'_>) -> (Machine, Capture, BootInfo) {
+    let mut m = Machine::new(run.config.clone(), factory).expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
     m.set_door(Box::new(ScriptDoor::new(run.inputs.clone())));
@@ -86,8 +89,13 @@ pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
 
 /// Boot `kernel` on the interpreter and run it to the end.
 pub fn boot(kernel: Vec<u8>, run: &Run) -> Outcome {
+    boot_on(kernel, run, &mut |id, n, cpuid| Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid))))
+}
+
+/// Boot `kernel` on vCPUs from `factory` and run it to the end.
+pub fn boot_on(kernel: Vec<u8>, run: &Run, factory: &mut VcpuFactory<'_>) -> Outcome {
     let mut config = boot_config(kernel.clone(), run);
-    let (mut m, cap, boot) = machine(kernel, run);
+    let (mut m, cap, boot) = machine_on(kernel, run, factory);
     config.rsdp = m.rsdp();
     let stop = m.run().expect("machine run");
     Outcome { stop, output: cap.text(), instructions: m.retired_instructions(), boot, config, machine: m }

@@ -12,6 +12,26 @@
 use std::collections::HashMap;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use sim_core::memory::GuestMemory;
+
+use crate::fault::R;
+use crate::interp::Interpreter;
+
+/// Executes one decoded instruction (chosen once, at decode time).
+pub type Handler = fn(&mut Interpreter, &GuestMemory, &Instruction) -> R<()>;
+
+/// A decoded instruction and its handler.
+#[derive(Clone, Copy)]
+pub struct Cached {
+    pub ins: Instruction,
+    pub run: Handler,
+}
+
+impl Cached {
+    pub fn new(ins: Instruction) -> Cached {
+        Cached { run: crate::dispatch::handler(&ins), ins }
+    }
+}
 
 pub const PAGE: usize = 4096;
 /// Drop the whole cache when it holds this many pages (bounds host memory).
@@ -22,14 +42,14 @@ pub struct CodePage {
     pub bitness: u32,
     /// Offset -> index + 1 into `insns` (0: not decoded yet).
     index: Box<[u16; PAGE]>,
-    insns: Vec<Instruction>,
+    insns: Vec<Cached>,
     bytes: Box<[u8; PAGE]>,
     verified_epoch: u64,
 }
 
 /// Result of looking up an offset in a page.
 pub enum Decoded {
-    Hit(Instruction),
+    Hit(Cached),
     /// The instruction runs past the page end: the caller decodes it from
     /// both pages (not cached).
     CrossesPage,
@@ -40,6 +60,15 @@ impl CodePage {
         self.index.fill(0);
         self.insns.clear();
         self.bitness = bitness;
+    }
+
+    /// The cached instruction at `off`, if decoded already.
+    #[inline(always)]
+    pub fn cached(&self, off: usize) -> Option<&Cached> {
+        match self.index.get(off) {
+            Some(&i) if i != 0 => self.insns.get(i as usize - 1),
+            _ => None,
+        }
     }
 
     /// The instruction at `off`, decoding and caching it on a miss.
@@ -63,11 +92,12 @@ impl CodePage {
         if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
             return Decoded::CrossesPage;
         }
-        self.insns.push(ins);
+        let c = Cached::new(ins);
+        self.insns.push(c);
         if let Some(slot) = self.index.get_mut(off) {
             *slot = self.insns.len() as u16;
         }
-        Decoded::Hit(ins)
+        Decoded::Hit(c)
     }
 }
 
@@ -77,6 +107,8 @@ pub struct CodeCache {
     pages: Vec<CodePage>,
     free: Vec<u32>,
     epoch: u64,
+    /// Bumped by `clear`, so holders of copied instructions can tell.
+    pub clears: u64,
 }
 
 impl CodeCache {
@@ -87,6 +119,11 @@ impl CodeCache {
 
     pub fn contains(&self, gfn: u64) -> bool {
         self.map.contains_key(&gfn)
+    }
+
+    #[inline(always)]
+    pub fn page(&self, slot: u32) -> Option<&CodePage> {
+        self.pages.get(slot as usize)
     }
 
     #[inline(always)]
@@ -151,6 +188,7 @@ impl CodeCache {
     }
 
     pub fn clear(&mut self) {
+        self.clears = self.clears.wrapping_add(1);
         self.map.clear();
         self.pages.clear();
         self.free.clear();

@@ -27,7 +27,8 @@ impl Interpreter {
         use Mnemonic as M;
         match ins.mnemonic() {
             M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp | M::Test => self.binop(m, ins),
-            M::Mov => self.mov(m, ins),
+            // MOVNTI is a plain store here (no caches to bypass).
+            M::Mov | M::Movnti => self.mov(m, ins),
             M::Inc | M::Dec | M::Neg | M::Not => self.unop(m, ins),
             M::Push => self.push_op(m, ins),
             M::Pop => self.pop_op(m, ins),
@@ -49,6 +50,12 @@ impl Interpreter {
                 self.set_reg(ins.op_register(0), v & mask(ds));
                 Ok(())
             }
+            M::Wbinvd | M::Invd => {
+                if self.cpl != 0 {
+                    return Err(gp0());
+                }
+                Ok(())
+            }
             M::Nop
             | M::Pause
             | M::Endbr32
@@ -56,8 +63,6 @@ impl Interpreter {
             | M::Lfence
             | M::Sfence
             | M::Mfence
-            | M::Wbinvd
-            | M::Invd
             | M::Prefetch
             | M::Prefetchnta
             | M::Prefetcht0
@@ -210,6 +215,12 @@ impl Interpreter {
         if let Some(r) = self.exec_simd(m, ins) {
             return r;
         }
+        // Unimplemented x87 arithmetic still honours CR0.EM/TS (#NM) first.
+        if ins.cpuid_features().contains(&iced_x86::CpuidFeature::FPU)
+            && self.s.cr0 & (sim_core::state::cr0::EM | sim_core::state::cr0::TS) != 0
+        {
+            return Err(exc(vector::NM));
+        }
         self.warn_once(ins);
         Err(ud())
     }
@@ -293,6 +304,9 @@ impl Interpreter {
     #[inline(always)]
     fn mov(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         let k0 = ins.op_kind(0);
+        if ins.op_kind(1) == OpKind::Register && (ins.op_register(1).is_cr() || ins.op_register(1).is_dr()) {
+            return self.mov_special(m, ins);
+        }
         if k0 == OpKind::Register {
             let r = ins.op_register(0);
             if r.is_gpr() {
@@ -426,7 +440,7 @@ impl Interpreter {
         }
     }
 
-    fn muldiv(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    pub(crate) fn muldiv(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         use Mnemonic as M;
         let f = self.flags();
         if ins.mnemonic() == M::Imul && ins.op_count() >= 2 {
@@ -477,7 +491,7 @@ impl Interpreter {
         Ok(())
     }
 
-    fn shift(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    pub(crate) fn shift(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         use Mnemonic as M;
         let size = self.op_size(ins, 0);
         let dst = self.loc(ins, 0);

@@ -21,20 +21,43 @@ pub mod vector {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// A guest exception, delivered through the IDT.
-    Fault { vector: u8, code: Option<u32> },
+#[repr(u8)]
+enum Kind {
+    Fault,
+    FaultWithCode,
     /// The instruction needs the machine (I/O, MMIO, MSR); see `Interpreter::exit`.
     Exit,
+}
+
+/// A guest exception (delivered through the IDT) or an exit. Packed into
+/// 8 bytes so that `R<()>` is returned in a register on the hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stop {
+    kind: Kind,
+    vector: u8,
+    code: u32,
+}
+
+impl Stop {
+    pub const EXIT: Stop = Stop { kind: Kind::Exit, vector: 0, code: 0 };
+
+    /// The exception's vector and error code, or None for an exit.
+    pub fn fault(self) -> Option<(u8, Option<u32>)> {
+        match self.kind {
+            Kind::Fault => Some((self.vector, None)),
+            Kind::FaultWithCode => Some((self.vector, Some(self.code))),
+            Kind::Exit => None,
+        }
+    }
 }
 
 pub type R<T> = Result<T, Stop>;
 
 pub fn exc(vector: u8) -> Stop {
-    Stop::Fault { vector, code: None }
+    Stop { kind: Kind::Fault, vector, code: 0 }
 }
 pub fn exc_code(vector: u8, code: u32) -> Stop {
-    Stop::Fault { vector, code: Some(code) }
+    Stop { kind: Kind::FaultWithCode, vector, code }
 }
 pub fn ud() -> Stop {
     exc(vector::UD)

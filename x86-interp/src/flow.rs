@@ -39,7 +39,7 @@ impl Interpreter {
     /// Target of a relative branch, resolved against the real next RIP
     /// (cached instructions were decoded at a page offset).
     #[inline(always)]
-    fn rel_target(&self, ins: &Instruction) -> u64 {
+    pub(crate) fn rel_target(&self, ins: &Instruction) -> u64 {
         let nip = ins.next_ip();
         match ins.op_kind(0) {
             OpKind::NearBranch16 => {
@@ -70,8 +70,14 @@ impl Interpreter {
 
     /// Operand size of a near branch/stack op from its stack effect.
     #[inline(always)]
-    fn stack_size(ins: &Instruction) -> usize {
-        ins.stack_pointer_increment().unsigned_abs() as usize
+    pub(crate) fn stack_size(ins: &Instruction) -> usize {
+        use Code as C;
+        match ins.code() {
+            // The common forms without iced's general (slower) table walk.
+            C::Push_r64 | C::Pop_r64 | C::Call_rel32_64 | C::Retnq | C::Pushq_imm8 | C::Pushq_imm32 => 8,
+            C::Push_r32 | C::Pop_r32 | C::Call_rel32_32 | C::Retnd | C::Pushd_imm8 | C::Pushd_imm32 => 4,
+            _ => ins.stack_pointer_increment().unsigned_abs() as usize,
+        }
     }
 
     pub(crate) fn exec_flow(&mut self, m: &GuestMemory, ins: &Instruction) -> Option<R<()>> {
@@ -113,7 +119,7 @@ impl Interpreter {
                     };
                     self.far_jump(m, ins.far_branch_selector(), off, None)
                 }
-                OpKind::Memory if ins.memory_size().size() > 8 || matches!(ins.code(), Code::Jmp_m1616) => {
+                OpKind::Memory if matches!(ins.code(), Code::Jmp_m1616 | Code::Jmp_m1632 | Code::Jmp_m1664) => {
                     self.far_indirect(m, ins, false)
                 }
                 _ => {
@@ -216,7 +222,7 @@ impl Interpreter {
         })
     }
 
-    fn call(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+    pub(crate) fn call(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         match ins.op_kind(0) {
             OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
                 let t = self.rel_target(ins);
@@ -246,7 +252,7 @@ impl Interpreter {
         }
     }
 
-    fn ret_near(&mut self, m: &GuestMemory, size: usize, extra: u64) -> R<()> {
+    pub(crate) fn ret_near(&mut self, m: &GuestMemory, size: usize, extra: u64) -> R<()> {
         let t = self.peek(m, 0, size)?;
         self.jump(t)?;
         self.s.gpr[gpr::RSP] = self.sp_after(size as u64 + extra);
@@ -302,8 +308,19 @@ impl Interpreter {
             self.next_rip = off;
             return Ok(());
         }
+        if sel & !3 != 0 {
+            let raw = self.read_desc(m, sel, crate::fault::vector::GP)?;
+            let ty = (raw >> 40) & 0x1f;
+            let long = self.s.efer & sim_core::state::efer::LMA != 0;
+            if ty == crate::gates::CALL_GATE_32 || (!long && ty == crate::gates::CALL_GATE_16) {
+                return self.via_call_gate(m, sel, raw, call_size.is_some(), ret);
+            }
+        }
         let desc = self.check_far_code(m, sel)?;
         let new = sim_core::state::Segment::from_descriptor(sel, desc, 0);
+        // Set the accessed bit first so nothing can fault after the pushes.
+        self.set_desc_accessed(m, sel, desc)?;
+        let desc = desc | 1 << 40;
         let long_target = self.s.efer & sim_core::state::efer::LMA != 0 && new.long();
         if !long_target && off > new.limit as u64 {
             return Err(gp0());

@@ -22,7 +22,7 @@ use sim_core::memory::GuestMemory;
 use sim_core::state::{cr0, efer, rflags, sreg, ArchState};
 use sim_core::{Completion, Vcpu, VcpuError, VcpuExit};
 
-use crate::code_cache::{CodeCache, Decoded, PAGE};
+use crate::code_cache::{Cached, CodeCache, Decoded, PAGE};
 use crate::fault::{exc, gp0, vector, Stop, R};
 use crate::tlb::Tlb;
 
@@ -38,7 +38,7 @@ pub struct Interpreter {
     pub(crate) id: u32,
     pub(crate) vcpu_count: u32,
     pub(crate) cpuid: Arc<CpuidTable>,
-    retired: u64,
+    pub(crate) retired: u64,
     tsc_offset: u64,
     pub(crate) tlb: Tlb,
     pub(crate) code: CodeCache,
@@ -58,11 +58,36 @@ pub struct Interpreter {
     warned: HashSet<Mnemonic>,
     // Mode cache, refreshed by `refresh_mode`.
     pub(crate) bits: u32,
+    /// RIP wrap mask for the code size (0xffff, 0xffffffff or all ones).
+    ip_mask: u64,
+    /// Highest RIP an instruction may reach: the CS limit, or all ones in
+    /// 64-bit mode (no limit check).
+    fetch_limit: u64,
     pub(crate) long64: bool,
     pub(crate) real: bool,
     pub(crate) cpl: u8,
     /// RIP of the next instruction (branches overwrite it).
     pub(crate) next_rip: u64,
+    /// `retired` value at which the current `run` stops (for REP bulk runs).
+    pub(crate) run_target: u64,
+    /// L0: linear RIP -> decoded instruction, valid while `gen == l0_gen`.
+    /// Saves the page/offset look-up chain on every hit; any event that can
+    /// change what a linear address decodes to bumps `l0_gen`.
+    /// Lent to the run loop while it runs, so handlers can borrow an entry
+    /// while holding `&mut self`.
+    l0: Option<Box<L0>>,
+    l0_gen: u64,
+}
+
+type L0 = [L0Entry; L0_ENTRIES];
+
+const L0_ENTRIES: usize = 512;
+
+#[derive(Clone, Copy)]
+struct L0Entry {
+    la: u64,
+    gen: u64,
+    c: Cached,
 }
 
 impl Interpreter {
@@ -80,6 +105,8 @@ impl Interpreter {
             fetch_slot: None,
             io_log: Vec::new(),
             io_pos: 0,
+            ip_mask: 0xffff,
+            fetch_limit: 0xffff,
             exit: None,
             awaiting: None,
             window: false,
@@ -92,6 +119,9 @@ impl Interpreter {
             real: true,
             cpl: 0,
             next_rip: 0,
+            run_target: 0,
+            l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])),
+            l0_gen: 1,
         };
         i.refresh_mode();
         i
@@ -110,15 +140,22 @@ impl Interpreter {
 
     /// Page `gfn` was written: forget its decoded instructions.
     pub(crate) fn code_written(&mut self, gfn: u64) {
-        if let Some(slot) = self.code.invalidate(gfn) {
-            if self.fetch_slot == Some(slot) {
-                self.fetch_slot = None;
-            }
+        if self.code.invalidate(gfn).is_some() {
+            // L0 may hold instructions of this page even when it is not the
+            // current fetch page.
+            self.forget_fetch();
         }
+    }
+
+    /// Drop the current fetch page and every L0 entry (O(1)).
+    pub(crate) fn forget_fetch(&mut self) {
+        self.fetch_slot = None;
+        self.l0_gen = self.l0_gen.wrapping_add(1);
     }
 
     /// Recompute the cached mode after CS, CR0, EFER or RFLAGS.VM changed.
     pub(crate) fn refresh_mode(&mut self) {
+        let (old_bits, old_cpl) = (self.bits, self.cpl);
         let cs = self.s.seg[sreg::CS];
         let pe = self.s.cr0 & cr0::PE != 0;
         let vm = self.s.rflags & rflags::VM != 0;
@@ -132,23 +169,33 @@ impl Interpreter {
             16
         };
         self.cpl = self.s.cpl();
+        self.ip_mask = match self.bits {
+            64 => u64::MAX,
+            32 => 0xffff_ffff,
+            _ => 0xffff,
+        };
+        self.fetch_limit = if self.long64 { u64::MAX } else { cs.limit as u64 };
         self.fetch_slot = None;
+        if old_bits != self.bits || old_cpl != self.cpl {
+            // L0 entries were decoded for, and permission-checked at, the old mode.
+            self.forget_fetch();
+        }
     }
 
     /// Flush translations (CR0/CR4/EFER changes).
     pub(crate) fn flush_tlb(&mut self) {
         self.tlb.flush_all();
-        self.fetch_slot = None;
+        self.forget_fetch();
     }
 
     pub(crate) fn flush_tlb_non_global(&mut self) {
         self.tlb.flush_non_global();
-        self.fetch_slot = None;
+        self.forget_fetch();
     }
 
     pub(crate) fn flush_tlb_page(&mut self, la: u64) {
         self.tlb.flush_page(la);
-        self.fetch_slot = None;
+        self.forget_fetch();
     }
 
     fn update_attention(&mut self) {
@@ -180,7 +227,7 @@ impl Interpreter {
             Some(Logged::Fault) => Err(gp0()),
             None => {
                 self.exit = Some(exit);
-                Err(Stop::Exit)
+                Err(Stop::EXIT)
             }
         }
     }
@@ -202,23 +249,24 @@ impl Interpreter {
         }
     }
 
+    /// The decoded instruction at linear `la` if it is in the current fetch page.
     #[inline(always)]
-    fn fetch(&mut self, m: &GuestMemory) -> R<Instruction> {
-        let la = self.rip_la();
-        if la & !0xfff == self.fetch_tag {
-            if let Some(slot) = self.fetch_slot {
-                if let Some(p) = self.code.page_mut(slot) {
-                    if let Decoded::Hit(ins) = p.get((la & 0xfff) as usize) {
-                        return Ok(ins);
-                    }
-                }
-            }
+    fn fetch_fast(&self, la: u64) -> Option<&Cached> {
+        if la & !0xfff != self.fetch_tag {
+            return None;
         }
-        self.fetch_slow(m, la)
+        self.code.page(self.fetch_slot?)?.cached((la & 0xfff) as usize)
+    }
+
+    fn fetch_miss(&mut self, m: &GuestMemory, la: u64) -> R<(Cached, bool)> {
+        match self.fetch_fast(la) {
+            Some(c) => Ok((*c, true)),
+            None => self.fetch_slow(m, la),
+        }
     }
 
     #[cold]
-    fn fetch_slow(&mut self, m: &GuestMemory, la: u64) -> R<Instruction> {
+    fn fetch_slow(&mut self, m: &GuestMemory, la: u64) -> R<(Cached, bool)> {
         self.fetch_slot = None;
         let (host, gpa) = self.xlate_fetch(m, la)?;
         let Some(host) = host else {
@@ -229,7 +277,12 @@ impl Interpreter {
         // SAFETY: `host` points into a mapped guest page that stays valid
         // while this run holds `&GuestMemory`; the page is 4 KiB.
         let bytes = unsafe { &*page_base };
+        let clears = self.code.clears;
         let (slot, created) = self.code.enter(gpa >> 12, bytes, self.bits);
+        if clears != self.code.clears {
+            // Copies of instructions from dropped pages are no longer guarded.
+            self.forget_fetch();
+        }
         if created {
             self.tlb.drop_writes_to(gpa);
         }
@@ -241,14 +294,16 @@ impl Interpreter {
             None => Decoded::CrossesPage,
         };
         match cached {
-            Decoded::Hit(ins) => Ok(ins),
+            Decoded::Hit(c) => Ok((c, true)),
             Decoded::CrossesPage => {
                 let mut buf = [0u8; 15];
                 let n = 15.min(PAGE - off);
                 buf[..n].copy_from_slice(&bytes[off..off + n]);
-                self.fetch_bytes(m, la.wrapping_add(n as u64), &mut buf[n..])?;
+                let next_page = la.wrapping_add(n as u64);
+                let next_page = if self.long64 { next_page } else { next_page & 0xffff_ffff };
+                self.fetch_bytes(m, next_page, &mut buf[n..])?;
                 let mut dec = Decoder::with_ip(self.bits, &buf, off as u64, DecoderOptions::NONE);
-                Ok(dec.decode())
+                Ok((Cached::new(dec.decode()), false))
             }
         }
     }
@@ -256,23 +311,31 @@ impl Interpreter {
     // The loop.
 
     #[inline(always)]
-    fn step(&mut self, m: &GuestMemory) -> R<()> {
-        let ins = self.fetch(m)?;
+    fn step(&mut self, m: &GuestMemory, l0: &mut L0) -> R<()> {
+        let la = self.rip_la();
+        let slot = (la as usize) & (L0_ENTRIES - 1);
+        let e = &l0[slot];
+        let uncached;
+        let c: &Cached = if e.la == la && e.gen == self.l0_gen {
+            &l0[slot].c
+        } else {
+            let (c, cacheable) = self.fetch_miss(m, la)?;
+            if cacheable {
+                l0[slot] = L0Entry { la, gen: self.l0_gen, c };
+                &l0[slot].c
+            } else {
+                uncached = c;
+                &uncached
+            }
+        };
+        let ins = &c.ins;
         let len = ins.len() as u64;
         let next = self.s.rip.wrapping_add(len);
-        self.next_rip = match self.bits {
-            64 => next,
-            32 => next & 0xffff_ffff,
-            _ => next & 0xffff,
-        };
-        if !self.long64 {
-            let last = self.s.rip.wrapping_add(len - 1);
-            if last > self.s.seg[sreg::CS].limit as u64 {
-                return Err(gp0());
-            }
+        self.next_rip = next & self.ip_mask;
+        if self.s.rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
+            return Err(gp0());
         }
-        self.io_pos = 0;
-        self.exec(m, &ins)?;
+        (c.run)(self, m, ins)?;
         self.s.rip = self.next_rip;
         Ok(())
     }
@@ -304,7 +367,7 @@ impl Interpreter {
     fn deliver_external(&mut self, m: &GuestMemory, v: u8) {
         let rip = self.s.rip;
         if let Err(e) = self.deliver(m, v, None, crate::interrupts::Source::External, rip) {
-            if let Stop::Fault { vector, code } = e {
+            if let Some((vector, code)) = e.fault() {
                 self.raise(m, vector, code);
             } else {
                 self.shutdown = true;
@@ -312,12 +375,13 @@ impl Interpreter {
         }
     }
 
-    fn run_loop(&mut self, m: &GuestMemory, budget: u64) -> VcpuExit {
+    fn run_loop(&mut self, m: &GuestMemory, budget: u64, l0: &mut L0) -> VcpuExit {
         let target = self.retired.saturating_add(budget);
+        self.run_target = target;
+        if self.shutdown {
+            return VcpuExit::Shutdown;
+        }
         loop {
-            if self.shutdown {
-                return VcpuExit::Shutdown;
-            }
             if self.attention {
                 if let Some(exit) = self.boundary(m) {
                     return exit;
@@ -326,6 +390,7 @@ impl Interpreter {
                     return VcpuExit::Shutdown;
                 }
             }
+            // HLT returns through `exit`; a halted vCPU only gets here on entry.
             if self.s.events.halted {
                 return VcpuExit::Halt;
             }
@@ -333,7 +398,8 @@ impl Interpreter {
                 return VcpuExit::BudgetExhausted;
             }
             let shadow = self.s.events.interrupt_shadow;
-            match self.step(m) {
+            let single_step = self.s.rflags & rflags::TF != 0;
+            match self.step(m, l0) {
                 Ok(()) => {
                     self.retired += 1;
                     if shadow {
@@ -341,16 +407,35 @@ impl Interpreter {
                     }
                     if !self.io_log.is_empty() {
                         self.io_log.clear();
+                        self.io_pos = 0;
                     }
-                    if let Some(e) = self.exit.take() {
-                        return e;
+                    if self.exit.is_some() {
+                        if let Some(e) = self.exit.take() {
+                            return e;
+                        }
+                    }
+                    if single_step {
+                        // Single-step trap after the instruction (DR6.BS);
+                        // not after HLT/VMCALL, which returned above.
+                        self.s.dr[4] |= 1 << 14;
+                        self.raise(m, vector::DB, None);
+                        if self.shutdown {
+                            return VcpuExit::Shutdown;
+                        }
                     }
                 }
-                Err(Stop::Fault { vector, code }) => {
+                Err(e) if e.fault().is_some() => {
+                    let (vector, code) = e.fault().unwrap_or((0, None));
                     self.io_log.clear();
+                    self.io_pos = 0;
                     self.raise(m, vector, code);
+                    if self.shutdown {
+                        return VcpuExit::Shutdown;
+                    }
                 }
-                Err(Stop::Exit) => {
+                Err(_) => {
+                    // The instruction restarts and replays the log from the top.
+                    self.io_pos = 0;
                     let e = self.exit.take().unwrap_or(VcpuExit::Shutdown);
                     self.awaiting = Some(e);
                     return e;
@@ -388,8 +473,13 @@ impl Vcpu for Interpreter {
             self.mem_gen = mem.generation();
         }
         self.code.new_epoch();
-        self.fetch_slot = None;
-        Ok(self.run_loop(mem, budget))
+        self.forget_fetch();
+        let mut l0 = self.l0.take().unwrap_or_else(|| {
+            Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])
+        });
+        let exit = self.run_loop(mem, budget, &mut l0);
+        self.l0 = Some(l0);
+        Ok(exit)
     }
 
     fn complete(&mut self, completion: Completion) {
@@ -412,6 +502,7 @@ impl Vcpu for Interpreter {
         self.s = state.clone();
         self.set_tsc(state.tsc);
         self.io_log.clear();
+        self.io_pos = 0;
         self.awaiting = None;
         self.exit = None;
         self.shutdown = false;
@@ -459,5 +550,14 @@ impl Vcpu for Interpreter {
 
     fn set_tsc(&mut self, tsc: u64) {
         self.tsc_offset = tsc.wrapping_sub(self.retired.wrapping_mul(TSC_PER_INSN));
+    }
+
+    fn translate_gva(
+        &self,
+        mem: &GuestMemory,
+        gva: u64,
+        access: sim_core::paging::Access,
+    ) -> Result<u64, sim_core::paging::PageFault> {
+        sim_core::paging::translate(mem, &self.s.paging(), gva, access, false).map(|t| t.gpa)
     }
 }

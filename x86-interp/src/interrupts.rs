@@ -7,7 +7,7 @@
 use sim_core::memory::GuestMemory;
 use sim_core::state::{efer, gpr, rflags, seg_attr, sreg, Segment};
 
-use crate::fault::{class, exc_code, gp, gp0, vector, Class, Stop, R};
+use crate::fault::{class, exc_code, gp, gp0, vector, Class, R};
 use crate::interp::Interpreter;
 use crate::segments::{desc_attr, sel_err};
 
@@ -22,12 +22,12 @@ pub enum Source {
 }
 
 /// A stack being built before it is committed.
-struct Stack {
-    seg: Segment,
-    sp: u64,
-    mask: u64,
-    long: bool,
-    user: bool,
+pub(crate) struct Stack {
+    pub seg: Segment,
+    pub sp: u64,
+    pub mask: u64,
+    pub long: bool,
+    pub user: bool,
 }
 
 /// RFLAGS bits any IRET/POPF may change (IF, IOPL, VM, VIF, VIP are
@@ -46,7 +46,7 @@ pub const FLAGS_COMMON: u64 = rflags::CF
     | rflags::ID;
 
 impl Interpreter {
-    fn push_on(&mut self, m: &GuestMemory, st: &mut Stack, v: u64, size: usize) -> R<()> {
+    pub(crate) fn push_on(&mut self, m: &GuestMemory, st: &mut Stack, v: u64, size: usize) -> R<()> {
         st.sp = st.sp.wrapping_sub(size as u64) & st.mask;
         let la = if st.long {
             if ((st.sp as i64) << 16 >> 16) as u64 != st.sp {
@@ -70,7 +70,8 @@ impl Interpreter {
             let rip = self.s.rip;
             match self.deliver(m, cur.0, cur.1, Source::Exception, rip) {
                 Ok(()) => return,
-                Err(Stop::Fault { vector: v2, code: c2 }) => {
+                Err(e) if e.fault().is_some() => {
+                    let (v2, c2) = e.fault().unwrap_or((0, None));
                     if cur.0 == vector::DF {
                         self.shutdown = true;
                         return;
@@ -80,7 +81,7 @@ impl Interpreter {
                         || (a == Class::PageFault && b != Class::Benign);
                     cur = if double { (vector::DF, Some(0)) } else { (v2, c2) };
                 }
-                Err(Stop::Exit) => {
+                Err(_) => {
                     // The handler's stack or IDT is in MMIO: not modelled.
                     tracing::warn!("x86-interp: event delivery touched MMIO; shutting down");
                     self.exit = None;
@@ -229,6 +230,9 @@ impl Interpreter {
         if let Some(c) = code {
             self.push_on(m, &mut st, c as u64, size)?;
         }
+        // Everything that can fault happens before the first commit.
+        self.set_desc_accessed(m, sel, desc)?;
+        let desc = desc | 1 << 40;
         if let Some((ss, ssd)) = new_ss {
             self.set_desc_accessed(m, ss, ssd)?;
             self.s.seg[sreg::SS] = Segment::from_descriptor(ss, ssd | 1 << 40, 0);
@@ -272,6 +276,8 @@ impl Interpreter {
         if let Some(c) = code {
             self.push_on(m, &mut st, c as u64, 8)?;
         }
+        self.set_desc_accessed(m, sel, desc)?;
+        let desc = desc | 1 << 40;
         if new_cpl < self.cpl {
             // SS becomes a null selector with RPL = new CPL.
             self.s.seg[sreg::SS] = Segment { selector: new_cpl as u16, base: 0, limit: 0, attr: (new_cpl as u16) << 5 };
@@ -374,11 +380,13 @@ impl Interpreter {
             return Err(gp0());
         }
         let new_flags = self.merge_flags(fl, size, !long);
-        // Commit.
+        // Commit (CS first: its accessed-bit write is the last thing that can fault).
         let popped = if pops_stack { 5 * sz } else { 3 * sz };
-        self.s.gpr[gpr::RSP] = self.sp_after(popped);
-        self.s.rflags = new_flags;
+        let new_rsp = self.sp_after(popped);
         self.set_cs(m, cs, desc, rpl)?;
+        self.s.gpr[gpr::RSP] = new_rsp;
+        self.s.rflags = new_flags;
+        self.refresh_mode();
         if let Some((sp, ss, ss_desc)) = new_stack {
             self.s.seg[sreg::SS] = match ss_desc {
                 Some(d) => Segment::from_descriptor(ss, d | 1 << 40, 0),
@@ -435,8 +443,9 @@ impl Interpreter {
             let d = self.check_stack_seg(m, ss, rpl, vector::GP)?;
             new_stack = Some((sp, ss, d));
         }
-        self.s.gpr[gpr::RSP] = self.sp_after(2 * sz + imm);
+        let new_rsp = self.sp_after(2 * sz + imm);
         self.set_cs(m, cs, desc, rpl)?;
+        self.s.gpr[gpr::RSP] = new_rsp;
         if let Some((sp, ss, d)) = new_stack {
             let seg = Segment::from_descriptor(ss, d | 1 << 40, 0);
             self.s.seg[sreg::SS] = seg;

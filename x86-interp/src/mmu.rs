@@ -9,7 +9,7 @@ use sim_core::paging::{self, Access};
 use sim_core::state::{seg_attr, sreg};
 use sim_core::VcpuExit;
 
-use crate::fault::{exc_code, gp0, ss0, vector, Stop, R};
+use crate::fault::{exc_code, gp0, ss0, vector, R};
 use crate::interp::Interpreter;
 use crate::tlb::Kind;
 
@@ -60,14 +60,15 @@ impl Interpreter {
             let la = if seg >= sreg::FS { d.base.wrapping_add(off) } else { off };
             return if canonical(la) { Ok(la) } else { Err(fault()) };
         }
-        let last = off.wrapping_add(size as u64 - 1);
+        let last = off.wrapping_add((size as u64).saturating_sub(1));
         if !self.real {
             if !d.present() {
                 return Err(fault());
             }
             let code = d.attr & seg_attr::CODE != 0;
             let rw = d.attr & seg_attr::RW != 0;
-            if (write && (code || !rw)) || (!write && code && !rw) {
+            let denied = if write { code || !rw } else { code && !rw };
+            if denied {
                 return Err(fault());
             }
             if !code && d.attr & seg_attr::DC != 0 {
@@ -110,6 +111,9 @@ impl Interpreter {
     /// Host address of a fetchable page (for the code cache); None for MMIO.
     pub(crate) fn xlate_fetch(&mut self, m: &GuestMemory, la: u64) -> R<(Option<usize>, u64)> {
         let user = self.cpl == 3;
+        if let Some((h, gpa)) = self.tlb.lookup_gpa(Kind::Fetch, la, user) {
+            return Ok((Some(h), gpa));
+        }
         match self.xlate(m, la, Kind::Fetch, user)? {
             Target::Host(h, gpa) => Ok((Some(h), gpa)),
             Target::Mmio(g) => Ok((None, g)),
@@ -223,12 +227,16 @@ impl Interpreter {
 
     #[inline(always)]
     pub(crate) fn rd_mem(&mut self, m: &GuestMemory, seg: usize, off: u64, size: usize) -> R<u64> {
+        // Scalar accesses are 1..=8 bytes; odd operand sizes never reach
+        // here, but keep the host access in bounds regardless.
+        let size = size.clamp(1, 8);
         let la = self.lin(seg, off, size, false)?;
         self.read_la(m, la, size, self.cpl == 3)
     }
 
     #[inline(always)]
     pub(crate) fn wr_mem(&mut self, m: &GuestMemory, seg: usize, off: u64, size: usize, v: u64) -> R<()> {
+        let size = size.clamp(1, 8);
         let la = self.lin(seg, off, size, true)?;
         self.write_la(m, la, size, v, self.cpl == 3)
     }
@@ -248,7 +256,7 @@ impl Interpreter {
                         dst.copy_from_slice(src);
                     }
                 }
-                Target::Mmio(_) => return Err(Stop::Fault { vector: vector::UD, code: None }),
+                Target::Mmio(_) => return Err(crate::fault::ud()),
             }
             off += n;
         }

@@ -111,7 +111,7 @@ impl Interpreter {
     }
 
     /// Check a code-segment descriptor for a far JMP/CALL at the current
-    /// privilege; returns the descriptor. Gates are not supported (#GP).
+    /// privilege; returns the descriptor.
     pub(crate) fn check_far_code(&mut self, m: &GuestMemory, sel: u16) -> R<u64> {
         if sel & !3 == 0 {
             return Err(gp0());
@@ -121,7 +121,7 @@ impl Interpreter {
         let dpl = ((attr & seg_attr::DPL_MASK) >> seg_attr::DPL_SHIFT) as u8;
         let rpl = (sel & 3) as u8;
         if attr & seg_attr::S == 0 || attr & seg_attr::CODE == 0 {
-            // Call gates, task gates and TSS targets: not modelled.
+            // Task gates and TSS targets: not modelled (call gates are in gates.rs).
             return Err(gp(sel_err(sel)));
         }
         if attr & seg_attr::DC != 0 {

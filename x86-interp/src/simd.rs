@@ -11,7 +11,7 @@ use crate::interp::Interpreter;
 use crate::sse::{self, SimdError};
 
 /// MXCSR bits that may be set (SSE2 with DAZ).
-const MXCSR_MASK: u32 = 0xffff;
+const MXCSR_MASK: u32 = sse::mxcsr::MASK;
 
 impl Interpreter {
     /// #UD without OSFXSR or with EM; #NM with TS.
@@ -88,6 +88,7 @@ impl Interpreter {
                     Ok(())
                 }
             }
+            M::Comiss | M::Ucomiss | M::Comisd | M::Ucomisd => self.comis(m, ins),
             _ if sse::supports(ins.code()) => self.sse_exec(m, ins),
             _ => return None,
         };
@@ -152,8 +153,11 @@ impl Interpreter {
         let dst = match dst_kind {
             OpKind::Register => self.simd_reg(ins.op_register(0)),
             _ => {
-                let (s, o) = self.sse_mem_la(ins, msize, true)?;
-                self.read_u128(m, s, o, msize)?
+                // SSE/SSE2 memory destinations are stores of exactly the
+                // operand size: the old contents are never merged, so they
+                // are not read (no spurious MMIO read).
+                self.sse_mem_la(ins, msize, true)?;
+                0
             }
         };
         let src = if ins.op_count() >= 2 {
@@ -169,12 +173,10 @@ impl Interpreter {
             0
         };
         let mut mxcsr = self.s.fpu.mxcsr;
-        let r = match sse::exec(code, dst, src, imm, &mut mxcsr) {
+        let src_is_mem = ins.op_count() >= 2 && ins.op_kind(1) == OpKind::Memory;
+        let r = match sse::exec_src(code, dst, src, src_is_mem, imm, &mut mxcsr) {
             Ok(r) => r,
-            Err(SimdError::Exception) => {
-                self.s.fpu.mxcsr = mxcsr;
-                return Err(if self.s.cr4 & cr4::OSXMMEXCPT != 0 { exc(vector::XM) } else { ud() });
-            }
+            Err(e) => return Err(self.simd_error(e, mxcsr, ins)),
         };
         match dst_kind {
             OpKind::Register => self.set_simd_reg(ins.op_register(0), r),
@@ -189,6 +191,48 @@ impl Interpreter {
         Ok(())
     }
 
+    fn simd_error(&mut self, e: SimdError, mxcsr: u32, ins: &Instruction) -> crate::fault::Stop {
+        match e {
+            SimdError::Exception => {
+                self.s.fpu.mxcsr = mxcsr;
+                if self.s.cr4 & cr4::OSXMMEXCPT != 0 {
+                    exc(vector::XM)
+                } else {
+                    ud()
+                }
+            }
+            SimdError::Unsupported => {
+                self.warn_once(ins);
+                ud()
+            }
+        }
+    }
+
+    /// COMISS/UCOMISS/COMISD/UCOMISD: ZF, PF, CF from the compare; OF, SF, AF cleared.
+    fn comis(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
+        self.sse_usable()?;
+        let a = self.simd_reg(ins.op_register(0));
+        let b = match ins.op_kind(1) {
+            OpKind::Register => self.simd_reg(ins.op_register(1)),
+            _ => {
+                let size = ins.memory_size().size();
+                let (s, o) = self.ea(ins);
+                self.read_u128(m, s, o, size)?
+            }
+        };
+        let mut mxcsr = self.s.fpu.mxcsr;
+        let f = sse::comis(ins.code(), a, b, &mut mxcsr).map_err(|e| self.simd_error(e, mxcsr, ins))?;
+        self.s.fpu.mxcsr = mxcsr;
+        let all = sim_core::state::rflags::CF
+            | sim_core::state::rflags::PF
+            | sim_core::state::rflags::AF
+            | sim_core::state::rflags::ZF
+            | sim_core::state::rflags::SF
+            | sim_core::state::rflags::OF;
+        self.s.rflags = (self.s.rflags & !all) | (f & all);
+        Ok(())
+    }
+
     fn fxsave(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
         self.x87_usable()?;
         let (s, o) = self.ea(ins);
@@ -196,8 +240,17 @@ impl Interpreter {
         if la & 15 != 0 {
             return Err(gp0());
         }
-        let img = sse::fxsave(&self.s.fpu, ins.mnemonic() == Mnemonic::Fxsave64);
-        self.write_bytes(m, la, &img, self.cpl == 3)
+        let wide = ins.mnemonic() == Mnemonic::Fxsave64;
+        let mut img = sse::fxsave(&self.s.fpu, wide);
+        let mut len = sse::fxsave_len(wide);
+        if self.long64 && !wide {
+            // Without REX.W, 64-bit mode still saves XMM8-15 (32-bit FIP/FDP format).
+            for i in 8..16 {
+                img[160 + i * 16..176 + i * 16].copy_from_slice(&self.s.fpu.xmm[i].to_le_bytes());
+            }
+            len = sse::fxsave_len(true);
+        }
+        self.write_bytes(m, la, &img[..len], self.cpl == 3)
     }
 
     fn fxrstor(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {
@@ -209,7 +262,18 @@ impl Interpreter {
         }
         let mut img = [0u8; 512];
         self.read_bytes(m, la, &mut img, self.cpl == 3)?;
-        let st = sse::fxrstor(&img, ins.mnemonic() == Mnemonic::Fxrstor64).map_err(|_| gp0())?;
+        let wide = ins.mnemonic() == Mnemonic::Fxrstor64;
+        let mut st = sse::fxrstor(&img, wide).map_err(|_| gp0())?;
+        if !self.long64 {
+            // Outside 64-bit mode XMM8-15 do not exist and are left alone.
+            st.xmm[8..].copy_from_slice(&self.s.fpu.xmm[8..]);
+        } else if !wide {
+            for i in 8..16 {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&img[160 + i * 16..176 + i * 16]);
+                st.xmm[i] = u128::from_le_bytes(b);
+            }
+        }
         self.s.fpu = st;
         Ok(())
     }

@@ -11,6 +11,7 @@ use sim_core::VcpuExit;
 
 use crate::alu;
 use crate::fault::R;
+
 use crate::interp::Interpreter;
 use crate::operands::{mask, sreg_index};
 
@@ -49,6 +50,16 @@ impl Interpreter {
             return Ok(());
         }
         let size = ins.memory_size().size().clamp(1, 8);
+        if rep
+            && matches!(
+                ins.mnemonic(),
+                M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Movsb | M::Movsw | M::Movsd | M::Movsq
+            )
+        {
+            if let Some(done) = self.rep_bulk(ins, size, asz, count) {
+                return done;
+            }
+        }
         let step = if self.s.rflags & rflags::DF != 0 { (size as u64).wrapping_neg() } else { size as u64 };
         let src_seg = sreg_index(ins.memory_segment());
         let (vsi, vdi) = (self.reg(si), self.reg(di));
@@ -132,6 +143,79 @@ impl Interpreter {
             }
         }
         Ok(())
+    }
+}
+
+impl Interpreter {
+    /// REP MOVS/STOS over RAM already in the TLB: many elements per
+    /// execution, with exactly the architectural effect (and instruction
+    /// count) of running the iterations one by one. Only forward, flat,
+    /// 32/64-bit address size, no TF; None means: take the one-element path.
+    fn rep_bulk(&mut self, ins: &Instruction, size: usize, asz: usize, count: u64) -> Option<R<()>> {
+        use Mnemonic as M;
+        let budget = self.run_target.saturating_sub(self.retired);
+        if budget < 2 || asz < 4 || self.s.rflags & (rflags::DF | rflags::TF) != 0 {
+            return None;
+        }
+        let movs = matches!(ins.mnemonic(), M::Movsb | M::Movsw | M::Movsd | M::Movsq);
+        let src_seg = sreg_index(ins.memory_segment());
+        let flat = |me: &Self, sr: usize| {
+            me.long64 || {
+                let d = &me.s.seg[sr];
+                d.base == 0 && d.limit == 0xffff_ffff && d.present() && d.attr & sim_core::state::seg_attr::DC == 0
+            }
+        };
+        if !flat(self, sreg::ES) || (movs && !flat(self, src_seg)) {
+            return None;
+        }
+        let (si, di) = if asz == 4 { (Register::ESI, Register::EDI) } else { (Register::RSI, Register::RDI) };
+        let (vsi, vdi) = (self.reg(si), self.reg(di));
+        let user = self.cpl == 3;
+        let seg_base = |me: &Self, sr: usize| if me.long64 && sr < sreg::FS { 0 } else { me.s.seg[sr].base };
+        let dla = seg_base(self, sreg::ES).wrapping_add(vdi);
+        let sla = seg_base(self, src_seg).wrapping_add(vsi);
+        let dst = self.tlb.lookup(crate::tlb::Kind::Write, dla, user)?;
+        let room = |la: u64| (4096 - (la & 0xfff)) / size as u64;
+        let mut n = count.min(budget).min(room(dla));
+        let src = if movs {
+            n = n.min(room(sla));
+            Some(self.tlb.lookup(crate::tlb::Kind::Read, sla, user)?)
+        } else {
+            None
+        };
+        // Keep the offsets inside the address size (no wrap in the run).
+        let am = mask(asz);
+        let span = n.checked_mul(size as u64)?;
+        if vdi.checked_add(span)? > am || (movs && vsi.checked_add(span)? > am) || n < 2 {
+            return None;
+        }
+        let v = self.s.gpr[0];
+        for i in 0..n as usize {
+            let off = i * size;
+            // SAFETY: dst/src + n*size stay inside their TLB-mapped pages
+            // (n <= room); element order matches the one-by-one semantics
+            // even when source and destination overlap.
+            unsafe {
+                let d = (dst + off) as *mut u8;
+                match src {
+                    Some(s) => std::ptr::copy((s + off) as *const u8, d, size),
+                    None => std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), d, size),
+                }
+            }
+        }
+        self.set_reg(di, vdi + span);
+        if movs {
+            self.set_reg(si, vsi + span);
+        }
+        let cx = if asz == 4 { Register::ECX } else { Register::RCX };
+        let left = count - n;
+        self.set_reg(cx, left);
+        // The run loop retires one; the other n - 1 iterations retire here.
+        self.retired += n - 1;
+        if left != 0 {
+            self.next_rip = self.s.rip;
+        }
+        Some(Ok(()))
     }
 }
 

@@ -63,6 +63,13 @@ impl Tlb {
         }
     }
 
+    /// Host address and guest-physical page address for `la` if cached.
+    #[inline(always)]
+    pub fn lookup_gpa(&self, kind: Kind, la: u64, user: bool) -> Option<(usize, u64)> {
+        let e = &self.sets[kind as usize][slot(la)];
+        (e.tag == tag(la, user)).then(|| (e.host + (la & 0xfff) as usize, e.gpa | (la & 0xfff)))
+    }
+
     pub fn insert(&mut self, kind: Kind, la: u64, user: bool, host: usize, gpa: u64, global: bool) {
         self.sets[kind as usize][slot(la)] = Entry { tag: tag(la, user), host, gpa: gpa & !0xfff, global };
     }

@@ -712,3 +712,621 @@ fn random_instruction_streams_never_panic() {
         }
     }
 }
+
+#[test]
+fn sse_glue_loads_computes_and_stores() {
+    let mut r = Rig::long();
+    // Two packed-single vectors: [1.5, 2.0, -1.0, 0.25] + [2.25, 0.5, 1.0, 4.0].
+    let a: [f32; 4] = [1.5, 2.0, -1.0, 0.25];
+    let b: [f32; 4] = [2.25, 0.5, 1.0, 4.0];
+    for i in 0..4 {
+        r.mem.write_u32(DATA + i * 4, a[i as usize].to_bits()).unwrap();
+        r.mem.write_u32(DATA + 16 + i * 4, b[i as usize].to_bits()).unwrap();
+    }
+    r.mem.write_u64(DATA + 0x40, 3.0f64.to_bits()).unwrap();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA)?;
+        a.movaps(xmm0, xmmword_ptr(rax))?;
+        a.addps(xmm0, xmmword_ptr(rax + 16))?;
+        a.movups(xmmword_ptr(rax + 0x21), xmm0)?; // unaligned store
+        a.movsd_2(xmm1, qword_ptr(rax + 0x40))?; // load zeroes the upper half
+        a.mov(ecx, 2u32)?;
+        a.cvtsi2sd(xmm2, ecx)?;
+        a.comisd(xmm1, xmm2)?; // 3.0 > 2.0: ZF=PF=CF=0
+        a.pushfq()?;
+        a.pop(rbx)?;
+        a.movd(edx, xmm0)?;
+        a.hlt()
+    });
+    r.edit(|s| s.fpu.xmm[1] = u128::MAX);
+    r.run_to_halt();
+    let sum = [3.75f32, 2.5, 0.0, 4.25];
+    for (i, want) in sum.iter().enumerate() {
+        assert_eq!(f32::from_bits(r.mem.read_u32(DATA + 0x21 + i as u64 * 4).unwrap()), *want);
+    }
+    assert_eq!(r.state().fpu.xmm[1], 3.0f64.to_bits() as u128);
+    assert_eq!(r.gpr(gpr::RBX) & (ZF | PF | CF), 0);
+    assert_eq!(r.gpr(gpr::RDX), 3.75f32.to_bits() as u64);
+}
+
+#[test]
+fn sse_misaligned_and_disabled() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    handler(&r, HANDLERS + 0x100, 7, false);
+    r.gate64(7, HANDLERS + 0x100, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA + 8)?;
+        a.movaps(xmm0, xmmword_ptr(rax))?; // misaligned: #GP(0)
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    // CR0.TS: #NM.
+    r.edit(|s| {
+        s.cr0 |= sim_core::state::cr0::TS;
+        s.rip = CODE;
+        s.events.halted = false;
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 7);
+}
+
+#[test]
+fn fxsave_fxrstor_round_trip() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, DATA)?;
+        a.fxsave64(zmmword_ptr(rax))?;
+        a.pxor(xmm9, xmm9)?;
+        a.mov(ecx, 0x1f80u32 | 0x6000)?; // RC = toward zero
+        a.mov(dword_ptr(rax + 0x300), ecx)?;
+        a.ldmxcsr(dword_ptr(rax + 0x300))?;
+        a.fxrstor64(zmmword_ptr(rax))?;
+        a.stmxcsr(dword_ptr(rax + 0x304))?;
+        a.hlt()
+    });
+    r.edit(|s| s.fpu.xmm[9] = 0xabcd);
+    r.run_to_halt();
+    assert_eq!(r.state().fpu.xmm[9], 0xabcd, "restored from the image");
+    // FXSAVE layout (SDM vol. 1 table 10-2): MXCSR at 24, XMM9 at 160 + 9*16.
+    assert_eq!(r.mem.read_u32(DATA + 24).unwrap(), 0x1f80);
+    assert_eq!(r.mem.read_u64(DATA + 160 + 9 * 16).unwrap(), 0xabcd);
+    assert_eq!(r.mem.read_u32(DATA + 0x304).unwrap(), 0x1f80, "MXCSR restored by FXRSTOR");
+}
+
+#[test]
+fn invlpg_and_cr3_reload_drop_stale_translations() {
+    let mut r = Rig::long();
+    // Linear 0x1f_0000 -> physical 0x1f_0000 (value 1), later -> 0x1f_1000 (value 2).
+    r.mem.write_u64(0x1f_0000, 1).unwrap();
+    r.mem.write_u64(0x1f_1000, 2).unwrap();
+    let pte = PT + 0x1f0 * 8;
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, 0x1f_0000u64)?;
+        a.mov(r8, qword_ptr(rbx))?; // fills the TLB
+        a.mov(rax, pte)?;
+        a.mov(qword_ptr(rax), 0x1f_1000 | 7)?;
+        a.invlpg(byte_ptr(rbx))?;
+        a.mov(r9, qword_ptr(rbx))?; // must see the new mapping
+        a.mov(qword_ptr(rax), 0x1f_0000 | 7)?;
+        a.mov(rcx, cr3)?;
+        a.mov(cr3, rcx)?;
+        a.mov(r10, qword_ptr(rbx))?; // and again after a CR3 reload
+        a.mov(r11, cr0)?;
+        a.mov(r12, cr4)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9), r.gpr(gpr::R10)), (1, 2, 1));
+    assert_eq!(r.gpr(gpr::RCX), PML4);
+    assert_eq!(r.gpr(gpr::R11), r.state().cr0);
+    assert_eq!(r.gpr(gpr::R12), r.state().cr4);
+}
+
+#[test]
+fn patching_another_code_page_is_seen() {
+    let mut r = Rig::long();
+    let func = CODE + 0x3000;
+    // func: mov eax, imm32; ret  (imm at func + 1)
+    r.asm(64, func, |a| {
+        a.mov(eax, 1u32)?;
+        a.ret()
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, func)?;
+        a.call(rbx)?;
+        a.mov(r8, rax)?;
+        a.mov(dword_ptr(func + 1), 2)?; // patch from another page
+        a.call(rbx)?;
+        a.mov(r9, rax)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9)), (1, 2));
+}
+
+#[test]
+fn bit_test_family_and_bit_scans() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, DATA)?;
+        a.mov(rax, 100u64)?;
+        a.bts(qword_ptr(rbx), rax)?; // bit 100: qword at +8, bit 36
+        a.setc(r8b)?;
+        a.mov(rax, -1i64)?;
+        a.bts(qword_ptr(rbx + 16), rax)?; // bit -1 of +16: qword +8, bit 63
+        a.btr(qword_ptr(rbx + 8), 36)?; // immediate form, within the operand
+        a.setc(r9b)?;
+        a.mov(ecx, 0x10u32)?;
+        a.btc(ecx, 36)?; // register form: 36 mod 32 = 4
+        a.setc(r10b)?;
+        a.mov(edx, 0xf0u32)?;
+        a.bsf(esi, edx)?;
+        a.bsr(edi, edx)?;
+        a.mov(r11, 0x0102_0304_0506_0708u64)?;
+        a.bswap(r11)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u64(DATA + 8).unwrap(), 1 << 63);
+    assert_eq!(r.mem.read_u64(DATA).unwrap(), 0);
+    assert_eq!(r.mem.read_u64(DATA + 16).unwrap(), 0);
+    assert_eq!((r.gpr(gpr::R8) & 0xff, r.gpr(gpr::R9) & 0xff, r.gpr(gpr::R10) & 0xff), (0, 1, 1));
+    assert_eq!(r.gpr(gpr::RCX), 0);
+    assert_eq!((r.gpr(gpr::RSI), r.gpr(gpr::RDI)), (4, 7));
+    assert_eq!(r.gpr(gpr::R11), 0x0807_0605_0403_0201);
+}
+
+#[test]
+fn extensions_shifts_multiply_divide() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(al, 0x80u32)?;
+        a.movsx(r11d, al)?;
+        a.movzx(r12d, al)?;
+        a.movsxd(r13, r11d)?;
+        a.mov(eax, 0x1234_5678u32)?;
+        a.mov(ebx, 0x9abc_def0u32)?;
+        a.shld(eax, ebx, 8)?;
+        a.mov(r14d, eax)?;
+        a.shrd(eax, ebx, 8)?;
+        a.mov(r15d, eax)?;
+        a.mov(rax, u64::MAX)?;
+        a.mov(rcx, 2u64)?;
+        a.mul(rcx)?;
+        a.mov(r8, rax)?;
+        a.mov(r9, rdx)?;
+        a.mov(eax, -7i32 as u32)?;
+        a.cdq()?;
+        a.mov(ecx, 2u32)?;
+        a.idiv(ecx)?;
+        a.mov(r10, rax)?;
+        a.mov(rsi, rdx)?;
+        a.mov(rax, -5i64)?;
+        a.cqo()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R11), 0xffff_ff80);
+    assert_eq!(r.gpr(gpr::R12), 0x80);
+    assert_eq!(r.gpr(gpr::R13), 0xffff_ffff_ffff_ff80);
+    assert_eq!(r.gpr(gpr::R14), 0x3456_789a);
+    assert_eq!(r.gpr(gpr::R15), 0xf034_5678);
+    assert_eq!((r.gpr(gpr::R8), r.gpr(gpr::R9)), (0xffff_ffff_ffff_fffe, 1));
+    assert_eq!((r.gpr(gpr::R10), r.gpr(gpr::RSI)), (0xffff_fffd, 0xffff_ffff), "-7/2 = -3 rem -1");
+    assert_eq!(r.gpr(gpr::RDX), u64::MAX);
+}
+
+#[test]
+fn exchange_compare_and_misc() {
+    let mut r = Rig::long();
+    for i in 0..16u64 {
+        r.mem.write_u8(DATA + 0x100 + i, (i * 3) as u8).unwrap();
+    }
+    r.asm(64, CODE, |a| {
+        a.mov(rdi, DATA)?;
+        a.mov(qword_ptr(rdi + 0x200), 5)?;
+        a.mov(rax, 5u64)?;
+        a.mov(rcx, 9u64)?;
+        a.cmpxchg(qword_ptr(rdi + 0x200), rcx)?; // equal: store 9, ZF=1
+        a.setz(r8b)?;
+        a.cmpxchg(qword_ptr(rdi + 0x200), rcx)?; // rax=5 != 9: rax = 9, ZF=0
+        a.setz(r9b)?;
+        a.mov(r10, rax)?;
+        a.mov(qword_ptr(rdi + 0x208), 10)?;
+        a.mov(rdx, 3u64)?;
+        a.xadd(qword_ptr(rdi + 0x208), rdx)?;
+        a.lea(rbx, qword_ptr(rdi + 0x100))?;
+        a.mov(al, 5u32)?;
+        a.xlatb()?;
+        a.movzx(r11d, al)?;
+        a.stc()?;
+        a.lahf()?;
+        a.mov(r12, rax)?;
+        a.shr(r12, 8)?;
+        a.mov(r13, rsp)?;
+        a.enter(16, 0)?;
+        a.mov(r14, rsp)?;
+        a.mov(r15, rbp)?;
+        a.leave()?;
+        a.cmp(r13, rsp)?;
+        a.sete(sil)?;
+        a.xor(ecx, ecx)?;
+        a.cmp(ecx, 1)?;
+        a.cmovl(ecx, r11d)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u64(DATA + 0x200).unwrap(), 9);
+    assert_eq!((r.gpr(gpr::R8) & 0xff, r.gpr(gpr::R9) & 0xff, r.gpr(gpr::R10)), (1, 0, 9));
+    assert_eq!(r.mem.read_u64(DATA + 0x208).unwrap(), 13);
+    assert_eq!(r.gpr(gpr::RDX), 10);
+    assert_eq!(r.gpr(gpr::R11), 15);
+    assert_eq!(r.gpr(gpr::R12) & 0x3, 0x3, "LAHF: CF and the fixed bit 1");
+    assert_eq!(r.gpr(gpr::R15), r.gpr(gpr::R13) - 8, "ENTER: RBP = frame after pushing RBP");
+    assert_eq!(r.gpr(gpr::R14), r.gpr(gpr::R13) - 8 - 16);
+    assert_eq!(r.gpr(gpr::RSI) & 0xff, 1, "LEAVE restored RSP");
+    assert_eq!(r.gpr(gpr::RCX), 15, "0 < 1 signed: CMOVL taken");
+}
+
+#[test]
+fn compatibility_mode_round_trip() {
+    let mut r = Rig::long();
+    let compat = CODE + 0x100;
+    let back = CODE + 0x200;
+    // 64-bit: far return into the 32-bit kernel code segment (L=0, D=1).
+    r.asm(64, CODE, |a| {
+        a.push(KCODE32 as i32)?;
+        a.mov(rax, compat)?;
+        a.push(rax)?;
+        a.db(&[0x48, 0xcb]) // retfq
+    });
+    // Compatibility mode: 32-bit operand/address size, then far JMP back.
+    r.asm(32, compat, |a| {
+        a.mov(eax, 0xffff_ffffu32)?;
+        a.add(eax, 2)?; // wraps at 32 bits
+        a.mov(ebx, esp)?;
+        a.db(&[0xea])?; // jmp ptr16:32
+        a.dd(&[back as u32])?;
+        a.dw(&[KCODE])
+    });
+    r.asm(64, back, |a| {
+        a.mov(rcx, 0x1_0000_0000u64)?;
+        a.hlt()
+    });
+    r.edit(|s| s.gpr[gpr::RAX] = 0xdead_0000_0000_0000);
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), 1, "32-bit result, upper half zeroed");
+    assert_eq!(r.gpr(gpr::RBX), STACK_TOP, "ESP after the far return");
+    assert_eq!(r.gpr(gpr::RCX), 0x1_0000_0000, "back in 64-bit mode");
+    assert_eq!(r.state().seg[sreg::CS].selector, KCODE);
+}
+
+#[test]
+fn mov_ss_blocks_interrupts_for_one_instruction() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.sti()?;
+        a.nop()?;
+        a.mov(eax, KDATA as u32)?;
+        a.mov(ss, ax)?;
+        a.nop()?;
+        a.hlt()
+    });
+    assert_eq!(r.run(4), VcpuExit::BudgetExhausted);
+    assert!(!r.cpu.interrupt_ready(), "shadow after MOV SS");
+    assert_eq!(r.run(1), VcpuExit::BudgetExhausted);
+    assert!(r.cpu.interrupt_ready());
+}
+
+#[test]
+fn sysenter_sysexit() {
+    let mut r = Rig::long();
+    let entry = HANDLERS + 0x300;
+    let user = DATA + 0x4000;
+    r.edit(|s| {
+        s.msrs.sysenter_cs = KCODE as u64; // CS=0x08, SS=0x10; SYSEXIT64: CS=0x28|3, SS=0x30|3
+        s.msrs.sysenter_eip = entry;
+        s.msrs.sysenter_esp = 0x3e_0000;
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rdx, user)?;
+        a.mov(rcx, 0x3f_0000u64)?;
+        a.db(&[0x48, 0x0f, 0x35]) // sysexitq
+    });
+    r.asm(64, user, |a| {
+        a.mov(r8, rsp)?;
+        a.sysenter()?;
+        a.hlt()
+    });
+    r.asm(64, entry, |a| {
+        a.mov(r9, rsp)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R8), 0x3f_0000);
+    assert_eq!(r.gpr(gpr::R9), 0x3e_0000);
+    assert_eq!(r.state().seg[sreg::CS].selector, KCODE);
+    assert_eq!(r.state().rflags & rflags::IF, 0);
+}
+
+/// Enter ring 3 at `user` with RFLAGS = `flags` via IRETQ.
+fn to_ring3(r: &Rig, user: u64, flags: u32) {
+    r.asm(64, CODE, |a| {
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x3f_8000)?;
+        a.push(flags as i32)?;
+        a.push((UCODE64 | 3) as i32)?;
+        a.mov(rax, user)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+}
+
+#[test]
+fn popf_and_cli_respect_cpl_and_iopl() {
+    let mut r = Rig::long();
+    let user = DATA + 0x5000;
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    to_ring3(&r, user, 0x202);
+    r.asm(64, user, |a| {
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.and(eax, !0x200)?; // try to clear IF
+        a.or(eax, 0x3000 | 0x400)?; // try to set IOPL=3; DF may change
+        a.push(rax)?;
+        a.popfq()?;
+        a.pushfq()?;
+        a.pop(rbx)?;
+        a.cli()?; // CPL 3 > IOPL 0: #GP(0)
+        a.hlt()
+    });
+    r.run_to_halt();
+    let f = r.gpr(gpr::RBX);
+    assert_ne!(f & rflags::IF, 0, "IF unchanged at CPL 3 with IOPL 0");
+    assert_eq!(f & rflags::IOPL, 0, "IOPL unchanged below CPL 0");
+    assert_ne!(f & rflags::DF, 0, "DF is writable");
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    assert_eq!(r.mem.read_u8(r.gpr(gpr::R14)).unwrap(), 0xfa, "#GP on the CLI");
+}
+
+#[test]
+fn port_io_from_ring3_needs_iopl() {
+    let mut r = Rig::long();
+    let user = DATA + 0x6000;
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    to_ring3(&r, user, 0x3202); // IOPL 3: allowed
+    r.asm(64, user, |a| {
+        a.out(0x80, al)?;
+        a.hlt()
+    });
+    assert_eq!(r.run(100), VcpuExit::IoOut { port: 0x80, size: 1, data: (user & 0xff) as u32 });
+    r.complete(Completion::Done);
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13, "then HLT at CPL 3: #GP");
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    to_ring3(&r, user, 0x202); // IOPL 0
+    r.asm(64, user, |a| {
+        a.out(0x80, al)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+    assert_eq!(r.gpr(gpr::R14), user, "#GP on the OUT, no exit");
+}
+
+#[test]
+fn trap_flag_single_steps() {
+    let mut r = Rig::long();
+    // #DB handler counts traps in R12 and returns.
+    r.asm(64, HANDLERS, |a| {
+        a.inc(r12)?;
+        a.iretq()
+    });
+    r.gate64(1, HANDLERS, 0, 0, false);
+    r.asm(64, CODE, |a| {
+        a.pushfq()?;
+        a.or(qword_ptr(rsp), 0x100)?;
+        a.popfq()?; // TF takes effect after the next instruction
+        a.nop()?;
+        a.nop()?;
+        a.pushfq()?;
+        a.and(qword_ptr(rsp), !0x100)?;
+        a.popfq()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    // Traps after: NOP, NOP, PUSHFQ, AND, POPFQ (TF was set when it began) = 5.
+    assert_eq!(r.gpr(gpr::R12), 5);
+    assert_ne!(r.state().dr[4] & (1 << 14), 0, "DR6.BS");
+}
+
+#[test]
+fn rep_stos_respects_the_budget_per_iteration() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rdi, DATA + 0xff0)?; // crosses into the next page after 16 bytes
+        a.mov(ecx, 100u32)?;
+        a.mov(al, 0x5au32)?;
+        a.rep().stosb()?;
+        a.mov(rsi, DATA + 0x2000)?;
+        a.mov(rdi, DATA + 0x2001)?;
+        a.mov(ecx, 64u32)?;
+        a.rep().movsb()?; // overlapping forward copy propagates byte 0
+        a.hlt()
+    });
+    r.mem.write_u8(DATA + 0x2000, 0xab).unwrap();
+    assert_eq!(r.run(3 + 10), VcpuExit::BudgetExhausted);
+    assert_eq!(r.gpr(gpr::RCX), 90, "exactly ten iterations retired");
+    assert_eq!(r.gpr(gpr::RDI), DATA + 0xff0 + 10);
+    assert_eq!(r.mem.read_u8(DATA + 0xff0 + 9).unwrap(), 0x5a);
+    assert_eq!(r.mem.read_u8(DATA + 0xff0 + 10).unwrap(), 0);
+    r.run_to_halt();
+    assert_eq!(r.cpu.retired_instructions(), Some(3 + 100 + 3 + 64 + 1));
+    for i in 0..100 {
+        assert_eq!(r.mem.read_u8(DATA + 0xff0 + i).unwrap(), 0x5a);
+    }
+    assert_eq!(r.mem.read_u8(DATA + 0xff0 + 100).unwrap(), 0);
+    for i in 0..=64 {
+        assert_eq!(r.mem.read_u8(DATA + 0x2000 + i).unwrap(), 0xab, "byte {i}");
+    }
+    assert_eq!(r.mem.read_u8(DATA + 0x2000 + 65).unwrap(), 0);
+}
+
+#[test]
+fn movnti_stores_like_mov() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64)?;
+        a.mov(rbx, DATA)?;
+        a.movnti(qword_ptr(rbx + 8), rax)?;
+        a.movnti(dword_ptr(rbx + 16), eax)?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u64(DATA + 8).unwrap(), 0x1122_3344_5566_7788);
+    assert_eq!(r.mem.read_u64(DATA + 16).unwrap(), 0x5566_7788);
+}
+
+#[test]
+fn every_jcc_condition() {
+    let mut r = Rig::long();
+    r.asm(64, CODE, |a| {
+        a.push((CF | SF | PF | 2) as i32)?;
+        a.popfq()?;
+        a.xor(r8d, r8d)?;
+        let mut labels: Vec<CodeLabel> = (0..16).map(|_| a.create_label()).collect();
+        for (i, l) in labels.iter_mut().enumerate() {
+            match i {
+                0 => a.jo(*l)?,
+                1 => a.jno(*l)?,
+                2 => a.jb(*l)?,
+                3 => a.jae(*l)?,
+                4 => a.je(*l)?,
+                5 => a.jne(*l)?,
+                6 => a.jbe(*l)?,
+                7 => a.ja(*l)?,
+                8 => a.js(*l)?,
+                9 => a.jns(*l)?,
+                10 => a.jp(*l)?,
+                11 => a.jnp(*l)?,
+                12 => a.jl(*l)?,
+                13 => a.jge(*l)?,
+                14 => a.jle(*l)?,
+                _ => a.jg(*l)?,
+            }
+            a.or(r8d, 1 << i)?; // only when not taken; OR clobbers the flags, so reload them
+            a.push((CF | SF | PF | 2) as i32)?;
+            a.popfq()?;
+            a.set_label(l)?;
+        }
+        a.hlt()
+    });
+    r.run_to_halt();
+    // CF=1 ZF=0 SF=1 OF=0 PF=1: not taken are o, ae, e, a, ns, np, ge, g.
+    let not_taken = [0, 3, 4, 7, 9, 11, 13, 15].iter().fold(0u64, |m, b| m | 1 << b);
+    assert_eq!(r.gpr(gpr::R8), not_taken);
+}
+
+#[test]
+fn x87_control_state_and_unimplemented_arithmetic() {
+    let mut r = Rig::long();
+    handler(&r, HANDLERS, 6, false);
+    r.gate64(6, HANDLERS, 0, 0, false);
+    handler(&r, HANDLERS + 0x100, 7, false);
+    r.gate64(7, HANDLERS + 0x100, 0, 0, false);
+    r.edit(|s| {
+        s.fpu.fcw = 0x1234;
+        s.fpu.fsw = 0x80ff;
+    });
+    r.asm(64, CODE, |a| {
+        a.mov(rbx, DATA)?;
+        a.fnstcw(word_ptr(rbx))?;
+        a.fnclex()?;
+        a.fnstsw(ax)?;
+        a.mov(r8d, eax)?;
+        a.fninit()?;
+        a.fnstcw(word_ptr(rbx + 2))?;
+        a.mov(word_ptr(rbx + 4), 0x027f)?;
+        a.fldcw(word_ptr(rbx + 4))?;
+        a.wait()?;
+        a.fld1()?; // not implemented: #UD
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u16(DATA).unwrap(), 0x1234);
+    assert_eq!(r.gpr(gpr::R8) & 0xffff, 0x0000, "FNCLEX clears the exception and busy bits");
+    assert_eq!(r.mem.read_u16(DATA + 2).unwrap(), 0x037f, "FNINIT control word");
+    assert_eq!(r.state().fpu.fcw, 0x027f);
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 6);
+    // With CR0.TS the same instruction raises #NM instead.
+    let fld1_at = r.gpr(gpr::R14);
+    r.edit(|s| {
+        s.cr0 |= sim_core::state::cr0::TS;
+        s.rip = fld1_at;
+        s.events.halted = false;
+    });
+    r.run_to_halt();
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 7);
+}
+
+#[test]
+fn far_call_through_a_64bit_call_gate_to_ring0_and_back() {
+    let mut r = Rig::long();
+    let target = HANDLERS + 0x400;
+    let user = DATA + 0x7000;
+    // 64-bit call gate at GDT 0x48 (16 bytes), DPL 3, to KCODE:target.
+    let lo =
+        (target & 0xffff) | (KCODE as u64) << 16 | (0xcu64 | 3 << 5 | 0x80) << 40 | ((target >> 16) & 0xffff) << 48;
+    r.mem.write_u64(GDT + 0x48, lo).unwrap();
+    r.mem.write_u64(GDT + 0x50, target >> 32).unwrap();
+    r.edit(|s| s.gdtr.limit = 0x57);
+    handler(&r, HANDLERS, 13, true);
+    r.gate64(13, HANDLERS, 0, 0, false);
+    r.asm(64, target, |a| {
+        a.mov(r8, rsp)?;
+        a.mov(r9, qword_ptr(rsp + 8))?; // caller CS
+        a.mov(r10, qword_ptr(rsp + 16))?; // caller RSP
+        a.mov(r11, qword_ptr(rsp + 24))?; // caller SS
+        a.db(&[0x48, 0xcb]) // retfq: back to ring 3
+    });
+    // Pointer m16:32 at DATA + 0x7800: offset (ignored), selector 0x48|3.
+    r.mem.write_u32(DATA + 0x7800, 0).unwrap();
+    r.mem.write_u16(DATA + 0x7804, 0x48 | 3).unwrap();
+    r.asm(64, user, |a| {
+        a.mov(rbx, DATA + 0x7800)?;
+        a.db(&[0xff, 0x1b])?; // call far [rbx]
+        a.mov(r12, rsp)?;
+        a.hlt() // #GP at CPL 3 ends the test
+    });
+    let to_user = CODE;
+    r.asm(64, to_user, |a| {
+        a.push((UDATA | 3) as i32)?;
+        a.push(0x3f_8000)?;
+        a.push(0x202)?;
+        a.push((UCODE64 | 3) as i32)?;
+        a.mov(rax, user)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::R8), RSP0_TOP - 32, "SS, RSP, CS, RIP on the RSP0 stack");
+    assert_eq!(r.gpr(gpr::R9), (UCODE64 | 3) as u64);
+    assert_eq!(r.gpr(gpr::R10), 0x3f_8000);
+    assert_eq!(r.gpr(gpr::R11), (UDATA | 3) as u64);
+    assert_eq!(r.gpr(gpr::R12), 0x3f_8000, "RETF restored the ring-3 stack");
+    assert_eq!(r.mem.read_u32(DATA + 0x100).unwrap(), 13);
+}
+
+/// The machine may move vCPUs between threads.
+#[test]
+fn interpreter_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<x86_interp::Interpreter>();
+}

@@ -2,10 +2,27 @@
 //! sim-core's guest memory. The simulator plays dom0 (domid 0); the guest is
 //! domid 1.
 
+pub mod console;
+pub mod cpuid;
 pub mod errno;
+pub mod evtchn;
 pub mod gnttab;
 pub mod guest;
+pub mod hvm;
+pub mod hypercall;
+pub mod hypercall_page;
+pub mod memory;
+pub mod physdev;
+pub mod platform;
+pub mod sched;
+pub mod shared_info;
+pub mod time;
+pub mod vcpu_op;
+pub mod version;
+
 pub mod xenstore;
+
+pub use platform::{Ring, XenConfig, XenPlatform};
 
 /// The simulator's own domain (the toolstack and backends).
 pub const DOM0: u16 = 0;

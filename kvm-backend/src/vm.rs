@@ -1,0 +1,198 @@
+//! `KvmVm`: one KVM virtual machine (the VM fd), shared by a machine's vCPUs.
+//! It owns the memory-slot table and the VM-wide setup: TSS address, the
+//! user-space MSR exits and the MSR filter.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
+};
+use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use sim_core::cpuid::CpuidTable;
+use sim_core::memory::GuestMemory;
+use sim_core::msr::{self, MsrOwner};
+use sim_core::vcpu::{Vcpu, VcpuError};
+
+use crate::caps::KvmCaps;
+use crate::error::KvmError;
+use crate::hypercall::HypercallStrategy;
+use crate::slots::{self, SlotTable};
+use crate::vcpu::KvmVcpu;
+
+/// Where KVM puts the real-mode TSS on Intel hosts without unrestricted
+/// guest (three pages, in the MMIO hole below the BIOS, as QEMU does).
+const TSS_ADDR: usize = 0xfffb_d000;
+
+/// The MSR ranges whose CPU-owned members the filter lets KVM handle
+/// in-kernel; every other MSR is denied and so exits to user space.
+const FILTER_RANGES: [(u32, u32); 2] = [(0, 0x300), (0xc000_0080, 0x84)];
+
+pub struct KvmVm {
+    pub(crate) vm: VmFd,
+    caps: KvmCaps,
+    msr_exits: bool,
+    memory: Mutex<MemorySync>,
+}
+
+#[derive(Default)]
+struct MemorySync {
+    /// (GuestMemory address, generation) last mirrored into the slots.
+    synced: Option<(usize, u64)>,
+    table: SlotTable,
+}
+
+impl std::fmt::Debug for KvmVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVm").field("caps", &self.caps).finish()
+    }
+}
+
+impl KvmVm {
+    /// Open /dev/kvm and create a VM with a user-space irqchip (no
+    /// KVM_CREATE_IRQCHIP: sim-core's LAPIC model delivers interrupts).
+    pub fn new() -> Result<Arc<KvmVm>, KvmError> {
+        // open("/dev/kvm") + KVM_GET_API_VERSION.
+        let kvm = Kvm::new().map_err(|e| KvmError::ioctl("open /dev/kvm", e))?;
+        // KVM_CREATE_VM.
+        let vm = kvm.create_vm().map_err(|e| KvmError::ioctl("KVM_CREATE_VM", e))?;
+        // KVM_SET_TSS_ADDR: required before the first KVM_RUN on VMX.
+        vm.set_tss_address(TSS_ADDR).map_err(|e| KvmError::ioctl("KVM_SET_TSS_ADDR", e))?;
+        let caps = KvmCaps::probe(&vm);
+        let msr_exits = Self::setup_msr_exits(&vm, &caps)?;
+        Ok(Arc::new(KvmVm { vm, caps, msr_exits, memory: Mutex::new(MemorySync::default()) }))
+    }
+
+    /// Route the machine's MSRs to user space: KVM_ENABLE_CAP
+    /// (KVM_CAP_X86_USER_SPACE_MSR) so filtered and unknown MSRs exit, and
+    /// KVM_X86_SET_MSR_FILTER denying (in-kernel) every MSR that
+    /// `sim_core::msr::owner` gives to the machine. Returns whether MSR
+    /// exits are on; without them the machine's MSRs are handled (or #GP'd)
+    /// by KVM itself.
+    fn setup_msr_exits(vm: &VmFd, caps: &KvmCaps) -> Result<bool, KvmError> {
+        let want = KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL;
+        if caps.user_space_msr <= 0 || caps.msr_filter <= 0 {
+            return Ok(false);
+        }
+        let mut cap = kvm_enable_cap { cap: KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
+        cap.args[0] = want as u64;
+        vm.enable_cap(&cap).map_err(|e| KvmError::ioctl("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)", e))?;
+        let bitmaps: Vec<Vec<u8>> = FILTER_RANGES.iter().map(|&(base, n)| filter_bitmap(base, n)).collect();
+        let ranges: Vec<MsrFilterRange<'_>> = FILTER_RANGES
+            .iter()
+            .zip(&bitmaps)
+            .map(|(&(base, n), bitmap)| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: n,
+                bitmap,
+            })
+            .collect();
+        vm.set_msr_filter(MsrFilterDefaultAction::DENY, &ranges)
+            .map_err(|e| KvmError::ioctl("KVM_X86_SET_MSR_FILTER", e))?;
+        Ok(true)
+    }
+
+    /// What KVM_CHECK_EXTENSION reported for this VM.
+    pub fn caps(&self) -> &KvmCaps {
+        &self.caps
+    }
+
+    /// True when MSRs the machine owns exit to user space (see `setup_msr_exits`).
+    pub fn msr_exits(&self) -> bool {
+        self.msr_exits
+    }
+
+    /// The best hypercall interception this host offers.
+    pub fn hypercall_strategy(&self) -> HypercallStrategy {
+        HypercallStrategy::detect(&self.caps)
+    }
+
+    /// Create vCPU `id` of `count` with CPUID from `cpuid`; the shape the
+    /// machine's vCPU factory wants.
+    pub fn create_vcpu(
+        self: &Arc<Self>,
+        id: u32,
+        count: u32,
+        cpuid: Arc<CpuidTable>,
+    ) -> Result<Box<dyn Vcpu>, VcpuError> {
+        Ok(Box::new(KvmVcpu::new(self.clone(), id, count, &cpuid)?))
+    }
+
+    /// Mirror `mem`'s address map into KVM memory slots if it changed since
+    /// the last call (a different `GuestMemory` or a new generation).
+    pub(crate) fn sync_memory(&self, mem: &GuestMemory) -> Result<(), KvmError> {
+        let key = (mem as *const GuestMemory as usize, mem.generation());
+        let mut sync = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if sync.synced == Some(key) {
+            return Ok(());
+        }
+        let diff = sync.table.diff(&slots::layout(mem));
+        for (slot, m) in diff.remove {
+            // KVM_SET_USER_MEMORY_REGION with size 0 deletes the slot.
+            let region = kvm_userspace_memory_region {
+                slot,
+                guest_phys_addr: m.gpa,
+                memory_size: 0,
+                userspace_addr: m.host,
+                flags: 0,
+            };
+            // SAFETY: deleting a slot makes KVM forget the host range.
+            unsafe { self.vm.set_user_memory_region(region) }
+                .map_err(|e| KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)", e))?;
+        }
+        for (slot, m) in diff.add {
+            let region = kvm_userspace_memory_region {
+                slot,
+                guest_phys_addr: m.gpa,
+                memory_size: m.len,
+                userspace_addr: m.host,
+                flags: 0,
+            };
+            // SAFETY: the host range belongs to `mem` (RAM or an overlay
+            // page) and stays mapped while it is in the map; the slot is
+            // deleted or replaced as soon as the map changes, before the
+            // next KVM_RUN. The caller keeps `mem` alive across `run`.
+            unsafe { self.vm.set_user_memory_region(region) }
+                .map_err(|e| KvmError::ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        sync.synced = Some(key);
+        Ok(())
+    }
+}
+
+/// Filter bitmap for `n` MSRs from `base`: bit set = KVM handles the MSR
+/// in-kernel (the CPU owns it); clear = denied, so it exits to user space.
+fn filter_bitmap(base: u32, n: u32) -> Vec<u8> {
+    let mut bits = vec![0u8; n.div_ceil(8) as usize];
+    for i in 0..n {
+        if msr::owner(base.wrapping_add(i)) == MsrOwner::Cpu {
+            bits[(i / 8) as usize] |= 1 << (i % 8);
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_allows_exactly_the_cpu_owned_msrs() {
+        let low = filter_bitmap(0, 0x300);
+        let bit = |b: &[u8], i: u32| b[(i / 8) as usize] >> (i % 8) & 1 == 1;
+        assert!(bit(&low, msr::IA32_TSC));
+        assert!(bit(&low, msr::IA32_PAT));
+        assert!(bit(&low, msr::IA32_SYSENTER_EIP));
+        assert!(!bit(&low, msr::IA32_APIC_BASE));
+        assert!(!bit(&low, 0x200)); // MTRR physbase0: not owned by the CPU model
+        let high = filter_bitmap(0xc000_0080, 0x84);
+        assert!(bit(&high, 0)); // EFER
+        assert!(bit(&high, 0x83)); // TSC_AUX = 0xc0000103
+        assert!(!bit(&high, 0x5)); // 0xc0000085 is not an MSR the CPU owns
+                                   // Every CPU-owned MSR lies inside one of the allowed ranges.
+        for m in [msr::IA32_EFER, msr::IA32_KERNEL_GS_BASE, msr::IA32_MTRR_DEF_TYPE, msr::IA32_SPEC_CTRL] {
+            assert!(FILTER_RANGES.iter().any(|&(b, n)| m >= b && m - b < n), "{m:#x}");
+        }
+    }
+}

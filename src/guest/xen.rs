@@ -1,0 +1,198 @@
+//! Guest programs that exercise the Xen platform from inside a guest:
+//! hypercalls by VMCALL, event-channel upcalls by the callback vector and by
+//! a per-vCPU LAPIC vector, and a timer-driven wait (set_singleshot_timer +
+//! VIRQ_TIMER + SCHEDOP_block). Each step prints a line on port 0xE9 after
+//! checking its result; any failure prints "FAIL <step>" and exits with
+//! isa-debug-exit status 1 (QEMU status 3); success exits with 0 (status 1).
+
+use iced_x86::code_asm::*;
+
+use super::asm::{Boot, GuestError, GuestProgram, Mode, CODE64_SEL};
+
+/// Where the program maps shared_info: a frame above its 64 MiB of RAM.
+pub const SHARED_INFO_GFN: u64 = 0x3f000;
+const SH: u64 = SHARED_INFO_GFN << 12;
+const CALLBACK_VECTOR: u32 = 0xf3;
+const LAPIC_VECTOR: u32 = 0xe0;
+
+/// What `xen_events` prints when the platform behaves.
+pub const XEN_EVENTS_EXPECTED: &str = "shared_info mapped\ncallback vector upcall\nlapic vector upcall\n\
+set_singleshot_timer in the past: -ETIME\ntimer upcall after block\n";
+
+fn hypercall(g: &mut GuestProgram, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
+    g.a.mov(eax, nr)?;
+    g.a.mov(rdi, a1)?;
+    g.a.mov(rsi, a2)?;
+    g.a.mov(rdx, a3)?;
+    g.a.vmcall()?;
+    Ok(())
+}
+
+/// Jump to a failure report for `step` unless RAX == `want`.
+fn expect(g: &mut GuestProgram, want: i32, step: &str) -> Result<(), GuestError> {
+    let mut ok = g.a.create_label();
+    g.a.cmp(rax, want)?;
+    g.a.je(ok)?;
+    g.print(&format!("FAIL {step}: "))?;
+    g.print_hex()?;
+    g.print("\n")?;
+    g.exit(1)?;
+    g.a.set_label(&mut ok)?;
+    g.a.nop()?; // the label needs an instruction of its own
+    Ok(())
+}
+
+/// Point IDT entry `vector` (in the table at `idt`) at `handler`.
+fn set_gate(g: &mut GuestProgram, idt: u64, vector: u32, handler: CodeLabel) -> Result<(), GuestError> {
+    let e = idt + vector as u64 * 16;
+    g.a.lea(rax, ptr(handler))?;
+    g.a.mov(word_ptr(e), ax)?;
+    g.a.mov(word_ptr(e + 2), CODE64_SEL as u32)?;
+    g.a.mov(word_ptr(e + 4), 0x8e00u32)?; // present, DPL 0, interrupt gate
+    g.a.shr(rax, 16)?;
+    g.a.mov(word_ptr(e + 6), ax)?;
+    g.a.shr(rax, 16)?;
+    g.a.mov(dword_ptr(e + 8), eax)?;
+    g.a.mov(dword_ptr(e + 12), 0u32)?;
+    Ok(())
+}
+
+/// The upcall handler body: take every pending port of word 0 into
+/// `seen`, clear pending, selector and upcall_pending, count the upcall.
+fn upcall_body(g: &mut GuestProgram, seen: u64, count: u64, eoi: bool) -> Result<(), GuestError> {
+    g.a.push(rax)?;
+    g.a.mov(byte_ptr(SH), 0u32)?;
+    g.a.mov(qword_ptr(SH + 8), 0i32)?;
+    g.a.mov(rax, qword_ptr(SH + 2048))?;
+    g.a.or(qword_ptr(seen), rax)?;
+    g.a.mov(qword_ptr(SH + 2048), 0i32)?;
+    g.a.inc(dword_ptr(count))?;
+    if eoi {
+        g.a.mov(eax, 0xfee0_00b0u32)?; // LAPIC EOI (above the reach of a disp32)
+        g.a.mov(dword_ptr(rax), 0u32)?;
+    }
+    g.a.pop(rax)?;
+    g.a.iretq()?;
+    Ok(())
+}
+
+/// Spin with interrupts on until the u32 at `count` reaches `n`.
+fn wait_count(g: &mut GuestProgram, count: u64, n: u32) -> Result<(), GuestError> {
+    let mut spin = g.a.create_label();
+    g.a.sti()?;
+    g.a.set_label(&mut spin)?;
+    g.a.pause()?;
+    g.a.cmp(dword_ptr(count), n)?;
+    g.a.jb(spin)?;
+    g.a.cli()?;
+    Ok(())
+}
+
+/// The events guest (PVH, long mode, one vCPU). See `XEN_EVENTS_EXPECTED`.
+pub fn xen_events() -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let idt = g.scratch(4096, 4096);
+    let args = g.scratch(64, 64);
+    let seen = g.scratch(8, 8);
+    let count = g.scratch(4, 4);
+    let mut idtr = Vec::new();
+    idtr.extend_from_slice(&4095u16.to_le_bytes());
+    idtr.extend_from_slice(&idt.to_le_bytes());
+    let idtr_at = g.data(&idtr, 16) as u64;
+    let (mut h_cb, mut h_lapic, mut main) = (g.a.create_label(), g.a.create_label(), g.a.create_label());
+    g.a.jmp(main)?;
+    g.a.set_label(&mut h_cb)?;
+    upcall_body(&mut g, seen, count, false)?;
+    g.a.set_label(&mut h_lapic)?;
+    upcall_body(&mut g, seen, count, true)?;
+    g.a.set_label(&mut main)?;
+    set_gate(&mut g, idt, CALLBACK_VECTOR, h_cb)?;
+    set_gate(&mut g, idt, LAPIC_VECTOR, h_lapic)?;
+    g.a.lidt(ptr(idtr_at))?;
+
+    // XENMEM_add_to_physmap {DOMID_SELF, 0, XENMAPSPACE_shared_info, idx 0, gpfn}
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(qword_ptr(args + 8), 0i32)?;
+    g.a.mov(rax, SHARED_INFO_GFN)?;
+    g.a.mov(qword_ptr(args + 16), rax)?;
+    hypercall(&mut g, 12, 7, args, 0)?;
+    expect(&mut g, 0, "add_to_physmap")?;
+    // vCPU 0's time record is filled in.
+    g.a.mov(eax, dword_ptr(SH + 32 + 24))?;
+    g.a.sub(rax, 0x7fff_ffff)?; // 2^31 (1 GHz TSC, shift 1) leaves 1
+    expect(&mut g, 1, "tsc_to_system_mul")?;
+    g.print("shared_info mapped\n")?;
+
+    // HVMOP_set_param(CALLBACK_IRQ, vector type)
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(rax, 2u64 << 56 | CALLBACK_VECTOR as u64)?;
+    g.a.mov(qword_ptr(args + 8), rax)?;
+    hypercall(&mut g, 34, 0, args, 0)?;
+    expect(&mut g, 0, "set_param callback")?;
+    // EVTCHNOP_bind_ipi {vcpu 0, port OUT}, then send on it.
+    g.a.mov(qword_ptr(args), 0i32)?;
+    hypercall(&mut g, 32, 7, args, 0)?;
+    expect(&mut g, 0, "bind_ipi")?;
+    g.a.mov(eax, dword_ptr(args + 4))?;
+    g.a.mov(dword_ptr(args + 32), eax)?;
+    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send")?;
+    wait_count(&mut g, count, 1)?;
+    g.print("callback vector upcall\n")?;
+
+    // Per-vCPU vector through the LAPIC (software-enabled first).
+    g.a.mov(eax, 0xfee0_00f0u32)?; // LAPIC SVR
+    g.a.mov(dword_ptr(rax), 0x1ffu32)?;
+    g.a.mov(dword_ptr(args), 0u32)?;
+    g.a.mov(dword_ptr(args + 4), LAPIC_VECTOR)?;
+    hypercall(&mut g, 34, 23, args, 0)?;
+    expect(&mut g, 0, "set_evtchn_upcall_vector")?;
+    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send 2")?;
+    wait_count(&mut g, count, 2)?;
+    g.print("lapic vector upcall\n")?;
+
+    // EVTCHNOP_bind_virq {VIRQ_TIMER, vcpu 0, port OUT}
+    g.a.mov(qword_ptr(args), 0i32)?;
+    hypercall(&mut g, 32, 1, args, 0)?;
+    expect(&mut g, 0, "bind_virq")?;
+    // A deadline in the past with VCPU_SSHOTTMR_future: -ETIME.
+    g.a.mov(qword_ptr(args + 16), 1i32)?;
+    g.a.mov(qword_ptr(args + 24), 1i32)?;
+    hypercall(&mut g, 24, 8, 0, args + 16)?;
+    expect(&mut g, -62, "singleshot in the past")?;
+    g.print("set_singleshot_timer in the past: -ETIME\n")?;
+    // now = system_time + (((rdtsc - tsc_timestamp) << shift) * mul >> 32)
+    g.a.rdtsc()?;
+    g.a.shl(rdx, 32)?;
+    g.a.or(rax, rdx)?;
+    g.a.sub(rax, qword_ptr(SH + 32 + 8))?;
+    g.a.movzx(ecx, byte_ptr(SH + 32 + 28))?;
+    g.a.shl(rax, cl)?;
+    g.a.mov(ecx, dword_ptr(SH + 32 + 24))?;
+    g.a.mul(rcx)?;
+    g.a.shrd(rax, rdx, 32)?;
+    g.a.add(rax, qword_ptr(SH + 32 + 16))?;
+    g.a.add(rax, 200_000)?;
+    g.a.mov(qword_ptr(args + 16), rax)?;
+    hypercall(&mut g, 24, 8, 0, args + 16)?;
+    expect(&mut g, 0, "singleshot")?;
+    // Block (interrupts off) until the timer's upcall has been taken.
+    let mut again = g.a.create_label();
+    g.a.set_label(&mut again)?;
+    g.a.cli()?;
+    hypercall(&mut g, 29, 1, 0, 0)?;
+    expect(&mut g, 0, "block")?;
+    g.a.sti()?;
+    g.a.nop()?;
+    g.a.cli()?;
+    g.a.mov(ecx, dword_ptr(args + 8))?;
+    g.a.mov(rax, qword_ptr(seen))?;
+    g.a.bt(rax, rcx)?;
+    g.a.jnc(again)?;
+    g.print("timer upcall after block\n")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
