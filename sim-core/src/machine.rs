@@ -757,6 +757,14 @@ impl Machine {
             LapicAction::Ipi(ipi) => self.send_ipi(i, ipi),
             // The EOI broadcast: the IOAPIC may deliver a still-asserted level pin again.
             LapicAction::Eoi { vector, level_triggered: true } => {
+                // Let level sources that follow guest memory (Xen's callback
+                // GSI drops once upcall_pending is clear) settle first, as
+                // Xen does at EOI, so a handled line is not delivered again.
+                let now = self.now_ns;
+                if let Some(p) = self.platform.as_mut() {
+                    p.sync(&mut platform_ctx!(self, now));
+                }
+                self.sync_irqs();
                 let messages = self.ioapic.eoi(vector);
                 self.deliver_ioapic(messages);
             }
