@@ -115,6 +115,8 @@ pub(crate) mod timer {
     pub const SINGLESHOT: u64 = 1;
     pub const PERIODIC: u64 = 2;
     pub const POLL: u64 = 3;
+    /// dom0's host-input poll (`dom0::HOST_POLL_NS`), keyed on vCPU 0.
+    pub const HOST_POLL: u64 = 4;
     pub fn key(kind: u64, vcpu: u32) -> sim_core::platform::TimerKey {
         sim_core::platform::TimerKey::Platform(kind << 32 | vcpu as u64)
     }
@@ -148,6 +150,8 @@ pub struct XenPlatform {
     pub(crate) pending_start: BTreeMap<u32, Box<sim_core::ArchState>>,
     /// The effect the current hypercall asks of the machine.
     pub(crate) effect: PlatformEffect,
+    /// dom0's backends: xenstore (ring and socket) and the primary console.
+    pub(crate) dom0: crate::dom0::Dom0,
 }
 
 impl XenPlatform {
@@ -177,6 +181,7 @@ impl XenPlatform {
             soft_resets: 0,
             pending_start: BTreeMap::new(),
             effect: PlatformEffect::None,
+            dom0: crate::dom0::Dom0::new(),
         };
         p.reset_domain_state();
         p
@@ -501,6 +506,10 @@ impl Platform for XenPlatform {
                     self.unblock(ctx, v);
                 }
             }
+            timer::HOST_POLL => {
+                self.host_poll(ctx);
+                self.flush_upcalls(ctx);
+            }
             _ => {}
         }
     }
@@ -536,6 +545,7 @@ impl Platform for XenPlatform {
     }
 
     fn sync(&mut self, ctx: &mut PlatformCtx) {
+        self.service_backends(ctx);
         self.sync_pirqs(ctx);
         self.flush_upcalls(ctx);
         // hvm_maybe_deassert_evtchn_irq: drop the callback line once vCPU

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod path;
 pub mod perms;
 pub mod quota;
+pub mod ring;
 pub mod socket;
 pub mod store;
 pub mod transaction;

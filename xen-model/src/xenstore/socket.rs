@@ -164,6 +164,12 @@ impl SocketTransport {
         Ok(inputs)
     }
 
+    /// Applies one input gathered by [`SocketTransport::poll_inputs`] to `store`, with this
+    /// transport's client-to-connection map (the door between gathering and applying).
+    pub fn apply(&mut self, store: &mut Store, input: &SocketInput) -> Option<ConnId> {
+        apply_input(store, &mut self.conns, input)
+    }
+
     /// Socket I/O only: accepts clients and reads complete requests.
     pub fn poll_inputs(&mut self, timeout: Option<Duration>) -> io::Result<Vec<SocketInput>> {
         match self.poll.poll(&mut self.events, timeout) {
