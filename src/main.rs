@@ -11,6 +11,7 @@ use xen_model::hypercall_page::HypercallGate;
 use xen_model::platform::{XenConfig, XenPlatform};
 
 mod bench;
+mod progress;
 
 /// Exit statuses of `xensim run` besides the guest's own isa-debug-exit
 /// status (which is always odd, as QEMU makes it).
@@ -25,6 +26,11 @@ pub mod status {
     pub const INTERNAL: u8 = 10;
     /// The guest shut down reporting a crash (SCHEDOP_shutdown crash or watchdog).
     pub const GUEST_CRASH: u8 = 12;
+    /// `replay`: the replay left the recorded run (a report is printed).
+    pub const DIVERGED: u8 = 14;
+    /// `replay`/`inspect`: the log is unreadable, of another version, or
+    /// its images do not match.
+    pub const BAD_LOG: u8 = 16;
 }
 
 #[derive(Parser, Debug)]
@@ -46,6 +52,40 @@ enum Command {
     /// Serve a stand-alone xenstore (no guest) on a Unix socket, for host tools
     /// (`XENSTORED_PATH=PATH xenstore-ls`).
     Xenstore(XenstoreArgs),
+    /// Re-run a recorded guest from its log and check every checkpoint.
+    Replay(ReplayArgs),
+    /// Print a log's header and records.
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// The log `xensim run --record` wrote.
+    log: PathBuf,
+    /// Compare the state hash at every checkpoint and at the end (always on;
+    /// accepted for scripts that spell it out).
+    #[arg(long)]
+    verify: bool,
+    /// Stop at the first round boundary at or past this instruction count.
+    #[arg(long)]
+    until: Option<u64>,
+    /// The kernel, if not at the path the log names.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    log: PathBuf,
+    /// Only inputs of this kind (serial, console, wall-clock, ...); checkpoints are always shown.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only records at or after this instruction count.
+    #[arg(long)]
+    from: Option<u64>,
+    /// Only records at or before this instruction count.
+    #[arg(long)]
+    to: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +122,15 @@ struct RunArgs {
     /// Log every hypercall with its decoded arguments and result (to stderr).
     #[arg(long)]
     trace_hypercalls: bool,
+    /// Record the run into this log (never overwrites an existing file).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// With --record: a state-hash checkpoint every this many instructions.
+    #[arg(long, default_value_t = 10_000_000)]
+    checkpoint_every: u64,
+    /// Bytes for COM1's receiver, from this file or "-" for stdin, as they arrive.
+    #[arg(long)]
+    serial_input: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -168,6 +217,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Bench(args) => bench::run(args),
         Command::Xenstore(args) => xenstore(args),
+        Command::Replay(args) => replay_cmd(args),
+        Command::Inspect(args) => inspect(args),
     }
 }
 
@@ -199,6 +250,23 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A machine with `kernel` and `modules` booted on `cpus`.
+fn build_machine(
+    config: MachineConfig,
+    cpus: &Cpus,
+    kernel: BootImage,
+    modules: Vec<BootImage>,
+    cmdline: String,
+) -> Result<Machine, String> {
+    let mut machine = cpus.machine(config)?;
+    let boot = BootConfig { kernel, modules, cmdline, rsdp: 0 };
+    let info = machine.boot(boot).map_err(|e| e.to_string())?;
+    tracing::info!(protocol = ?info.protocol, "kernel loaded");
+    Ok(machine)
+}
+
+const DEMO_NAME: &str = "built-in demo guest";
+
 fn run(args: RunArgs) -> ExitCode {
     let kernel = match &args.kernel {
         Some(p) => match read_image(p) {
@@ -206,7 +274,7 @@ fn run(args: RunArgs) -> ExitCode {
             Err(e) => return fail(status::USER_ERROR, e),
         },
         None => match xensim::guest::programs::demo() {
-            Ok(bytes) => BootImage { name: "built-in demo guest".into(), bytes },
+            Ok(bytes) => BootImage { name: DEMO_NAME.into(), bytes },
             Err(e) => return fail(status::INTERNAL, format_args!("building the demo guest: {e}")),
         },
     };
@@ -230,16 +298,50 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(status::USER_ERROR, e),
     };
-    let mut machine = match cpus.machine(config) {
+    let mut door = sim_core::door::LiveDoor::new();
+    match args.serial_input.as_deref() {
+        Some(p) if p == Path::new("-") => door.add_stdin(sim_core::door::Target::Serial),
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => door.add_stream(sim_core::door::Target::Serial, Box::new(f)),
+            Err(e) => return fail(status::USER_ERROR, format_args!("{}: {}", p.display(), io_reason(&e))),
+        },
+        None => {}
+    }
+    let header = args.record.as_ref().map(|_| replay::Header {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: replay::LogConfig {
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            quantum: config.quantum,
+            max_instructions: config.max_instructions,
+            vendor: config.vendor,
+        },
+        cmdline: args.append.clone(),
+        images: std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect(),
+        checkpoint_every: args.checkpoint_every,
+    });
+    let mut machine = match build_machine(config, &cpus, kernel, modules, args.append.clone()) {
         Ok(m) => m,
         Err(e) => return fail(status::USER_ERROR, e),
     };
-    let boot = BootConfig { kernel, modules, cmdline: args.append.clone(), rsdp: 0 };
-    match machine.boot(boot) {
-        Ok(info) => tracing::info!(protocol = ?info.protocol, "kernel loaded"),
-        Err(e) => return fail(status::USER_ERROR, e),
-    }
-    let stop = match machine.run() {
+    let stop = match (&args.record, header) {
+        (Some(path), Some(header)) => {
+            let mut log = match replay::LogWriter::create(path, &header) {
+                Ok(l) => l,
+                Err(e) => return fail(status::USER_ERROR, e),
+            };
+            let stop = replay::record(&mut machine, Box::new(door), &mut log, args.checkpoint_every);
+            if let Err(e) = log.finish() {
+                return fail(status::INTERNAL, e);
+            }
+            stop.map_err(|e| e.to_string())
+        }
+        _ => {
+            machine.set_door(Box::new(door));
+            machine.run().map_err(|e| e.to_string())
+        }
+    };
+    let stop = match stop {
         Ok(s) => s,
         Err(e) => return fail(status::INTERNAL, e),
     };
@@ -269,4 +371,133 @@ fn run(args: RunArgs) -> ExitCode {
             format_args!("instruction limit reached after {} instructions", machine.retired_instructions()),
         ),
     }
+}
+
+/// Read the images a log names and check them against its hashes.
+fn log_images(header: &replay::Header, kernel: Option<&Path>) -> Result<(BootImage, Vec<BootImage>), String> {
+    let mut images = Vec::new();
+    for (n, want) in header.images.iter().enumerate() {
+        let img = match (n, kernel) {
+            (0, Some(p)) => read_image(p)?,
+            _ if want.name == DEMO_NAME => BootImage {
+                name: DEMO_NAME.into(),
+                bytes: xensim::guest::programs::demo().map_err(|e| format!("building the demo guest: {e}"))?,
+            },
+            _ => read_image(Path::new(&want.name))?,
+        };
+        let got = replay::ImageHash::of(&want.name, &img.bytes);
+        if got.blake3 != want.blake3 || got.len != want.len {
+            return Err(format!(
+                "{}: image differs from the one recorded (recorded {} bytes, BLAKE3 {}…; found {} bytes, {}…)",
+                img.name,
+                want.len,
+                sim_core::machine::snapshot::hex(&want.blake3, 6),
+                got.len,
+                sim_core::machine::snapshot::hex(&got.blake3, 6)
+            ));
+        }
+        images.push(img);
+    }
+    if images.is_empty() {
+        return Err("log names no kernel image".into());
+    }
+    let kernel = images.remove(0);
+    Ok((kernel, images))
+}
+
+fn replay_cmd(args: ReplayArgs) -> ExitCode {
+    let _ = args.verify;
+    let log = match replay::Log::read(&args.log) {
+        Ok(l) => l,
+        Err(e) => return fail(status::BAD_LOG, e),
+    };
+    if let Some(at) = log.torn_at {
+        eprintln!(
+            "xensim: {}: log is torn at byte {at} (a crashed recording); replaying what precedes it",
+            args.log.display()
+        );
+    }
+    let (kernel, modules) = match log_images(&log.header, args.kernel.as_deref()) {
+        Ok(i) => i,
+        Err(e) => return fail(status::BAD_LOG, e),
+    };
+    let c = &log.header.config;
+    let config = MachineConfig {
+        cpus: c.cpus,
+        memory_mib: c.memory_mib,
+        quantum: c.quantum,
+        max_instructions: c.max_instructions,
+        vendor: c.vendor,
+    };
+    let mut machine = match build_machine(config, &Cpus::Interp, kernel, modules, log.header.cmdline.clone()) {
+        Ok(m) => m,
+        Err(e) => return fail(status::BAD_LOG, e),
+    };
+    let total = log.records.last().map(|r| r.icount()).unwrap_or(0);
+    let mut bar = progress::Progress::new(args.until.unwrap_or(total).min(total.max(1)));
+    let result = replay::replay(&mut machine, &log, args.until, &mut |i| bar.update(i));
+    bar.finish();
+    match result {
+        Ok(replay::Replayed::Identical { stop, checkpoints }) => {
+            eprintln!("xensim: replay identical: {checkpoints} checkpoints and the end ({stop:?}) match");
+            ExitCode::SUCCESS
+        }
+        Ok(replay::Replayed::Reached { icount, checkpoints }) => {
+            eprintln!("xensim: reached icount {icount}; {checkpoints} checkpoints matched");
+            ExitCode::SUCCESS
+        }
+        Ok(replay::Replayed::LogEnded { icount, checkpoints }) => {
+            eprintln!("xensim: log ends at icount {icount}; {checkpoints} checkpoints matched");
+            ExitCode::SUCCESS
+        }
+        Ok(replay::Replayed::Diverged(d)) => {
+            eprint!("{d}");
+            ExitCode::from(status::DIVERGED)
+        }
+        Err(e) => fail(status::INTERNAL, e),
+    }
+}
+
+fn inspect(args: InspectArgs) -> ExitCode {
+    let log = match replay::Log::read(&args.log) {
+        Ok(l) => l,
+        Err(e) => return fail(status::BAD_LOG, e),
+    };
+    let kind = match args.kind.as_deref().map(|k| (k, sim_core::door::InputKind::from_name(k))) {
+        Some((k, None)) => {
+            let names: Vec<&str> = sim_core::door::InputKind::ALL.iter().map(|k| k.name()).collect();
+            return fail(status::USER_ERROR, format_args!("--kind {k}: not one of {}", names.join(", ")));
+        }
+        Some((_, Some(k))) => Some(k),
+        None => None,
+    };
+    let h = &log.header;
+    println!("xensim log, format {}, written by xensim {}", replay::log::FORMAT_VERSION, h.xensim_version);
+    println!(
+        "machine: {} vCPU(s), {} MiB, quantum {}, {:?}, instruction limit {:?}",
+        h.config.cpus, h.config.memory_mib, h.config.quantum, h.config.vendor, h.config.max_instructions
+    );
+    println!("command line: {:?}", h.cmdline);
+    for i in &h.images {
+        println!("image: {} ({} bytes, BLAKE3 {})", i.name, i.len, sim_core::machine::snapshot::hex(&i.blake3, 32));
+    }
+    println!("checkpoint every {} instructions", h.checkpoint_every);
+    for r in &log.records {
+        let icount = r.icount();
+        if args.from.is_some_and(|f| icount < f) || args.to.is_some_and(|t| icount > t) {
+            continue;
+        }
+        let input_kind = match r {
+            replay::Record::Polled { input, .. } | replay::Record::Answered { input, .. } => Some(input.kind()),
+            _ => None,
+        };
+        if kind.is_some() && input_kind.is_some() && input_kind != kind {
+            continue;
+        }
+        println!("{}", replay::drive::describe(r));
+    }
+    if let Some(at) = log.torn_at {
+        println!("(log torn at byte {at}: a crashed recording)");
+    }
+    ExitCode::SUCCESS
 }

@@ -135,3 +135,45 @@ fn trace_hypercalls_logs_to_stderr_only() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&o.stdout), programs::demo_expected(), "stdout stays the guest's");
 }
+
+#[test]
+fn record_replay_and_inspect_a_run_with_serial_input() {
+    let dir = scratch("echo");
+    let kernel = dir.join("kernel");
+    std::fs::write(&kernel, programs::serial_echo().unwrap()).unwrap();
+    let input = dir.join("input");
+    std::fs::write(&input, b"hi there.").unwrap();
+    let log = dir.join("echo.log");
+    let _ = std::fs::remove_file(&log);
+    let (k, i, l) = (kernel.to_str().unwrap(), input.to_str().unwrap(), log.to_str().unwrap());
+    let rec = xensim(&[
+        "run",
+        "--kernel",
+        k,
+        "--memory",
+        "16",
+        "--serial-input",
+        i,
+        "--record",
+        l,
+        "--checkpoint-every",
+        "100000",
+    ]);
+    assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
+    assert_eq!(String::from_utf8_lossy(&rec.stdout), programs::serial_echo_expected(b"hi there."));
+    // The input file is gone: replay takes the bytes from the log.
+    std::fs::remove_file(&input).unwrap();
+    let rep = xensim(&["replay", l, "--verify"]);
+    assert_eq!(rep.status.code(), Some(0), "{}", stderr(&rep));
+    assert_eq!(rep.stdout, rec.stdout, "console output reproduced");
+    let ins = xensim(&["inspect", l, "--kind", "serial"]);
+    let text = String::from_utf8_lossy(&ins.stdout);
+    assert!(text.contains("input serial \"hi there.\"") || text.contains("input serial"), "{text}");
+    assert!(!text.contains("WallClock"), "filtered by kind: {text}");
+    // A changed kernel image is refused with one line naming it.
+    std::fs::write(&kernel, programs::demo().unwrap()).unwrap();
+    let bad = xensim(&["replay", l]);
+    assert_eq!(bad.status.code(), Some(16), "bad log");
+    assert!(stderr(&bad).contains("image differs from the one recorded"), "{}", stderr(&bad));
+    assert_eq!(stderr(&bad).trim_end().lines().count(), 1);
+}

@@ -25,6 +25,7 @@ use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
 use crate::devices::pci::{PciHost, CONFIG_ADDRESS, PCI_PORT_COUNT};
 use crate::devices::pic8259::Pic8259Pair;
 use crate::devices::uart16550::{Uart16550, COM1_BASE};
+use crate::door::{ClosedDoor, Door, DoorError, Input, Query, Stamp};
 use crate::irq::{source, GsiLines};
 use crate::layout::IOAPIC_BASE;
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
@@ -71,6 +72,9 @@ pub enum MachineError {
     Boot(#[from] BootError),
     #[error("vCPU {vcpu}: {source}")]
     Vcpu { vcpu: u32, source: VcpuError },
+    /// The door could not answer (on replay: the run left the log's path).
+    #[error("input at {at}: {source}")]
+    Door { at: Stamp, source: DoorError },
 }
 
 /// Why the machine stopped.
@@ -89,8 +93,9 @@ pub enum StopReason {
     GuestShutdown(ShutdownReason),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunState {
+/// What a vCPU is doing between rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RunState {
     Running,
     Halted,
     /// An application processor waiting for INIT-SIPI.
@@ -124,6 +129,10 @@ pub struct Machine {
     pic: Pic8259Pair,
     /// vCPUs sent an ExtINT message by the IOAPIC, owed an 8259 INTA.
     extint_pending: Vec<bool>,
+    /// Every outside value comes through here (see `door`).
+    door: Box<dyn Door>,
+    /// Wall-clock time at power-on (asked of the door before the first round).
+    wall_clock_ns: Option<u64>,
 }
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
@@ -142,6 +151,8 @@ macro_rules! platform_ctx {
         }
     };
 }
+
+pub mod snapshot;
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,6 +235,8 @@ impl Machine {
             ioapic: IoApic::new(ioapic_id, XEN_IOAPIC_PINS),
             pic: Pic8259Pair::new(),
             extint_pending,
+            door: Box::new(ClosedDoor),
+            wall_clock_ns: None,
         })
     }
 
@@ -267,9 +280,27 @@ impl Machine {
         self.vcpus[i].as_mut()
     }
 
-    /// Queue console input for the guest (read by the platform's console).
-    pub fn push_console_input(&mut self, bytes: &[u8]) {
-        self.console_input.extend(bytes);
+    /// Where outside values come from (a live source, a script, a replay
+    /// log); a closed door (no input, wall clock 0) by default.
+    pub fn set_door(&mut self, door: Box<dyn Door>) {
+        self.door = door;
+    }
+
+    /// Wall-clock time at power-on in nanoseconds since the Unix epoch, once
+    /// the machine has started running.
+    pub fn wall_clock_ns(&self) -> Option<u64> {
+        self.wall_clock_ns
+    }
+
+    /// The point the machine is at, as inputs are stamped.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { icount: self.retired, now_ns: self.now_ns, vcpu: 0 }
+    }
+
+    /// Ask the door for a value now (for backends: a KVM host-clock reading).
+    pub fn query_door(&mut self, q: Query) -> Result<Input, MachineError> {
+        let at = self.stamp();
+        self.door.query(at, q).map_err(|source| MachineError::Door { at, source })
     }
 
     pub fn uart_mut(&mut self) -> Option<&mut Uart16550> {
@@ -280,17 +311,29 @@ impl Machine {
     pub fn run(&mut self) -> Result<StopReason, MachineError> {
         loop {
             if let Some(stop) = self.run_round()? {
-                self.flush_console();
                 return Ok(stop);
             }
         }
     }
 
-    /// One scheduling round: every runnable vCPU runs up to the round's
-    /// length; then time advances and due timers fire.
-    fn run_round(&mut self) -> Result<Option<StopReason>, MachineError> {
-        // Input pushed into the UART since the last round may raise IRQ4.
+    /// One scheduling round: inputs from the door are delivered, every
+    /// runnable vCPU runs up to the round's length; then time advances and
+    /// due timers fire. Round boundaries are the deterministic points where
+    /// a recorder may take checkpoints; `run` is this in a loop.
+    pub fn run_round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let r = self.round();
+        // Output is on the console by the end of every round, however it ended.
+        self.flush_console();
+        r
+    }
+
+    fn round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let input_stop = self.take_inputs()?;
+        // Input delivered to the UART may raise IRQ4.
         self.sync_irqs();
+        if input_stop.is_some() {
+            return Ok(input_stop);
+        }
         let n = self.vcpus.len();
         let mut round = self.config.quantum.max(1);
         if let Some(deadline) = self.timers.next_deadline() {
@@ -803,6 +846,45 @@ impl Machine {
         stop
     }
 
+    /// Deliver what the door has for this round boundary; at power-on, ask
+    /// it for the wall clock first.
+    /// Returns the stop a platform asked for while taking an input.
+    fn take_inputs(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let at = self.stamp();
+        let mut stop = None;
+        if self.wall_clock_ns.is_none() {
+            let input = self.door.query(at, Query::WallClock).map_err(|source| MachineError::Door { at, source })?;
+            stop = stop.or(self.deliver(input));
+        }
+        let inputs = self.door.poll(at).map_err(|source| MachineError::Door { at, source })?;
+        for input in inputs {
+            stop = stop.or(self.deliver(input));
+        }
+        Ok(stop)
+    }
+
+    /// Hand one outside value to whatever models its source.
+    fn deliver(&mut self, input: Input) -> Option<StopReason> {
+        match &input {
+            Input::Serial(bytes) => {
+                if let Some(uart) = self.bus.port_device_mut::<Uart16550>(COM1_BASE) {
+                    uart.push_input(bytes);
+                }
+                return None;
+            }
+            Input::Console(bytes) => self.console_input.extend(bytes.iter().copied()),
+            Input::WallClock { epoch_ns } => self.wall_clock_ns = Some(*epoch_ns),
+            _ => {}
+        }
+        // The platform models the rest (xenstore clients, disks) and may
+        // want to see console input and the wall clock arrive.
+        let now = self.now_ns;
+        if let Some(p) = self.platform.as_mut() {
+            p.input(&mut platform_ctx!(self, now), &input);
+        }
+        self.apply_effects(None)
+    }
+
     fn flush_console(&mut self) {
         if self.console.is_empty() {
             return;
@@ -1034,7 +1116,8 @@ mod tests {
         let (mut m, log, _) =
             machine(vec![], MachineConfig { max_instructions: Some(2500), quantum: 1000, ..Default::default() });
         m.run().unwrap();
-        assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 1000, 2000]);
+        // Power-on sets every TSC to 0; then each slice starts at machine time.
+        assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 0, 1000, 2000]);
     }
 
     /// A platform that blocks the caller on every hypercall, wakes it with a
@@ -1339,6 +1422,105 @@ mod tests {
             o += l.max(2);
         }
         assert_eq!(ioapics, vec![(2, 0xfec0_0000)], "IOAPIC ID = vCPU count, at IOAPIC_BASE");
+    }
+
+    #[test]
+    fn serial_input_enters_through_the_door_at_a_round_boundary() {
+        use crate::door::{Input, ScriptDoor};
+        let script = vec![
+            step(1, VcpuExit::IoIn { port: 0x3fd, size: 1 }), // icount 1: LSR, nothing received
+            step(1500, VcpuExit::IoIn { port: 0x3fd, size: 1 }), // icount 1501: after the 1000 boundary
+            step(1, VcpuExit::IoIn { port: 0x3f8, size: 1 }),
+            step(1, VcpuExit::IoIn { port: 0x3f8, size: 1 }),
+            step(1, VcpuExit::Halt),
+        ];
+        let (mut m, log, _) = machine(script, MachineConfig { quantum: 1000, ..Default::default() });
+        m.set_door(Box::new(ScriptDoor::new(vec![(1000, Input::Serial(b"x".to_vec()))])));
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(m.wall_clock_ns(), Some(0), "the script door's wall clock is the epoch");
+        let c = &log.lock().unwrap().completions;
+        // LSR: THRE|TEMT always; DR once the byte is in (PC16550D LSR bits 0, 5, 6).
+        let lsr = crate::devices::uart16550::LSR_THRE | crate::devices::uart16550::LSR_TEMT;
+        assert_eq!(c[0], Completion::Data(lsr as u64));
+        assert_eq!(c[1], Completion::Data((lsr | crate::devices::uart16550::LSR_DR) as u64));
+        assert_eq!(c[2], Completion::Data(b'x' as u64));
+        assert_eq!(c[3], Completion::Data(0), "receiver empty again");
+    }
+
+    /// A platform that remembers the inputs the door gave it.
+    #[derive(Default)]
+    struct InputPlatform(Arc<Mutex<Vec<(crate::door::Input, usize)>>>);
+
+    impl Platform for InputPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            None
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            true
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+        fn input(&mut self, ctx: &mut PlatformCtx, input: &crate::door::Input) {
+            self.0.lock().unwrap().push((input.clone(), ctx.console_input.len()));
+            if matches!(input, crate::door::Input::XenstoreClient { connected: false, .. }) {
+                ctx.effects.push(PlatformEffect::Shutdown(ShutdownReason::Poweroff));
+            }
+        }
+    }
+
+    #[test]
+    fn platform_gets_wall_clock_console_and_xenstore_inputs() {
+        use crate::door::{Input, ScriptDoor};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut m = Machine::with_platform(
+            MachineConfig { quantum: 1000, ..Default::default() },
+            Some(Box::new(InputPlatform(seen.clone()))),
+            &mut |_, _, _| {
+                Ok(Box::new(ScriptVcpu {
+                    script: VecDeque::new(),
+                    retired: 0,
+                    if_set: false,
+                    gpr: [0; 16],
+                    window: false,
+                    log: Arc::new(Mutex::new(Log::default())),
+                }))
+            },
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        m.set_door(Box::new(ScriptDoor::new(vec![
+            (0, Input::Console(b"ls\n".to_vec())),
+            (2500, Input::XenstoreSocket { client: 1, bytes: vec![1, 2] }),
+            (2500, Input::XenstoreClient { client: 1, connected: false }),
+        ])));
+        assert_eq!(m.run().unwrap(), StopReason::GuestShutdown(ShutdownReason::Poweroff));
+        assert_eq!(m.retired_instructions(), 3000, "stopped at the boundary where the input arrived");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (Input::WallClock { epoch_ns: 0 }, 0),
+                (Input::Console(b"ls\n".to_vec()), 3), // already queued for the PV console
+                (Input::XenstoreSocket { client: 1, bytes: vec![1, 2] }, 3),
+                (Input::XenstoreClient { client: 1, connected: false }, 3),
+            ]
+        );
     }
 
     #[test]

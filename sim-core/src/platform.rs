@@ -102,4 +102,31 @@ pub trait Platform: Send {
     /// lines that depend on guest memory (e.g. deassert the callback GSI
     /// once upcall_pending is seen clear).
     fn sync(&mut self, ctx: &mut PlatformCtx);
+
+    /// A value from outside arrived through the machine's door (xenstore
+    /// socket traffic, disk completions, the wall clock at power-on, console
+    /// input after it was queued on `ctx.console_input`). Called at round
+    /// boundaries only.
+    fn input(&mut self, ctx: &mut PlatformCtx, input: &crate::door::Input) {
+        let _ = (ctx, input);
+    }
+
+    /// The platform's whole state (every sub-model, the xenstore tree) for
+    /// snapshots and state hashes. A platform with state must override this
+    /// and `restore`; the defaults describe a stateless one.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Take back what `save` produced. Overlay pages the platform owns are
+    /// its to re-create and map again through `ctx.mem`; the machine restores
+    /// their contents afterwards.
+    fn restore(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
+        let _ = ctx;
+        if data.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} bytes of platform state for a platform that keeps none", data.len()))
+        }
+    }
 }
