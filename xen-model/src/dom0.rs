@@ -3,26 +3,21 @@
 //! tools, and the primary console ring.
 //!
 //! Everything runs inside the machine's platform hooks: the rings are served in `sync`
-//! after the guest signals (every guest notification is a hypercall exit), and host input
-//! (socket clients, console input from a reader thread) is gathered on a periodic platform
-//! timer, i.e. at deterministic points in virtual time. [`HostIo::poll`] is the one place
-//! where such input enters, as [`HostInput`] values, before it is applied.
+//! after the guest signals (every guest notification is a hypercall exit); socket clients'
+//! traffic and console input arrive through the machine's door (`Platform::input`, at round
+//! boundaries). Only output leaves directly: to the console, and to a [`XenstoreSink`].
 
-use std::io;
-use std::path::Path;
-use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use sim_core::door::Input;
 use sim_core::platform::PlatformCtx;
 use sim_core::OverlayPage;
 
-use crate::platform::{timer, Ring, XenConfig, XenPlatform};
+use crate::platform::{Ring, XenConfig, XenPlatform};
 use crate::pv_console;
 use crate::xenstore::ring::RingServer;
-use crate::xenstore::socket::{SocketInput, SocketTransport};
-use crate::xenstore::{GuestSpec, Store};
-use crate::GUEST_DOMID;
+use crate::xenstore::{ConnId, GuestSpec, PacketAssembler, Store};
+use crate::{DOM0, GUEST_DOMID};
 
 /// Xen's HVM special-page region (X86_HVM_END_SPECIAL_REGION 0xff000, 8 pages below it):
 /// in the MMIO hole below 4 GiB whatever the RAM size, never RAM. Reserved in the memory
@@ -35,8 +30,6 @@ pub const CONSOLE_PFN: u64 = 0xfefff;
 /// The toolstack allocates the xenstore port first, then the console's.
 pub const XENSTORE_PORT: u32 = 1;
 pub const CONSOLE_PORT: u32 = 2;
-/// How often host input is gathered, in virtual ns.
-pub const HOST_POLL_NS: u64 = 100_000;
 
 impl XenConfig {
     /// The toolstack's rings: xenstore and the primary console at their special frames.
@@ -47,56 +40,18 @@ impl XenConfig {
     }
 }
 
-/// Something from outside the simulation for the backends: what the nondeterminism door
-/// must record and replay.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HostInput {
-    /// Bytes for the guest's console (the simulator's stdin).
-    Console(Vec<u8>),
-    /// A xenstore socket client connected, sent a request, or went away.
-    Xenstore(SocketInput),
+/// Where replies and watch events for xenstore socket clients go: the live socket, or
+/// nowhere on replay (the store's state is the same either way).
+pub trait XenstoreSink: Send {
+    fn send(&mut self, client: u32, bytes: &[u8]);
+    /// The client broke the protocol: hang up on it.
+    fn hang_up(&mut self, client: u32);
 }
 
-/// The host side: the xenstore socket and the console-input channel.
-#[derive(Default)]
-pub struct HostIo {
-    socket: Option<SocketTransport>,
-    console: Option<Receiver<Vec<u8>>>,
-}
-
-impl HostIo {
-    /// Whether anything can still deliver input.
-    pub fn is_live(&self) -> bool {
-        self.socket.is_some() || self.console.is_some()
-    }
-
-    /// Gathers what arrived, without waiting. Console EOF closes the channel; a socket
-    /// error stops serving the socket (logged).
-    pub fn poll(&mut self) -> Vec<HostInput> {
-        let mut inputs = Vec::new();
-        if let Some(rx) = &self.console {
-            loop {
-                match rx.try_recv() {
-                    Ok(bytes) => inputs.push(HostInput::Console(bytes)),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.console = None;
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(s) = &mut self.socket {
-            match s.poll_inputs(Some(Duration::ZERO)) {
-                Ok(v) => inputs.extend(v.into_iter().map(HostInput::Xenstore)),
-                Err(e) => {
-                    tracing::error!(error = %e, "xenstore socket failed; no longer serving it");
-                    self.socket = None;
-                }
-            }
-        }
-        inputs
-    }
+/// A socket client as the store sees it: its connection and its partial packet.
+struct SocketClient {
+    conn: ConnId,
+    asm: PacketAssembler,
 }
 
 /// One backend ring: its page (mapped at `pfn` while attached) and dom0's port.
@@ -111,7 +66,9 @@ pub struct Dom0 {
     store: Store,
     xs: Option<(RingPage, RingServer)>,
     console: Option<RingPage>,
-    host: HostIo,
+    /// Socket clients by the door's client number.
+    clients: BTreeMap<u32, SocketClient>,
+    sink: Option<Box<dyn XenstoreSink>>,
     /// The initial tree is written and the pages mapped (at the first platform call).
     attached: bool,
     resets_seen: u32,
@@ -119,7 +76,15 @@ pub struct Dom0 {
 
 impl Dom0 {
     pub fn new() -> Self {
-        Dom0 { store: Store::new(), xs: None, console: None, host: HostIo::default(), attached: false, resets_seen: 0 }
+        Dom0 {
+            store: Store::new(),
+            xs: None,
+            console: None,
+            clients: BTreeMap::new(),
+            sink: None,
+            attached: false,
+            resets_seen: 0,
+        }
     }
 }
 
@@ -130,17 +95,9 @@ impl Default for Dom0 {
 }
 
 impl XenPlatform {
-    /// Serve the store on a Unix socket at `path` (mode 0600) while the guest runs.
-    /// Clients are dom0; watch events from guest writes reach them.
-    pub fn serve_xenstore_socket(&mut self, path: &Path) -> io::Result<()> {
-        self.dom0.host.socket = Some(SocketTransport::bind(path)?);
-        Ok(())
-    }
-
-    /// Console input arrives on `rx` (e.g. from a thread reading stdin); the channel
-    /// closing is EOF.
-    pub fn set_console_input(&mut self, rx: Receiver<Vec<u8>>) {
-        self.dom0.host.console = Some(rx);
+    /// Where socket clients' replies go (the live socket; see `xenstore::socket_door`).
+    pub fn set_xenstore_sink(&mut self, sink: Box<dyn XenstoreSink>) {
+        self.dom0.sink = Some(sink);
     }
 
     /// The store (inspection, snapshots).
@@ -184,9 +141,6 @@ impl XenPlatform {
             self.dom0.console = Some(rp);
         }
         self.bind_backend_ports();
-        if self.dom0.host.is_live() {
-            ctx.timers.schedule(timer::key(timer::HOST_POLL, 0), ctx.now_ns.saturating_add(HOST_POLL_NS));
-        }
     }
 
     fn bind_backend_ports(&mut self) {
@@ -240,9 +194,18 @@ impl XenPlatform {
             let _ = self.backend_notify(ctx.mem, port);
         }
         // A guest write may have fired socket clients' watches.
-        if let Some(s) = &mut self.dom0.host.socket {
-            for closed in s.flush(&mut self.dom0.store) {
-                tracing::debug!(input = ?closed, "xenstore socket client gone");
+        self.flush_socket_clients();
+    }
+
+    /// Moves socket clients' replies and events out of the store, to the sink if any.
+    fn flush_socket_clients(&mut self) {
+        for (&client, c) in &self.dom0.clients {
+            let mut bytes = Vec::new();
+            while let Some(p) = self.dom0.store.pop_output(c.conn) {
+                p.encode_into(&mut bytes);
+            }
+            if let (false, Some(sink)) = (bytes.is_empty(), self.dom0.sink.as_mut()) {
+                sink.send(client, &bytes);
             }
         }
     }
@@ -255,31 +218,54 @@ impl XenPlatform {
         }
     }
 
-    /// The host-input timer: gather, apply, serve, and go on while input can still come.
-    pub(crate) fn host_poll(&mut self, ctx: &mut PlatformCtx) {
-        let inputs = self.dom0.host.poll();
-        for input in &inputs {
-            self.apply_host_input(ctx, input);
+    /// A value from the door: socket clients' traffic for the store, console input
+    /// (already queued on `ctx.console_input`) for the console ring.
+    pub(crate) fn host_input(&mut self, ctx: &mut PlatformCtx, input: &Input) {
+        if !self.dom0.attached {
+            self.attach_backends(ctx);
+        }
+        match input {
+            Input::XenstoreClient { client, connected: true } => {
+                let conn = self.dom0.store.connect(DOM0);
+                if let Some(old) = self.dom0.clients.insert(*client, SocketClient { conn, asm: PacketAssembler::new() })
+                {
+                    self.dom0.store.disconnect(old.conn);
+                }
+            }
+            Input::XenstoreClient { client, connected: false } => {
+                if let Some(c) = self.dom0.clients.remove(client) {
+                    self.dom0.store.disconnect(c.conn);
+                }
+            }
+            Input::XenstoreSocket { client, bytes } => self.socket_bytes(*client, bytes),
+            Input::Console(_) => self.service_console(ctx),
+            _ => return,
         }
         self.service_xenstore(ctx);
-        if self.dom0.console.is_some() && !ctx.console_input.is_empty() {
-            self.service_console(ctx);
-        }
-        if self.dom0.host.is_live() {
-            ctx.timers.schedule(timer::key(timer::HOST_POLL, 0), ctx.now_ns.saturating_add(HOST_POLL_NS));
-        }
+        self.flush_upcalls(ctx);
     }
 
-    /// Applies one host input (recorded live, or fed back by a replayer).
-    pub fn apply_host_input(&mut self, ctx: &mut PlatformCtx, input: &HostInput) {
-        match input {
-            HostInput::Console(bytes) => ctx.console_input.extend(bytes.iter().copied()),
-            HostInput::Xenstore(i) => match &mut self.dom0.host.socket {
-                Some(s) => {
-                    s.apply(&mut self.dom0.store, i);
+    fn socket_bytes(&mut self, client: u32, bytes: &[u8]) {
+        let Some(c) = self.dom0.clients.get_mut(&client) else {
+            tracing::warn!(client, "xenstore bytes from a client that is not connected: dropped");
+            return;
+        };
+        match c.asm.push(bytes) {
+            Ok(packets) => {
+                for p in packets {
+                    self.dom0.store.handle(c.conn, &p);
                 }
-                None => tracing::warn!(input = ?i, "xenstore socket input with no socket: dropped"),
-            },
+            }
+            Err(e) => {
+                // Garbage: the client goes, the guest and other clients carry on.
+                tracing::warn!(client, error = %e, "xenstore socket client dropped");
+                let conn = c.conn;
+                self.dom0.clients.remove(&client);
+                self.dom0.store.disconnect(conn);
+                if let Some(sink) = self.dom0.sink.as_mut() {
+                    sink.hang_up(client);
+                }
+            }
         }
     }
 }

@@ -115,8 +115,6 @@ pub(crate) mod timer {
     pub const SINGLESHOT: u64 = 1;
     pub const PERIODIC: u64 = 2;
     pub const POLL: u64 = 3;
-    /// dom0's host-input poll (`dom0::HOST_POLL_NS`), keyed on vCPU 0.
-    pub const HOST_POLL: u64 = 4;
     pub fn key(kind: u64, vcpu: u32) -> sim_core::platform::TimerKey {
         sim_core::platform::TimerKey::Platform(kind << 32 | vcpu as u64)
     }
@@ -506,10 +504,7 @@ impl Platform for XenPlatform {
                     self.unblock(ctx, v);
                 }
             }
-            timer::HOST_POLL => {
-                self.host_poll(ctx);
-                self.flush_upcalls(ctx);
-            }
+
             _ => {}
         }
     }
@@ -542,6 +537,10 @@ impl Platform for XenPlatform {
             return true;
         }
         false
+    }
+
+    fn input(&mut self, ctx: &mut PlatformCtx, input: &sim_core::door::Input) {
+        self.host_input(ctx, input);
     }
 
     fn sync(&mut self, ctx: &mut PlatformCtx) {

@@ -869,3 +869,70 @@ fn soft_reset_rebinds_fresh_ports_and_restarts_the_xenstore_ring() {
     assert!(r.p.xenstore().connection(conn).unwrap().watches.is_empty(), "watches dropped");
     assert_eq!(r.mem.backing(XS), sim_core::memory::Backing::Overlay, "ring page still mapped");
 }
+
+/// Collects what the platform sends socket clients.
+#[derive(Clone, Default)]
+struct SinkLog(std::sync::Arc<std::sync::Mutex<Vec<(u32, Vec<u8>)>>>);
+
+impl crate::dom0::XenstoreSink for SinkLog {
+    fn send(&mut self, client: u32, bytes: &[u8]) {
+        self.0.lock().unwrap().push((client, bytes.to_vec()));
+    }
+    fn hang_up(&mut self, client: u32) {
+        self.0.lock().unwrap().push((client, b"HANGUP".to_vec()));
+    }
+}
+
+fn wire(ty: u32, req_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    for w in [ty, req_id, 0, payload.len() as u32] {
+        m.extend_from_slice(&w.to_le_bytes());
+    }
+    m.extend_from_slice(payload);
+    m
+}
+
+#[test]
+fn socket_clients_from_the_door_reach_the_store_and_see_guest_writes() {
+    use sim_core::door::Input;
+    let mut r = pv_rig();
+    let sink = SinkLog::default();
+    r.p.set_xenstore_sink(Box::new(sink.clone()));
+    r.p.input(ctx!(r), &Input::XenstoreClient { client: 7, connected: true });
+    // A watch on the guest's data/ directory, sent in two pieces.
+    let w = wire(4, 1, b"/local/domain/1/data\0t\0");
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: w[..5].to_vec() });
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: w[5..].to_vec() });
+    let mut want = wire(4, 1, b"OK\0");
+    want.extend(wire(15, 0, b"/local/domain/1/data\0t\0"));
+    assert_eq!(sink.0.lock().unwrap().concat_for(7), want);
+    // The guest writes data/x over its ring: the client sees the event.
+    guest_xs_request(&mut r, 11, 2, b"data/x\0v");
+    r.sync();
+    assert_eq!(sink.0.lock().unwrap().concat_for(7)[want.len()..], wire(15, 0, b"/local/domain/1/data/x\0t\0"));
+    // The client writes a node; the guest reads it.
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: wire(11, 3, b"/local/domain/1/data/y\0from-dom0") });
+    guest_xs_replies(&mut r);
+    guest_xs_request(&mut r, 2, 4, b"data/y\0");
+    r.sync();
+    let replies = guest_xs_replies(&mut r);
+    assert_eq!(&replies[16..], b"from-dom0");
+    // Garbage (length 5000) drops that client only.
+    let mut bad = wire(2, 5, b"");
+    bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: bad });
+    assert_eq!(sink.0.lock().unwrap().last().unwrap(), &(7, b"HANGUP".to_vec()));
+    guest_xs_request(&mut r, 2, 6, b"domid\0");
+    r.sync();
+    assert_eq!(&guest_xs_replies(&mut r)[16..], b"1");
+}
+
+trait ConcatFor {
+    fn concat_for(&self, client: u32) -> Vec<u8>;
+}
+
+impl ConcatFor for Vec<(u32, Vec<u8>)> {
+    fn concat_for(&self, client: u32) -> Vec<u8> {
+        self.iter().filter(|(c, _)| *c == client).flat_map(|(_, b)| b.clone()).collect()
+    }
+}

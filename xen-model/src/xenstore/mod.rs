@@ -16,6 +16,7 @@ pub mod perms;
 pub mod quota;
 pub mod ring;
 pub mod socket;
+pub mod socket_door;
 pub mod store;
 pub mod transaction;
 pub mod tree;
