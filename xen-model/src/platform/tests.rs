@@ -872,7 +872,10 @@ fn soft_reset_rebinds_fresh_ports_and_restarts_the_xenstore_ring() {
 
 /// Collects what the platform sends socket clients.
 #[derive(Clone, Default)]
-struct SinkLog(std::sync::Arc<std::sync::Mutex<Vec<(u32, Vec<u8>)>>>);
+struct SinkLog(std::sync::Arc<std::sync::Mutex<Sent>>);
+
+/// (client, bytes) in the order sent.
+type Sent = Vec<(u32, Vec<u8>)>;
 
 impl crate::dom0::XenstoreSink for SinkLog {
     fn send(&mut self, client: u32, bytes: &[u8]) {
@@ -931,7 +934,7 @@ trait ConcatFor {
     fn concat_for(&self, client: u32) -> Vec<u8>;
 }
 
-impl ConcatFor for Vec<(u32, Vec<u8>)> {
+impl ConcatFor for Sent {
     fn concat_for(&self, client: u32) -> Vec<u8> {
         self.iter().filter(|(c, _)| *c == client).flat_map(|(_, b)| b.clone()).collect()
     }
