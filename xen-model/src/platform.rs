@@ -150,6 +150,8 @@ pub struct XenPlatform {
     pub(crate) pending_start: BTreeMap<u32, Box<sim_core::ArchState>>,
     /// The effect the current hypercall asks of the machine.
     pub(crate) effect: PlatformEffect,
+    /// dom0's backends: xenstore (ring and socket) and the primary console.
+    pub(crate) dom0: crate::dom0::Dom0,
 }
 
 impl XenPlatform {
@@ -179,6 +181,7 @@ impl XenPlatform {
             soft_resets: 0,
             pending_start: BTreeMap::new(),
             effect: PlatformEffect::None,
+            dom0: crate::dom0::Dom0::new(),
         };
         p.reset_domain_state();
         p
@@ -504,6 +507,7 @@ impl Platform for XenPlatform {
                     self.unblock(ctx, v);
                 }
             }
+
             _ => {}
         }
     }
@@ -538,7 +542,12 @@ impl Platform for XenPlatform {
         false
     }
 
+    fn input(&mut self, ctx: &mut PlatformCtx, input: &sim_core::door::Input) {
+        self.host_input(ctx, input);
+    }
+
     fn sync(&mut self, ctx: &mut PlatformCtx) {
+        self.service_backends(ctx);
         self.sync_pirqs(ctx);
         self.flush_upcalls(ctx);
         // hvm_maybe_deassert_evtchn_irq: drop the callback line once vCPU
