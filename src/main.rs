@@ -279,7 +279,7 @@ fn build_machine(
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
     let mut machine = cpus.machine_with(config, sink)?;
-    let boot = BootConfig { kernel, modules, cmdline, rsdp: 0 };
+    let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
     Ok(machine)

@@ -75,6 +75,9 @@ fn kernel_modules_and_command_line_reach_the_guest() {
         ],
         cmdline: "console=hvc0 x=1".into(),
         rsdp: sim_core::layout::ACPI_TABLES_BASE,
+        // `xensim run` attaches the Xen platform: its special pages (the
+        // xenstore and console rings) are reserved in the map.
+        reserved: vec![xen_model::dom0::SPECIAL_REGION],
     };
     let kernel_end = sim_core::boot::load(&mem, &cfg).unwrap().kernel_end;
     let expected = programs::pvh64_start_info_expected(&programs::PvhInputs::xensim(&mem, &cfg, kernel_end));

@@ -257,6 +257,9 @@ impl Machine {
     /// Load a kernel (PVH or Multiboot) and point the boot vCPU at it.
     pub fn boot(&mut self, mut cfg: BootConfig) -> Result<BootInfo, MachineError> {
         cfg.rsdp = self.rsdp;
+        if let Some(p) = self.platform.as_ref() {
+            cfg.reserved.extend(p.reserved_ranges());
+        }
         let info = boot::load(&self.mem, &cfg)?;
         self.vcpus[0].set_state(&info.entry);
         Ok(info)

@@ -22,6 +22,7 @@ fn run_xen(kernel: Vec<u8>) -> (StopReason, String) {
         modules: Vec::new(),
         cmdline: String::new(),
         rsdp: 0,
+        reserved: Vec::new(),
     })
     .expect("boot");
     let stop = m.run().expect("run");

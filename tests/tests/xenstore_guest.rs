@@ -22,6 +22,7 @@ fn machine(platform: XenPlatform) -> (Machine, Capture) {
         modules: Vec::new(),
         cmdline: String::new(),
         rsdp: 0,
+        reserved: Vec::new(),
     })
     .expect("boot");
     (m, cap)

@@ -453,6 +453,15 @@ impl XenPlatform {
 }
 
 impl Platform for XenPlatform {
+    fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        // The toolstack's special pages (xenstore and console rings).
+        if self.cfg.store.is_some() || self.cfg.console.is_some() {
+            vec![crate::dom0::SPECIAL_REGION]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn configure_cpuid(&mut self, cpuid: &mut CpuidTable, vcpus: u32) {
         self.vendor = cpuid.vendor();
         if vcpus.max(1) != self.nr_vcpus {
