@@ -13,6 +13,7 @@ mod copy;
 mod entry;
 mod ops;
 mod pin;
+mod snapshot;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,7 @@ use abi::{grant_to_status_frames, gtf, INITIAL_NR_GRANT_FRAMES, RESERVED_CONSOLE
 use backend::Mapping;
 pub use backend::{GrantError, MapHandle};
 use pin::Active;
+pub use snapshot::GrantTableState;
 
 /// The guest's grant table.
 #[derive(Debug)]
