@@ -17,6 +17,7 @@ pub mod platform;
 pub mod sched;
 pub mod shared_info;
 pub mod time;
+pub mod trace;
 pub mod vcpu_op;
 pub mod version;
 

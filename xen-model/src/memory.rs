@@ -40,7 +40,6 @@ impl XenPlatform {
                 } else {
                     (g.read_u64(arg + 8)?, g.read_u64(arg + 16)?)
                 };
-                self.latch_compat(a.compat);
                 self.add_to_physmap(ctx, space, idx, gpfn)?;
                 Ok(0)
             }
@@ -60,7 +59,6 @@ impl XenPlatform {
                 if space == space::GMFN_RANGE {
                     return Err(Errno(EINVAL));
                 }
-                self.latch_compat(a.compat);
                 let w = a.ulong_size();
                 for i in 0..size as u64 {
                     let (idx, gpfn) = {
