@@ -72,3 +72,10 @@ fn the_same_through_the_hypercall_page_on_kvm() {
     assert_eq!(out, xen::XEN_EVENTS_EXPECTED);
     assert_eq!(stop, StopReason::DebugExit(1));
 }
+
+#[test]
+fn upcalls_through_a_gsi_and_the_platform_devices_pci_intx() {
+    let (stop, out) = run_xen(xen::xen_gsi_upcalls().unwrap());
+    assert_eq!(out, xen::XEN_GSI_EXPECTED);
+    assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
+}
