@@ -374,9 +374,14 @@ impl Machine {
         }
 
         if any_ran {
-            self.now_ns += round * clock::NS_PER_INSN;
-            // Backends that cannot count instructions (KVM) run their TSC
-            // with the host: machine time follows the furthest vCPU's TSC.
+            // Instruction-counting backends ran the whole round. Backends
+            // that cannot count (KVM) may have stopped early (HLT, an
+            // exit) and run their TSC with the host: machine time follows
+            // the furthest vCPU's TSC only, or a timer would fire before
+            // the guest's own TSC reached its deadline.
+            if self.vcpus.iter().all(|v| v.retired_instructions().is_some()) {
+                self.now_ns += round * clock::NS_PER_INSN;
+            }
             // TODO(issue 5): these readings must go through the door.
             for v in self.vcpus.iter().filter(|v| v.retired_instructions().is_none()) {
                 self.now_ns = self.now_ns.max(clock::tsc_to_ns(v.tsc()));
@@ -392,6 +397,7 @@ impl Machine {
                             v.set_tsc(clock::ns_to_tsc(self.now_ns));
                         }
                     }
+                    self.wait_for_tscs(clock::ns_to_tsc(self.now_ns));
                 }
                 None => return Ok(Some(StopReason::Halted)),
             }
@@ -399,6 +405,28 @@ impl Machine {
         let stop = self.fire_timers();
         self.flush_console();
         Ok(stop)
+    }
+
+    /// Some KVM hosts ignore writes to the guest TSC (it stays the host's):
+    /// a skip cannot jump it, so wait on the host until every such vCPU's
+    /// TSC has reached `tsc`, or timers would fire before the guest's own
+    /// TSC says their deadline has come. Returns at once on backends that
+    /// honoured `set_tsc` and on instruction-counting ones.
+    fn wait_for_tscs(&self, tsc: u64) {
+        loop {
+            let behind = self
+                .vcpus
+                .iter()
+                .filter(|v| v.retired_instructions().is_none())
+                .map(|v| tsc.saturating_sub(v.tsc()))
+                .max()
+                .unwrap_or(0);
+            if behind == 0 {
+                return;
+            }
+            // At most 1 ms at a time: the host TSC rate is not known here.
+            std::thread::sleep(std::time::Duration::from_nanos(clock::tsc_to_ns(behind).min(1_000_000)));
+        }
     }
 
     /// Run vCPU `i` for up to `budget` instructions, handling its exits.
@@ -418,7 +446,13 @@ impl Machine {
             let ran = self.vcpus[i].retired_instructions().unwrap_or(0) - before;
             left = left.saturating_sub(ran);
             self.retired += ran;
-            let now = start + (budget - left) * clock::NS_PER_INSN;
+            let mut now = start + (budget - left) * clock::NS_PER_INSN;
+            if self.vcpus[i].retired_instructions().is_none() {
+                // KVM: the guest's TSC has moved on with the host since the
+                // slice began; a device programmed now (a LAPIC timer)
+                // must count from the guest's present, not the slice start.
+                now = now.max(clock::tsc_to_ns(self.vcpus[i].tsc()));
+            }
             let mut end_slice = false;
             match exit {
                 VcpuExit::BudgetExhausted => break,
