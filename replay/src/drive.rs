@@ -53,6 +53,12 @@ impl Door for RecordingDoor {
         }
         Ok(input)
     }
+    fn live(&self, at: Stamp) -> bool {
+        self.inner.live(at)
+    }
+    fn wait(&mut self) {
+        self.inner.wait()
+    }
 }
 
 /// Run `machine` to its end with inputs from `source`, logging them and
@@ -169,6 +175,12 @@ impl Door for ReplayDoor {
             Some(r) => Err(DoorError(format!("the machine asked for {q:?}, the log has {} next", describe(r)))),
             None => Err(DoorError(format!("the machine asked for {q:?}, the log has no more inputs"))),
         }
+    }
+
+    /// The recorded machine waited here for input: the log holds input
+    /// stamped with this very moment.
+    fn live(&self, at: Stamp) -> bool {
+        matches!(self.inputs.front(), Some(Record::Polled { at: logged, .. }) if *logged == at)
     }
 }
 
