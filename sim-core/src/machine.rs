@@ -131,6 +131,9 @@ pub struct Machine {
     extint_pending: Vec<bool>,
     /// Every outside value comes through here (see `door`).
     door: Box<dyn Door>,
+    /// RAM hashes by 2 MiB region from the last state digest; regions with
+    /// pages written since are hashed again (empty: hash everything).
+    ram_hashes: std::sync::Mutex<Vec<(u64, snapshot::Hash)>>,
     /// Wall-clock time at power-on (asked of the door before the first round).
     wall_clock_ns: Option<u64>,
 }
@@ -236,6 +239,7 @@ impl Machine {
             pic: Pic8259Pair::new(),
             extint_pending,
             door: Box::new(ClosedDoor),
+            ram_hashes: std::sync::Mutex::new(Vec::new()),
             wall_clock_ns: None,
         })
     }

@@ -263,8 +263,16 @@ impl GuestMemory {
     /// RAM frames written since the last call, ascending, and a clear
     /// bitmap. Bumps `dirty_epoch`.
     pub fn take_dirty(&mut self) -> Vec<u64> {
-        self.dirty.epoch += 1;
+        self.dirty.epoch.fetch_add(1, Ordering::Relaxed);
         self.dirty.take()
+    }
+
+    /// RAM frames written since the last call (the state hash's own record,
+    /// independent of `take_dirty`'s), ascending, and a clear plane. Bumps
+    /// `dirty_epoch` so host-pointer writers mark pages again.
+    pub fn take_hash_dirty(&self) -> Vec<u64> {
+        self.dirty.epoch.fetch_add(1, Ordering::Relaxed);
+        DirtyBitmap::collect_plane(&self.dirty.ranges, &self.dirty.hash_words, true)
     }
 
     /// RAM frames written since the last `take_dirty`, without clearing.
@@ -276,7 +284,7 @@ impl GuestMemory {
     /// caches a writable host pointer must drop those pointers when this
     /// changes, so the next store through them marks the page again.
     pub fn dirty_epoch(&self) -> u64 {
-        self.dirty.epoch
+        self.dirty.epoch.load(Ordering::Relaxed)
     }
 
     fn for_each_page(
@@ -351,8 +359,12 @@ impl GuestMemory {
 struct DirtyBitmap {
     /// (first gpa, pages, index of its first bit)
     ranges: Vec<(u64, u64, u64)>,
+    /// Written since the last snapshot (`take_dirty`).
     words: Vec<AtomicU64>,
-    epoch: u64,
+    /// Written since the last state hash (`take_hash_dirty`): a second
+    /// consumer with its own plane, so neither steals the other's bits.
+    hash_words: Vec<AtomicU64>,
+    epoch: AtomicU64,
 }
 
 impl DirtyBitmap {
@@ -364,8 +376,8 @@ impl DirtyBitmap {
             ranges.push((start, pages, bits));
             bits += pages;
         }
-        let words = (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-        DirtyBitmap { ranges, words, epoch: 0 }
+        let plane = || (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        DirtyBitmap { ranges, words: plane(), hash_words: plane(), epoch: AtomicU64::new(0) }
     }
 
     fn bit(&self, gpa: u64) -> Option<u64> {
@@ -383,16 +395,23 @@ impl DirtyBitmap {
                 // writers (this thread's vCPUs) are done.
                 w.fetch_or(1 << (b % 64), Ordering::Relaxed);
             }
+            if let Some(w) = self.hash_words.get((b / 64) as usize) {
+                w.fetch_or(1 << (b % 64), Ordering::Relaxed);
+            }
         }
     }
 
     fn collect(&self, clear: bool) -> Vec<u64> {
+        Self::collect_plane(&self.ranges, &self.words, clear)
+    }
+
+    fn collect_plane(ranges: &[(u64, u64, u64)], words: &[AtomicU64], clear: bool) -> Vec<u64> {
         let mut out = Vec::new();
-        for &(start, pages, first) in &self.ranges {
+        for &(start, pages, first) in ranges {
             let mut i = 0;
             while i < pages {
                 let b = first + i;
-                let Some(w) = self.words.get((b / 64) as usize) else { break };
+                let Some(w) = words.get((b / 64) as usize) else { break };
                 let v = w.load(Ordering::Relaxed) >> (b % 64);
                 if v == 0 {
                     // The rest of this word is clean.
@@ -408,7 +427,7 @@ impl DirtyBitmap {
             }
         }
         if clear {
-            for w in &self.words {
+            for w in words {
                 w.store(0, Ordering::Relaxed);
             }
         }
