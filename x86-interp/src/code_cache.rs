@@ -16,20 +16,24 @@ use sim_core::memory::GuestMemory;
 
 use crate::fault::R;
 use crate::interp::Interpreter;
+use crate::predecode::Pre;
 
 /// Executes one decoded instruction (chosen once, at decode time).
-pub type Handler = fn(&mut Interpreter, &GuestMemory, &Instruction) -> R<()>;
+pub type Handler = fn(&mut Interpreter, &GuestMemory, &Cached) -> R<()>;
 
 /// A decoded instruction and its handler.
 #[derive(Clone, Copy)]
 pub struct Cached {
     pub ins: Instruction,
     pub run: Handler,
+    pub pre: Pre,
 }
 
 impl Cached {
-    pub fn new(ins: Instruction) -> Cached {
-        Cached { run: crate::dispatch::handler(&ins), ins }
+    /// `ins` decoded at `bitness` (16, 32 or 64).
+    pub fn new(ins: Instruction, bitness: u32) -> Cached {
+        let pre = Pre::new(&ins, bitness);
+        Cached { run: crate::dispatch::handler(&ins, &pre), ins, pre }
     }
 }
 
@@ -92,7 +96,7 @@ impl CodePage {
         if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
             return Decoded::CrossesPage;
         }
-        let c = Cached::new(ins);
+        let c = Cached::new(ins, self.bitness);
         self.insns.push(c);
         if let Some(slot) = self.index.get_mut(off) {
             *slot = self.insns.len() as u16;

@@ -120,7 +120,7 @@ impl Interpreter {
             cpl: 0,
             next_rip: 0,
             run_target: 0,
-            l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])),
+            l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])),
             l0_gen: 1,
         };
         i.refresh_mode();
@@ -303,7 +303,7 @@ impl Interpreter {
                 let next_page = if self.long64 { next_page } else { next_page & 0xffff_ffff };
                 self.fetch_bytes(m, next_page, &mut buf[n..])?;
                 let mut dec = Decoder::with_ip(self.bits, &buf, off as u64, DecoderOptions::NONE);
-                Ok((Cached::new(dec.decode()), false))
+                Ok((Cached::new(dec.decode(), self.bits), false))
             }
         }
     }
@@ -328,14 +328,13 @@ impl Interpreter {
                 &uncached
             }
         };
-        let ins = &c.ins;
-        let len = ins.len() as u64;
+        let len = c.pre.len as u64;
         let next = self.s.rip.wrapping_add(len);
         self.next_rip = next & self.ip_mask;
         if self.s.rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
             return Err(gp0());
         }
-        (c.run)(self, m, ins)?;
+        (c.run)(self, m, c)?;
         self.s.rip = self.next_rip;
         Ok(())
     }
@@ -475,7 +474,7 @@ impl Vcpu for Interpreter {
         self.code.new_epoch();
         self.forget_fetch();
         let mut l0 = self.l0.take().unwrap_or_else(|| {
-            Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])
+            Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])
         });
         let exit = self.run_loop(mem, budget, &mut l0);
         self.l0 = Some(l0);
