@@ -27,13 +27,19 @@ pub struct Cached {
     pub ins: Instruction,
     pub run: Handler,
     pub pre: Pre,
+    /// The handler is one of `fast`'s: the run loop may run it back to back
+    /// with other simple instructions without the per-boundary checks.
+    pub simple: bool,
 }
 
 impl Cached {
     /// `ins` decoded at `bitness` (16, 32 or 64).
     pub fn new(ins: Instruction, bitness: u32) -> Cached {
         let pre = Pre::new(&ins, bitness);
-        Cached { run: crate::dispatch::handler(&ins, &pre), ins, pre }
+        match crate::fast::select(&ins, &pre) {
+            Some(run) => Cached { run, ins, pre, simple: true },
+            None => Cached { run: crate::dispatch::handler(&ins), ins, pre, simple: false },
+        }
     }
 }
 

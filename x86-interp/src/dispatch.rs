@@ -9,7 +9,6 @@ use crate::alu;
 use crate::code_cache::{Cached, Handler};
 use crate::fault::R;
 use crate::interp::Interpreter;
-use crate::predecode::Pre;
 
 const ADD: u8 = 0;
 const OR: u8 = 1;
@@ -21,11 +20,8 @@ const XOR: u8 = 6;
 const CMP: u8 = 7;
 const TEST: u8 = 8;
 
-pub fn handler(ins: &Instruction, pre: &Pre) -> Handler {
+pub fn handler(ins: &Instruction) -> Handler {
     use Mnemonic as M;
-    if let Some(h) = crate::fast::select(ins, pre) {
-        return h;
-    }
     let gpr_or_imm = |i: u32| match ins.op_kind(i) {
         OpKind::Register => ins.op_register(i).is_gpr(),
         OpKind::Memory => true,

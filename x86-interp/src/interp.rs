@@ -398,7 +398,7 @@ impl Interpreter {
             }
             let shadow = self.s.events.interrupt_shadow;
             let single_step = self.s.rflags & rflags::TF != 0;
-            match self.step(m, l0) {
+            let r = match self.step(m, l0) {
                 Ok(()) => {
                     self.retired += 1;
                     if shadow {
@@ -421,8 +421,28 @@ impl Interpreter {
                         if self.shutdown {
                             return VcpuExit::Shutdown;
                         }
+                        continue;
+                    }
+                    // Nothing needs boundary work (no event, shadow or trap
+                    // flag, which simple instructions cannot change): run
+                    // simple instructions back to back.
+                    if self.attention
+                        || self.s.events.halted
+                        || self.s.events.interrupt_shadow
+                        || self.s.rflags & rflags::TF != 0
+                    {
+                        continue;
+                    }
+                    if self.long64 {
+                        self.run_simple::<true>(m, l0)
+                    } else {
+                        self.run_simple::<false>(m, l0)
                     }
                 }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => {}
                 Err(e) if e.fault().is_some() => {
                     let (vector, code) = e.fault().unwrap_or((0, None));
                     self.io_log.clear();
@@ -441,6 +461,37 @@ impl Interpreter {
                 }
             }
         }
+    }
+
+    /// Run cached simple instructions (see fast.rs) until the budget is
+    /// spent, an instruction is not cached in L0 or not simple, or one
+    /// stops. Simple instructions never touch events, the shadow, TF, the
+    /// mode or the I/O log, so none of the checks of `run_loop` can change
+    /// between them.
+    #[inline(always)]
+    fn run_simple<const LONG: bool>(&mut self, m: &GuestMemory, l0: &mut L0) -> R<()> {
+        while self.retired < self.run_target {
+            let la = if LONG { self.s.rip } else { self.rip_la() };
+            let e = &l0[(la as usize) & (L0_ENTRIES - 1)];
+            if e.la != la || e.gen != self.l0_gen || !e.c.simple {
+                return Ok(());
+            }
+            let c = &e.c;
+            let len = c.pre.len as u64;
+            if LONG {
+                // 64-bit mode: no RIP wrap, no CS limit.
+                self.next_rip = self.s.rip.wrapping_add(len);
+            } else {
+                self.next_rip = self.s.rip.wrapping_add(len) & self.ip_mask;
+                if self.s.rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
+                    return Err(gp0());
+                }
+            }
+            (c.run)(self, m, c)?;
+            self.s.rip = self.next_rip;
+            self.retired += 1;
+        }
+        Ok(())
     }
 }
 
