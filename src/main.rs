@@ -9,6 +9,7 @@ use sim_core::machine::{Machine, MachineConfig, StopReason};
 use sim_core::platform::ShutdownReason;
 use xen_model::hypercall_page::HypercallGate;
 use xen_model::platform::{XenConfig, XenPlatform};
+use xen_model::xenstore::socket_door::{SharedSocket, SocketDoor};
 
 mod bench;
 mod progress;
@@ -129,8 +130,13 @@ struct RunArgs {
     #[arg(long, default_value_t = 10_000_000)]
     checkpoint_every: u64,
     /// Bytes for COM1's receiver, from this file or "-" for stdin, as they arrive.
+    /// Without "-", stdin feeds the guest's PV console (hvc0).
     #[arg(long)]
     serial_input: Option<PathBuf>,
+    /// Serve the guest's xenstore on this Unix socket (mode 0600) while it runs, for
+    /// host tools (`XENSTORED_PATH=PATH xenstore-ls`); clients are dom0.
+    #[arg(long)]
+    xenstore_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -173,9 +179,22 @@ impl Cpus {
 
     /// A machine of `config` on this backend with the Xen platform attached.
     pub fn machine(&self, config: MachineConfig) -> Result<Machine, String> {
-        let xen = XenConfig { hypercall_gate: self.hypercall_gate(), ..Default::default() };
-        let platform: Option<Box<dyn sim_core::platform::Platform>> =
-            Some(Box::new(XenPlatform::new(xen, config.cpus)));
+        self.machine_with(config, None)
+    }
+
+    /// As `machine`, with xenstore socket clients' replies going to `sink`. The toolstack's
+    /// rings (xenstore, primary console) are always there.
+    pub fn machine_with(
+        &self,
+        config: MachineConfig,
+        sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
+    ) -> Result<Machine, String> {
+        let xen = XenConfig { hypercall_gate: self.hypercall_gate(), ..Default::default() }.with_pv_rings();
+        let mut xen = XenPlatform::new(xen, config.cpus);
+        if let Some(sink) = sink {
+            xen.set_xenstore_sink(sink);
+        }
+        let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(xen));
         let m = match self {
             Cpus::Interp => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
                 Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
@@ -257,8 +276,9 @@ fn build_machine(
     kernel: BootImage,
     modules: Vec<BootImage>,
     cmdline: String,
+    sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
-    let mut machine = cpus.machine(config)?;
+    let mut machine = cpus.machine_with(config, sink)?;
     let boot = BootConfig { kernel, modules, cmdline, rsdp: 0 };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
@@ -307,6 +327,18 @@ fn run(args: RunArgs) -> ExitCode {
         },
         None => {}
     }
+    if args.serial_input.as_deref() != Some(Path::new("-")) {
+        door.add_stdin(sim_core::door::Target::Console);
+    }
+    let socket = match args.xenstore_socket.as_deref().map(SharedSocket::bind) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return fail(status::USER_ERROR, format_args!("--xenstore-socket: {e}")),
+        None => None,
+    };
+    let door: Box<dyn sim_core::door::Door> = match &socket {
+        Some(s) => Box::new(SocketDoor::new(Box::new(door), s.clone())),
+        None => Box::new(door),
+    };
     let header = args.record.as_ref().map(|_| replay::Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
         config: replay::LogConfig {
@@ -320,7 +352,8 @@ fn run(args: RunArgs) -> ExitCode {
         images: std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect(),
         checkpoint_every: args.checkpoint_every,
     });
-    let mut machine = match build_machine(config, &cpus, kernel, modules, args.append.clone()) {
+    let sink = socket.map(|s| Box::new(s) as Box<dyn xen_model::dom0::XenstoreSink>);
+    let mut machine = match build_machine(config, &cpus, kernel, modules, args.append.clone(), sink) {
         Ok(m) => m,
         Err(e) => return fail(status::USER_ERROR, e),
     };
@@ -330,14 +363,14 @@ fn run(args: RunArgs) -> ExitCode {
                 Ok(l) => l,
                 Err(e) => return fail(status::USER_ERROR, e),
             };
-            let stop = replay::record(&mut machine, Box::new(door), &mut log, args.checkpoint_every);
+            let stop = replay::record(&mut machine, door, &mut log, args.checkpoint_every);
             if let Err(e) = log.finish() {
                 return fail(status::INTERNAL, e);
             }
             stop.map_err(|e| e.to_string())
         }
         _ => {
-            machine.set_door(Box::new(door));
+            machine.set_door(door);
             machine.run().map_err(|e| e.to_string())
         }
     };
@@ -429,7 +462,7 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
         max_instructions: c.max_instructions,
         vendor: c.vendor,
     };
-    let mut machine = match build_machine(config, &Cpus::Interp, kernel, modules, log.header.cmdline.clone()) {
+    let mut machine = match build_machine(config, &Cpus::Interp, kernel, modules, log.header.cmdline.clone(), None) {
         Ok(m) => m,
         Err(e) => return fail(status::BAD_LOG, e),
     };

@@ -137,6 +137,23 @@ fn trace_hypercalls_logs_to_stderr_only() {
 }
 
 #[test]
+fn trace_hypercalls_shows_names_sub_ops_and_errors() {
+    let dir = scratch("trace");
+    let kernel = dir.join("xen_events.elf");
+    std::fs::write(&kernel, xensim::guest::xen::xen_events().unwrap()).unwrap();
+    let o = xensim(&["run", "--memory", "64", "--trace-hypercalls", "--kernel", kernel.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), xensim::guest::xen::XEN_EVENTS_EXPECTED, "stderr: {err}");
+    let has = |prefix: &str, suffix: &str| err.lines().any(|l| l.contains(prefix) && l.ends_with(suffix));
+    assert!(has("vcpu 0: memory_op(add_to_physmap, 0x", ") = 0"), "{err}");
+    assert!(has("event_channel_op(bind_ipi, 0x", ") = 0"), "{err}");
+    // A deadline in the past with VCPU_SSHOTTMR_future (vCPU 0's own timer).
+    assert!(has("vcpu_op(set_singleshot_timer, 0x0, 0x", ") = -ETIME"), "{err}");
+    assert!(has("sched_op(block, 0x0)", " = 0"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn record_replay_and_inspect_a_run_with_serial_input() {
     let dir = scratch("echo");
     let kernel = dir.join("kernel");

@@ -30,7 +30,7 @@ use crate::irq::{source, GsiLines};
 use crate::layout::IOAPIC_BASE;
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
 use crate::msr;
-use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, TimerKey};
+use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, SliceEvent, TimerKey};
 use crate::state::{rflags, sreg, ArchState, Segment};
 use crate::timer_queue::TimerQueue;
 use crate::vcpu::{Completion, Vcpu, VcpuError, VcpuExit};
@@ -406,6 +406,7 @@ impl Machine {
         if self.vcpus[i].retired_instructions().is_some() {
             self.vcpus[i].set_tsc(clock::ns_to_tsc(start));
         }
+        self.notify_slice(i, SliceEvent::Start, start);
         let mut left = budget;
         while left > 0 {
             let before = self.vcpus[i].retired_instructions().unwrap_or(0);
@@ -496,7 +497,28 @@ impl Machine {
             // A device may have raised an interrupt for this vCPU.
             self.offer_interrupt(i);
         }
+        let end = start + (budget - left) * clock::NS_PER_INSN;
+        match self.run_state[i] {
+            RunState::Running => self.notify_slice(i, SliceEvent::Preempted, end),
+            RunState::Halted => self.notify_slice(i, SliceEvent::Halted, end),
+            _ => {}
+        }
         Ok(None)
+    }
+
+    fn notify_slice(&mut self, i: usize, event: SliceEvent, now: u64) {
+        if let Some(p) = self.platform.as_mut() {
+            p.vcpu_slice(&mut platform_ctx!(self, now), i as u32, event);
+        }
+    }
+
+    /// Tell the platform that the machine itself took vCPU `j` offline
+    /// (INIT) or started it (SIPI).
+    fn notify_online(&mut self, j: usize, online: bool) {
+        let now = self.now_ns;
+        if let Some(p) = self.platform.as_mut() {
+            p.vcpu_online(&mut platform_ctx!(self, now), j as u32, online);
+        }
     }
 
     /// Carry out the platform's queued effects. `caller` is the vCPU whose
@@ -678,6 +700,7 @@ impl Machine {
                     for j in targets {
                         if j != 0 {
                             self.run_state[j] = RunState::WaitForSipi;
+                            self.notify_online(j, false);
                         }
                     }
                 }
@@ -734,6 +757,14 @@ impl Machine {
             LapicAction::Ipi(ipi) => self.send_ipi(i, ipi),
             // The EOI broadcast: the IOAPIC may deliver a still-asserted level pin again.
             LapicAction::Eoi { vector, level_triggered: true } => {
+                // Let level sources that follow guest memory (Xen's callback
+                // GSI drops once upcall_pending is clear) settle first, as
+                // Xen does at EOI, so a handled line is not delivered again.
+                let now = self.now_ns;
+                if let Some(p) = self.platform.as_mut() {
+                    p.sync(&mut platform_ctx!(self, now));
+                }
+                self.sync_irqs();
                 let messages = self.ioapic.eoi(vector);
                 self.deliver_ioapic(messages);
             }
@@ -762,6 +793,7 @@ impl Machine {
                 DeliveryMode::Init => {
                     if j != 0 {
                         self.run_state[j] = RunState::WaitForSipi;
+                        self.notify_online(j, false);
                     }
                 }
                 DeliveryMode::StartUp => {
@@ -772,6 +804,7 @@ impl Machine {
                         s.rip = 0;
                         self.vcpus[j].set_state(&s);
                         self.run_state[j] = RunState::Running;
+                        self.notify_online(j, true);
                     }
                 }
                 DeliveryMode::Nmi | DeliveryMode::Smi => {
@@ -1255,6 +1288,84 @@ mod tests {
 
     fn hypercall_if() -> Step {
         Step { insns: 1, exit: VcpuExit::Hypercall, if_set: true }
+    }
+
+    /// A platform that records the machine's online and slice reports.
+    #[derive(Default)]
+    struct RecordingPlatform {
+        events: Arc<Mutex<Vec<(u32, String)>>>,
+    }
+
+    impl Platform for RecordingPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            None
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            true
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+        fn vcpu_online(&mut self, ctx: &mut PlatformCtx, vcpu: u32, online: bool) {
+            self.events.lock().unwrap().push((vcpu, format!("online {online} at {}", ctx.now_ns)));
+        }
+        fn vcpu_slice(&mut self, ctx: &mut PlatformCtx, vcpu: u32, event: SliceEvent) {
+            self.events.lock().unwrap().push((vcpu, format!("{event:?} at {}", ctx.now_ns)));
+        }
+    }
+
+    #[test]
+    fn init_sipi_and_slices_are_reported_to_the_platform() {
+        const ICR_HI: u64 = 0xfee0_0310;
+        const ICR_LO: u64 = 0xfee0_0300;
+        // INIT (delivery mode 5, level assert) then SIPI (mode 6, vector 8) to APIC ID 1.
+        let bsp = vec![
+            mmio_w(ICR_HI, 1 << 24),
+            mmio_w(ICR_LO, 0x4500),
+            mmio_w(ICR_HI, 1 << 24),
+            mmio_w(ICR_LO, 0x4608),
+            step(10, VcpuExit::Halt),
+        ];
+        let ap = vec![step(7, VcpuExit::Halt)];
+        let log = Arc::new(Mutex::new(Log::default()));
+        let platform = RecordingPlatform::default();
+        let events = platform.events.clone();
+        let mut m = Machine::with_platform(
+            MachineConfig { cpus: 2, quantum: 1000, ..Default::default() },
+            Some(Box::new(platform)),
+            &mut |id, _, _| Ok(ScriptVcpu::boxed(if id == 0 { &bsp } else { &ap }, [0; 16], &log)),
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        let events = events.lock().unwrap().clone();
+        let ns = clock::NS_PER_INSN;
+        let want: Vec<(u32, String)> = vec![
+            (0, "Start at 0".into()),
+            (1, "online false at 0".into()),
+            (1, "online true at 0".into()),
+            (0, format!("Halted at {}", 14 * ns)),
+            // The AP's first slice starts with the round, as the BSP's did.
+            (1, "Start at 0".into()),
+            (1, format!("Halted at {}", 7 * ns)),
+        ];
+        assert_eq!(events, want);
     }
 
     const SVR: u64 = 0xfee0_00f0;

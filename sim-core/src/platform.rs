@@ -50,6 +50,17 @@ pub enum PlatformEffect {
     Wake { vcpu: u32 },
 }
 
+/// Where a vCPU's scheduling slice ended (`Platform::vcpu_slice`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceEvent {
+    /// The vCPU starts running.
+    Start,
+    /// Its slice ended but it stays runnable (waits for its next turn).
+    Preempted,
+    /// It executed HLT and waits for an interrupt.
+    Halted,
+}
+
 /// What the platform may touch during a call.
 pub struct PlatformCtx<'a> {
     pub mem: &'a mut GuestMemory,
@@ -102,6 +113,15 @@ pub trait Platform: Send {
     /// lines that depend on guest memory (e.g. deassert the callback GSI
     /// once upcall_pending is seen clear).
     fn sync(&mut self, ctx: &mut PlatformCtx);
+
+    /// The machine changed vCPU `vcpu`'s online state by itself: an INIT
+    /// IPI took an application processor offline (`false`), a SIPI started
+    /// it (`true`). Platform-started vCPUs (`StartVcpu`) are not reported.
+    fn vcpu_online(&mut self, _ctx: &mut PlatformCtx, _vcpu: u32, _online: bool) {}
+
+    /// vCPU `vcpu`'s scheduling slice started or ended (for runstate
+    /// accounting).
+    fn vcpu_slice(&mut self, _ctx: &mut PlatformCtx, _vcpu: u32, _event: SliceEvent) {}
 
     /// A value from outside arrived through the machine's door (xenstore
     /// socket traffic, disk completions, the wall clock at power-on, console

@@ -196,3 +196,117 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.exit(0)?;
     g.build(Boot::Pvh)
 }
+
+/// Vectors the GSI guest programs into the IOAPIC.
+const GSI_VECTOR: u32 = 0x50;
+const INTX_VECTOR: u32 = 0x51;
+/// The GSI the guest asks for with CALLBACK_IRQ type 0.
+pub const CALLBACK_GSI: u32 = 20;
+/// Xen's hvm_pci_intx_gsi for device 3 (the platform device), INTA:
+/// ((3 << 2) + ((3 >> 3) + 0)) & 31) + 16.
+pub const PLATFORM_INTX_GSI: u32 = 28;
+
+/// What `xen_gsi_upcalls` prints when the platform behaves.
+pub const XEN_GSI_EXPECTED: &str = "shared_info mapped\ngsi upcall\nline dropped after eoi\ngsi upcall again\n\
+pci intx upcall\npci intx of another device: -EINVAL\n";
+
+/// Program IOAPIC pin `pin` to deliver `vector`, level-triggered, active
+/// high, fixed, to APIC ID 0 (82093AA redirection entry 0x10 + 2 * pin).
+fn route_gsi(g: &mut GuestProgram, pin: u32, vector: u32) -> Result<(), GuestError> {
+    g.a.mov(eax, 0xfec0_0000u32)?;
+    g.a.mov(dword_ptr(rax), 0x11 + 2 * pin)?;
+    g.a.mov(dword_ptr(rax + 0x10), 0u32)?; // destination APIC ID 0
+    g.a.mov(dword_ptr(rax), 0x10 + 2 * pin)?;
+    g.a.mov(dword_ptr(rax + 0x10), vector | 1 << 15)?; // level, unmasked
+    Ok(())
+}
+
+/// HVMOP_set_param(HVM_PARAM_CALLBACK_IRQ, `value`) with the args at `args`.
+fn set_callback(g: &mut GuestProgram, args: u64, value: u64) -> Result<(), GuestError> {
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(rax, value)?;
+    g.a.mov(qword_ptr(args + 8), rax)?;
+    hypercall(g, 34, 0, args, 0)
+}
+
+/// Event-channel upcalls through level-triggered lines (PVH, long mode):
+/// CALLBACK_IRQ type 0 (a GSI routed by the IOAPIC) and type 1 (the Xen
+/// platform PCI device's INTA). The handler clears upcall_pending before
+/// its EOI, so the line must drop: a second interrupt without a second
+/// event fails the test. See `XEN_GSI_EXPECTED`.
+pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let idt = g.scratch(4096, 4096);
+    let args = g.scratch(64, 64);
+    let seen = g.scratch(8, 8);
+    let count = g.scratch(4, 4);
+    let mut idtr = Vec::new();
+    idtr.extend_from_slice(&4095u16.to_le_bytes());
+    idtr.extend_from_slice(&idt.to_le_bytes());
+    let idtr_at = g.data(&idtr, 16) as u64;
+    let (mut handler, mut main) = (g.a.create_label(), g.a.create_label());
+    g.a.jmp(main)?;
+    g.a.set_label(&mut handler)?;
+    upcall_body(&mut g, seen, count, true)?;
+    g.a.set_label(&mut main)?;
+    set_gate(&mut g, idt, GSI_VECTOR, handler)?;
+    set_gate(&mut g, idt, INTX_VECTOR, handler)?;
+    g.a.lidt(ptr(idtr_at))?;
+
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(qword_ptr(args + 8), 0i32)?;
+    g.a.mov(rax, SHARED_INFO_GFN)?;
+    g.a.mov(qword_ptr(args + 16), rax)?;
+    hypercall(&mut g, 12, 7, args, 0)?;
+    expect(&mut g, 0, "add_to_physmap")?;
+    g.print("shared_info mapped\n")?;
+
+    g.a.mov(eax, 0xfee0_00f0u32)?; // LAPIC SVR: software enable
+    g.a.mov(dword_ptr(rax), 0x1ffu32)?;
+    route_gsi(&mut g, CALLBACK_GSI, GSI_VECTOR)?;
+    set_callback(&mut g, args, CALLBACK_GSI as u64)?;
+    expect(&mut g, 0, "set_param callback gsi")?;
+    // EVTCHNOP_bind_ipi {vcpu 0, port OUT}; keep the port at args + 32.
+    g.a.mov(qword_ptr(args), 0i32)?;
+    hypercall(&mut g, 32, 7, args, 0)?;
+    expect(&mut g, 0, "bind_ipi")?;
+    g.a.mov(eax, dword_ptr(args + 4))?;
+    g.a.mov(dword_ptr(args + 32), eax)?;
+    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send")?;
+    wait_count(&mut g, count, 1)?;
+    g.print("gsi upcall\n")?;
+
+    // With interrupts on for a while, a line that did not drop at EOI
+    // would interrupt again.
+    g.a.mov(ecx, 20_000u32)?;
+    let mut spin = g.a.create_label();
+    g.a.sti()?;
+    g.a.set_label(&mut spin)?;
+    g.a.dec(ecx)?;
+    g.a.jnz(spin)?;
+    g.a.cli()?;
+    g.a.mov(eax, dword_ptr(count))?;
+    expect(&mut g, 1, "no upcall without an event")?;
+    g.print("line dropped after eoi\n")?;
+    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send 2")?;
+    wait_count(&mut g, count, 2)?;
+    g.print("gsi upcall again\n")?;
+
+    // PCI INTx of 00:03.0 pin A: val[63:56] = 1, DevFn in val[15:8].
+    route_gsi(&mut g, PLATFORM_INTX_GSI, INTX_VECTOR)?;
+    set_callback(&mut g, args, 1 << 56 | (3 << 3) << 8)?;
+    expect(&mut g, 0, "set_param callback pci intx")?;
+    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send 3")?;
+    wait_count(&mut g, count, 3)?;
+    g.print("pci intx upcall\n")?;
+    set_callback(&mut g, args, 1 << 56 | (4 << 3) << 8)?;
+    expect(&mut g, -22, "pci intx of device 4")?;
+    g.print("pci intx of another device: -EINVAL\n")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}

@@ -34,3 +34,10 @@ fn upcalls_by_vector_and_lapic_and_a_timer_wakes_a_blocked_vcpu() {
     assert_eq!(out, xen::XEN_EVENTS_EXPECTED);
     assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
 }
+
+#[test]
+fn upcalls_through_a_gsi_and_the_platform_devices_pci_intx() {
+    let (stop, out) = run_xen(xen::xen_gsi_upcalls().unwrap());
+    assert_eq!(out, xen::XEN_GSI_EXPECTED);
+    assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
+}

@@ -40,7 +40,6 @@ impl XenPlatform {
                 } else {
                     (g.read_u64(arg + 8)?, g.read_u64(arg + 16)?)
                 };
-                self.latch_compat(a.compat);
                 self.add_to_physmap(ctx, space, idx, gpfn)?;
                 Ok(0)
             }
@@ -60,7 +59,6 @@ impl XenPlatform {
                 if space == space::GMFN_RANGE {
                     return Err(Errno(EINVAL));
                 }
-                self.latch_compat(a.compat);
                 let w = a.ulong_size();
                 for i in 0..size as u64 {
                     let (idx, gpfn) = {
@@ -81,10 +79,17 @@ impl XenPlatform {
                 // set (XENMEM_set_memory_map): the E820 map of guest RAM.
                 let derived;
                 let map = if self.cfg.memory_map.is_empty() {
-                    derived = sim_core::boot::e820_map(ctx.mem)
+                    let mut m = sim_core::boot::e820_map(ctx.mem)
                         .iter()
                         .map(|e| (e.addr, e.size, e.kind.code()))
                         .collect::<Vec<_>>();
+                    // The special pages holding the toolstack's rings are reserved.
+                    if self.cfg.store.is_some() || self.cfg.console.is_some() {
+                        let (addr, size) = crate::dom0::SPECIAL_REGION;
+                        let at = m.iter().position(|e| e.0 > addr).unwrap_or(m.len());
+                        m.insert(at, (addr, size, 2));
+                    }
+                    derived = m;
                     &derived
                 } else {
                     &self.cfg.memory_map

@@ -9,6 +9,7 @@
 
 pub mod abi;
 mod backend;
+pub mod compat;
 mod copy;
 mod entry;
 mod ops;
