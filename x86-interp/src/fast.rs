@@ -16,6 +16,7 @@ use crate::alu;
 use crate::code_cache::{Cached, Handler};
 use crate::fault::R;
 use crate::interp::Interpreter;
+use crate::lazy_flags::{self, Lazy};
 use crate::operands::mask;
 use crate::predecode::{gpr as gpr_of, Pre, RIP_REG};
 
@@ -116,6 +117,86 @@ pub fn select(ins: &Instruction, _p: &Pre) -> Option<Handler> {
                 by_size(s, [imul_rr::<2>, imul_rr::<2>, imul_rr::<4>, imul_rr::<8>])
             } else {
                 by_size(s, [imul_rri::<2>, imul_rri::<2>, imul_rri::<4>, imul_rri::<8>])
+            }
+        }
+        M::Movzx | M::Movsx if n == 2 => {
+            let (_, d) = reg(0)?;
+            let (src, s) = if mem(1) { (false, ins.memory_size().size()) } else { (true, reg(1)?.1) };
+            let sx = mnemonic == M::Movsx;
+            match (sx, src, s) {
+                (false, false, 1) => by_size(
+                    d,
+                    [
+                        movx::<false, false, 1, 1>,
+                        movx::<false, false, 1, 2>,
+                        movx::<false, false, 1, 4>,
+                        movx::<false, false, 1, 8>,
+                    ],
+                ),
+                (false, false, 2) => by_size(
+                    d,
+                    [
+                        movx::<false, false, 2, 1>,
+                        movx::<false, false, 2, 2>,
+                        movx::<false, false, 2, 4>,
+                        movx::<false, false, 2, 8>,
+                    ],
+                ),
+                (false, true, 1) => by_size(
+                    d,
+                    [
+                        movx::<false, true, 1, 1>,
+                        movx::<false, true, 1, 2>,
+                        movx::<false, true, 1, 4>,
+                        movx::<false, true, 1, 8>,
+                    ],
+                ),
+                (false, true, 2) => by_size(
+                    d,
+                    [
+                        movx::<false, true, 2, 1>,
+                        movx::<false, true, 2, 2>,
+                        movx::<false, true, 2, 4>,
+                        movx::<false, true, 2, 8>,
+                    ],
+                ),
+                (true, false, 1) => by_size(
+                    d,
+                    [
+                        movx::<true, false, 1, 1>,
+                        movx::<true, false, 1, 2>,
+                        movx::<true, false, 1, 4>,
+                        movx::<true, false, 1, 8>,
+                    ],
+                ),
+                (true, false, 2) => by_size(
+                    d,
+                    [
+                        movx::<true, false, 2, 1>,
+                        movx::<true, false, 2, 2>,
+                        movx::<true, false, 2, 4>,
+                        movx::<true, false, 2, 8>,
+                    ],
+                ),
+                (true, true, 1) => by_size(
+                    d,
+                    [
+                        movx::<true, true, 1, 1>,
+                        movx::<true, true, 1, 2>,
+                        movx::<true, true, 1, 4>,
+                        movx::<true, true, 1, 8>,
+                    ],
+                ),
+                (true, true, 2) => by_size(
+                    d,
+                    [
+                        movx::<true, true, 2, 1>,
+                        movx::<true, true, 2, 2>,
+                        movx::<true, true, 2, 4>,
+                        movx::<true, true, 2, 8>,
+                    ],
+                ),
+                _ => None,
             }
         }
         _ if ins.is_jcc_short_or_near() => Some(jcc_fast(ins.condition_code())),
@@ -225,24 +306,21 @@ impl Interpreter {
     }
 }
 
-#[inline(always)]
-fn arith<const K: u8>(a: u64, b: u64, sz: u8, f: u64) -> (u64, u64) {
-    match K {
-        ADD => alu::add(a, b, sz, f),
-        OR => alu::or(a, b, sz, f),
-        AND | TEST => alu::and(a, b, sz, f),
-        XOR => alu::xor(a, b, sz, f),
-        _ => alu::sub(a, b, sz, f),
-    }
-}
-
+/// Record an ALU result's flags lazily (lazy_flags.rs); `a`, `b` are masked.
 #[inline(always)]
 fn alu_apply<const K: u8, const S: usize>(cpu: &mut Interpreter, d: u8, a: u64, b: u64) {
-    let (r, f) = arith::<K>(a, b, S as u8, cpu.flags());
+    let (op, r) = match K {
+        ADD => (lazy_flags::ADD, a.wrapping_add(b)),
+        OR => (lazy_flags::LOGIC, a | b),
+        AND | TEST => (lazy_flags::LOGIC, a & b),
+        XOR => (lazy_flags::LOGIC, a ^ b),
+        _ => (lazy_flags::SUB, a.wrapping_sub(b)),
+    };
+    let r = r & mask(S);
     if K != CMP && K != TEST {
         cpu.put::<S>(d, r);
     }
-    cpu.set_flags(f);
+    cpu.lazy = Lazy { op, size: S as u8, a, b, r };
 }
 
 fn alu_rr<const K: u8, const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
@@ -300,6 +378,24 @@ fn mov_mi<const S: usize>(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) ->
     cpu.wr_mem(m, p.seg as usize, off, S, p.imm & mask(S))
 }
 
+/// MOVZX/MOVSX from an S-byte register (REG) or memory operand to a D-byte register.
+fn movx<const SX: bool, const REG: bool, const S: usize, const D: usize>(
+    cpu: &mut Interpreter,
+    m: &GuestMemory,
+    c: &Cached,
+) -> R<()> {
+    let p = &c.pre;
+    let v = if REG {
+        cpu.get::<S>(p.r1)
+    } else {
+        let off = cpu.ea_pre(p);
+        cpu.rd_mem(m, p.seg as usize, off, S)?
+    };
+    let v = if SX { crate::operands::sext(v, S) } else { v };
+    cpu.put::<D>(p.r0, v & mask(D));
+    Ok(())
+}
+
 fn lea<const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
     let off = cpu.ea_pre(&c.pre);
     cpu.put::<S>(c.pre.r0, off & mask(S));
@@ -308,10 +404,11 @@ fn lea<const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R
 
 fn inc_dec<const INC: bool, const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
     let a = cpu.get::<S>(c.pre.r0);
-    let f = cpu.flags();
-    let (r, f) = if INC { alu::inc(a, S as u8, f) } else { alu::dec(a, S as u8, f) };
+    let cf = cpu.lazy.carry(cpu.s.rflags);
+    let (op, r) = if INC { (lazy_flags::INC, a.wrapping_add(1)) } else { (lazy_flags::DEC, a.wrapping_sub(1)) };
+    let r = r & mask(S);
     cpu.put::<S>(c.pre.r0, r);
-    cpu.set_flags(f);
+    cpu.lazy = Lazy { op, size: S as u8, a, b: cf, r };
     Ok(())
 }
 
@@ -325,16 +422,22 @@ fn shift_ri<const OP: u8, const S: usize>(cpu: &mut Interpreter, _m: &GuestMemor
         3 => O::Shr,
         _ => O::Sar,
     };
+    let count = c.pre.imm as u8 & if S == 8 { 0x3f } else { 0x1f };
+    // Shifts by a non-zero count replace all six status flags, so the old
+    // ones need not be computed; rotates and count 0 keep some.
+    let old = if OP >= 2 && count != 0 { cpu.s.rflags } else { cpu.flags() };
     let a = cpu.get::<S>(c.pre.r0);
-    let (r, f) = alu::shift(op, a, c.pre.imm as u8, S as u8, cpu.flags());
+    let (r, f) = alu::shift(op, a, count, S as u8, old);
     cpu.put::<S>(c.pre.r0, r);
     cpu.set_flags(f);
     Ok(())
 }
 
+// IMUL replaces all six status flags: the old ones need not be computed.
+
 fn imul_rr<const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
     let (a, b) = (cpu.get::<S>(c.pre.r0), cpu.get::<S>(c.pre.r1));
-    let (lo, _, f) = alu::imul(a, b, S as u8, cpu.flags());
+    let (lo, _, f) = alu::imul(a, b, S as u8, cpu.s.rflags);
     cpu.put::<S>(c.pre.r0, lo);
     cpu.set_flags(f);
     Ok(())
@@ -342,7 +445,7 @@ fn imul_rr<const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) 
 
 fn imul_rri<const S: usize>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
     let a = cpu.get::<S>(c.pre.r1);
-    let (lo, _, f) = alu::imul(a, c.pre.imm & mask(S), S as u8, cpu.flags());
+    let (lo, _, f) = alu::imul(a, c.pre.imm & mask(S), S as u8, cpu.s.rflags);
     cpu.put::<S>(c.pre.r0, lo);
     cpu.set_flags(f);
     Ok(())
@@ -377,8 +480,41 @@ fn jcc_fast(cc: ConditionCode) -> Handler {
     }
 }
 
+/// A condition evaluated from lazily recorded flags where that is direct:
+/// ZF is "result is zero" for every recorded op, and after SUB/CMP the
+/// unsigned and signed orders of the operands give CF, ZF and SF != OF.
+#[inline(always)]
+fn lazy_cond<const CC: u8>(cpu: &Interpreter) -> bool {
+    use ConditionCode as C;
+    let l = &cpu.lazy;
+    const E: u8 = C::e as u8;
+    const NE: u8 = C::ne as u8;
+    if l.op != lazy_flags::NONE && (CC == E || CC == NE) {
+        return (l.r == 0) == (CC == E);
+    }
+    if l.op == lazy_flags::SUB {
+        let sx = |v: u64| {
+            let sh = 64 - 8 * l.size as u32;
+            ((v << sh) as i64) >> sh
+        };
+        let (a, b) = (l.a, l.b);
+        match CC {
+            x if x == C::b as u8 => return a < b,
+            x if x == C::ae as u8 => return a >= b,
+            x if x == C::be as u8 => return a <= b,
+            x if x == C::a as u8 => return a > b,
+            x if x == C::l as u8 => return sx(a) < sx(b),
+            x if x == C::ge as u8 => return sx(a) >= sx(b),
+            x if x == C::le as u8 => return sx(a) <= sx(b),
+            x if x == C::g as u8 => return sx(a) > sx(b),
+            _ => {}
+        }
+    }
+    alu::cond(crate::dispatch::CONDS[CC as usize], cpu.flags())
+}
+
 fn jcc<const CC: u8>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
-    if alu::cond(crate::dispatch::CONDS[CC as usize], cpu.flags()) {
+    if lazy_cond::<CC>(cpu) {
         let t = branch_target(cpu, &c.pre);
         cpu.jump(t)
     } else {

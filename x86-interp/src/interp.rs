@@ -24,6 +24,7 @@ use sim_core::{Completion, Vcpu, VcpuError, VcpuExit};
 
 use crate::code_cache::{Cached, CodeCache, Decoded, PAGE};
 use crate::fault::{exc, gp0, vector, Stop, R};
+use crate::lazy_flags::Lazy;
 use crate::tlb::Tlb;
 
 /// An answer to an exit, kept until the instruction retires.
@@ -77,6 +78,8 @@ pub struct Interpreter {
     /// while holding `&mut self`.
     l0: Option<Box<L0>>,
     l0_gen: u64,
+    /// Status flags not yet computed (see lazy_flags.rs).
+    pub(crate) lazy: Lazy,
 }
 
 type L0 = [L0Entry; L0_ENTRIES];
@@ -122,6 +125,7 @@ impl Interpreter {
             run_target: 0,
             l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])),
             l0_gen: 1,
+            lazy: Lazy::default(),
         };
         i.refresh_mode();
         i
@@ -381,6 +385,8 @@ impl Interpreter {
             return VcpuExit::Shutdown;
         }
         loop {
+            // Boundaries and non-simple instructions use `s.rflags` directly.
+            self.materialise_flags();
             if self.attention {
                 if let Some(exit) = self.boundary(m) {
                     return exit;
@@ -528,6 +534,7 @@ impl Vcpu for Interpreter {
             Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])
         });
         let exit = self.run_loop(mem, budget, &mut l0);
+        self.materialise_flags();
         self.l0 = Some(l0);
         Ok(exit)
     }
@@ -550,6 +557,7 @@ impl Vcpu for Interpreter {
 
     fn set_state(&mut self, state: &ArchState) {
         self.s = state.clone();
+        self.lazy = Lazy::default();
         self.set_tsc(state.tsc);
         self.io_log.clear();
         self.io_pos = 0;
