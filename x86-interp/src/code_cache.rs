@@ -30,6 +30,9 @@ pub struct Cached {
     /// The handler is one of `fast`'s: the run loop may run it back to back
     /// with other simple instructions without the per-boundary checks.
     pub simple: bool,
+    /// A simple instruction that may set `next_rip` (a branch); the others
+    /// always continue at RIP + length.
+    pub branch: bool,
 }
 
 impl Cached {
@@ -37,8 +40,11 @@ impl Cached {
     pub fn new(ins: Instruction, bitness: u32) -> Cached {
         let pre = Pre::new(&ins, bitness);
         match crate::fast::select(&ins, &pre) {
-            Some(run) => Cached { run, ins, pre, simple: true },
-            None => Cached { run: crate::dispatch::handler(&ins), ins, pre, simple: false },
+            Some(run) => {
+                let branch = ins.flow_control() != iced_x86::FlowControl::Next;
+                Cached { run, ins, pre, simple: true, branch }
+            }
+            None => Cached { run: crate::dispatch::handler(&ins), ins, pre, simple: false, branch: true },
         }
     }
 }

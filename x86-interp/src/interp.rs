@@ -473,31 +473,44 @@ impl Interpreter {
     /// spent, an instruction is not cached in L0 or not simple, or one
     /// stops. Simple instructions never touch events, the shadow, TF, the
     /// mode or the I/O log, so none of the checks of `run_loop` can change
-    /// between them.
+    /// between them. Nor do they read RIP or the retired count, which stay
+    /// in locals here (no store-to-load round trip per instruction) and are
+    /// written back on the way out.
     #[inline(always)]
     fn run_simple<const LONG: bool>(&mut self, m: &GuestMemory, l0: &mut L0) -> R<()> {
-        while self.retired < self.run_target {
-            let la = if LONG { self.s.rip } else { self.rip_la() };
+        let mut rip = self.s.rip;
+        let mut retired = self.retired;
+        let target = self.run_target;
+        let r = loop {
+            if retired >= target {
+                break Ok(());
+            }
+            let la = if LONG { rip } else { self.s.seg[sreg::CS].base.wrapping_add(rip) & 0xffff_ffff };
             let e = &l0[(la as usize) & (L0_ENTRIES - 1)];
             if e.la != la || e.gen != self.l0_gen || !e.c.simple {
-                return Ok(());
+                break Ok(());
             }
             let c = &e.c;
             let len = c.pre.len as u64;
-            if LONG {
+            let next = if LONG {
                 // 64-bit mode: no RIP wrap, no CS limit.
-                self.next_rip = self.s.rip.wrapping_add(len);
+                rip.wrapping_add(len)
             } else {
-                self.next_rip = self.s.rip.wrapping_add(len) & self.ip_mask;
-                if self.s.rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
-                    return Err(gp0());
+                if rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
+                    break Err(gp0());
                 }
+                rip.wrapping_add(len) & self.ip_mask
+            };
+            self.next_rip = next;
+            if let Err(e) = (c.run)(self, m, c) {
+                break Err(e);
             }
-            (c.run)(self, m, c)?;
-            self.s.rip = self.next_rip;
-            self.retired += 1;
-        }
-        Ok(())
+            rip = if c.branch { self.next_rip } else { next };
+            retired += 1;
+        };
+        self.s.rip = rip;
+        self.retired = retired;
+        r
     }
 }
 
