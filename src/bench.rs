@@ -161,7 +161,8 @@ fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duratio
     let kernel = BootImage { name: "benchmark guest".into(), bytes: image.to_vec() };
     let mut m = cpus.machine(MachineConfig { memory_mib: 64, ..Default::default() })?;
     m.set_console(Box::new(std::io::sink()));
-    m.boot(BootConfig { kernel, modules: vec![], cmdline: String::new(), rsdp: 0 }).map_err(|e| e.to_string())?;
+    m.boot(BootConfig { kernel, modules: vec![], cmdline: String::new(), rsdp: 0, reserved: Vec::new() })
+        .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let stop = m.run().map_err(|e| e.to_string())?;
     let elapsed = t0.elapsed();

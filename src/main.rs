@@ -13,6 +13,7 @@ use xen_model::xenstore::socket_door::{SharedSocket, SocketDoor};
 
 mod bench;
 mod progress;
+mod snapshots;
 
 /// Exit statuses of `xensim run` besides the guest's own isa-debug-exit
 /// status (which is always odd, as QEMU makes it).
@@ -73,6 +74,13 @@ struct ReplayArgs {
     /// The kernel, if not at the path the log names.
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Write a snapshot every this many instructions (LOG.ICOUNT.snap), for
+    /// later seeks with --until.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Where snapshots are written and looked for (default: the log's directory).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +145,21 @@ struct RunArgs {
     /// host tools (`XENSTORED_PATH=PATH xenstore-ls`); clients are dom0.
     #[arg(long)]
     xenstore_socket: Option<PathBuf>,
+    /// Write a snapshot at the first round boundary at or past this
+    /// instruction count (repeatable).
+    #[arg(long)]
+    snapshot_at: Vec<u64>,
+    /// Write a snapshot every this many instructions.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Where snapshots go (default: the log's directory with --record, else
+    /// the current directory). Files are never overwritten.
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+    /// Continue from this snapshot (taken with the same kernel, modules and
+    /// machine options) instead of from power-on.
+    #[arg(long)]
+    restore: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -279,7 +302,7 @@ fn build_machine(
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
     let mut machine = cpus.machine_with(config, sink)?;
-    let boot = BootConfig { kernel, modules, cmdline, rsdp: 0 };
+    let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
     Ok(machine)
@@ -339,31 +362,74 @@ fn run(args: RunArgs) -> ExitCode {
         Some(s) => Box::new(SocketDoor::new(Box::new(door), s.clone())),
         None => Box::new(door),
     };
+    if args.record.is_some() && args.restore.is_some() {
+        return fail(status::USER_ERROR, "--record starts from power-on; it cannot be combined with --restore");
+    }
+    let log_config = replay::LogConfig {
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        quantum: config.quantum,
+        max_instructions: config.max_instructions,
+        vendor: config.vendor,
+    };
+    let images: Vec<replay::ImageHash> =
+        std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect();
     let header = args.record.as_ref().map(|_| replay::Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
-        config: replay::LogConfig {
-            cpus: config.cpus,
-            memory_mib: config.memory_mib,
-            quantum: config.quantum,
-            max_instructions: config.max_instructions,
-            vendor: config.vendor,
-        },
+        config: log_config.clone(),
         cmdline: args.append.clone(),
-        images: std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect(),
+        images: images.clone(),
         checkpoint_every: args.checkpoint_every,
     });
+    let kernel_name = kernel.name.clone();
     let sink = socket.map(|s| Box::new(s) as Box<dyn xen_model::dom0::XenstoreSink>);
     let mut machine = match build_machine(config, &cpus, kernel, modules, args.append.clone(), sink) {
         Ok(m) => m,
         Err(e) => return fail(status::USER_ERROR, e),
     };
+    if let Some(path) = &args.restore {
+        let restored = replay::snapfile::read_chain(path).map_err(|e| e.to_string()).and_then(|s| {
+            s.check_fits(&log_config, &images)
+                .and_then(|_| s.restore_into(&mut machine))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        });
+        if let Err(e) = restored {
+            return fail(status::USER_ERROR, e);
+        }
+        tracing::info!(icount = machine.retired_instructions(), "restored {}", path.display());
+    }
+    let stem = match (&args.record, &args.restore) {
+        (Some(p), _) => file_stem(p),
+        (None, Some(p)) => file_stem(p).split('.').next().unwrap_or("snapshot").to_string(),
+        _ if kernel_name == DEMO_NAME => "demo".into(),
+        _ => file_stem(Path::new(&kernel_name)),
+    };
+    let snap_dir = args.snapshot_dir.clone().unwrap_or_else(|| match &args.record {
+        Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        None => PathBuf::from("."),
+    });
+    let snap_base = replay::SnapHeader {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: log_config,
+        cmdline: args.append.clone(),
+        images,
+        icount: 0,
+        now_ns: 0,
+        inputs_consumed: None,
+        parent: None,
+    };
+    let start = machine.retired_instructions();
+    let mut snapper =
+        snapshots::Snapshotter::new(snap_dir, stem, args.snapshot_every, args.snapshot_at.clone(), snap_base, start);
     let stop = match (&args.record, header) {
         (Some(path), Some(header)) => {
             let mut log = match replay::LogWriter::create(path, &header) {
                 Ok(l) => l,
                 Err(e) => return fail(status::USER_ERROR, e),
             };
-            let stop = replay::record(&mut machine, door, &mut log, args.checkpoint_every);
+            let stop = replay::record_with(&mut machine, door, &mut log, args.checkpoint_every, &mut |m, n| {
+                snapper.as_mut().map_or(Ok(()), |s| s.round(m, Some(n)).map_err(|e| e + SNAPSHOT_ERROR_TAG))
+            });
             if let Err(e) = log.finish() {
                 return fail(status::INTERNAL, e);
             }
@@ -371,17 +437,27 @@ fn run(args: RunArgs) -> ExitCode {
         }
         _ => {
             machine.set_door(door);
-            machine.run().map_err(|e| e.to_string())
+            run_with_snapshots(&mut machine, snapper.as_mut())
         }
     };
     let stop = match stop {
         Ok(s) => s,
+        // A snapshot that could not be written (an existing file is never replaced).
+        Err(e) if e.ends_with(SNAPSHOT_ERROR_TAG) => {
+            return fail(status::USER_ERROR, e.trim_end_matches(SNAPSHOT_ERROR_TAG))
+        }
         Err(e) => return fail(status::INTERNAL, e),
     };
+    // The final state hash (as replay logs compare it) costs a pass over
+    // RAM: only when it is shown.
+    let state_hash = tracing::enabled!(tracing::Level::INFO)
+        .then(|| sim_core::machine::snapshot::hex(&machine.digest().hash(), 32))
+        .unwrap_or_default();
     tracing::info!(
         instructions = machine.retired_instructions(),
         virtual_ns = machine.now_ns(),
         ?stop,
+        state_hash,
         "guest stopped"
     );
     match stop {
@@ -403,6 +479,30 @@ fn run(args: RunArgs) -> ExitCode {
             status::INSTRUCTION_LIMIT,
             format_args!("instruction limit reached after {} instructions", machine.retired_instructions()),
         ),
+    }
+}
+
+/// Marks a run error as a snapshot-writing failure (bad user input: an
+/// existing file, a missing directory), not a simulator failure.
+const SNAPSHOT_ERROR_TAG: &str = " (snapshot not written)";
+
+/// The file name of `p` (for naming snapshots after it).
+fn file_stem(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "snapshot".into())
+}
+
+/// `Machine::run`, writing snapshots at round boundaries when asked.
+fn run_with_snapshots(
+    machine: &mut Machine,
+    mut snapper: Option<&mut snapshots::Snapshotter>,
+) -> Result<StopReason, String> {
+    loop {
+        if let Some(stop) = machine.run_round().map_err(|e| e.to_string())? {
+            return Ok(stop);
+        }
+        if let Some(s) = snapper.as_deref_mut() {
+            s.round(machine, None).map_err(|e| e + SNAPSHOT_ERROR_TAG)?;
+        }
     }
 }
 
@@ -462,13 +562,60 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
         max_instructions: c.max_instructions,
         vendor: c.vendor,
     };
+    let images: Vec<replay::ImageHash> =
+        std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect();
     let mut machine = match build_machine(config, &Cpus::Interp, kernel, modules, log.header.cmdline.clone(), None) {
         Ok(m) => m,
         Err(e) => return fail(status::BAD_LOG, e),
     };
+    let stem = file_stem(&args.log);
+    let snap_dir =
+        args.snapshot_dir.clone().unwrap_or_else(|| args.log.parent().map(Path::to_path_buf).unwrap_or_default());
+    // Seek: start from the nearest earlier snapshot of this log, if any.
+    let mut start = None;
+    if let Some(until) = args.until {
+        let fits = |s: &replay::Snapshot| s.check_fits(&log.header.config, &images).is_ok();
+        let dir = if snap_dir.as_os_str().is_empty() { Path::new(".") } else { snap_dir.as_path() };
+        if let Some(path) = snapshots::nearest(dir, &stem, until, fits) {
+            let restored = replay::snapfile::read_chain(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.restore_into(&mut machine).map(|_| s).map_err(|e| format!("{}: {e}", path.display())));
+            match restored {
+                Ok(s) => {
+                    eprintln!("xensim: seeking from {} (icount {})", path.display(), s.header.icount);
+                    start = Some(replay::Start {
+                        icount: s.header.icount,
+                        inputs_consumed: s.header.inputs_consumed.unwrap_or(0),
+                    });
+                }
+                Err(e) => return fail(status::USER_ERROR, e),
+            }
+        }
+    }
+    let snap_base = replay::SnapHeader {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: log.header.config.clone(),
+        cmdline: log.header.cmdline.clone(),
+        images,
+        icount: 0,
+        now_ns: 0,
+        inputs_consumed: None,
+        parent: None,
+    };
+    let mut snapper = snapshots::Snapshotter::new(
+        snap_dir,
+        stem,
+        args.snapshot_every,
+        Vec::new(),
+        snap_base,
+        machine.retired_instructions(),
+    );
     let total = log.records.last().map(|r| r.icount()).unwrap_or(0);
     let mut bar = progress::Progress::new(args.until.unwrap_or(total).min(total.max(1)));
-    let result = replay::replay(&mut machine, &log, args.until, &mut |i| bar.update(i));
+    let result =
+        replay::drive::replay_from(&mut machine, &log, start, args.until, &mut |i| bar.update(i), &mut |m, n| {
+            snapper.as_mut().map_or(Ok(()), |s| s.round(m, Some(n)))
+        });
     bar.finish();
     match result {
         Ok(replay::Replayed::Identical { stop, checkpoints }) => {

@@ -23,7 +23,14 @@ pub enum DriveError {
     Machine(#[from] MachineError),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The per-round hook failed (e.g. a snapshot could not be written).
+    #[error("{0}")]
+    Hook(String),
 }
+
+/// Called after every round that did not stop the machine, with the number
+/// of log inputs delivered so far (for snapshots).
+pub type RoundHook<'a> = dyn FnMut(&mut Machine, u64) -> Result<(), String> + 'a;
 
 /// Logs everything its inner door hands out.
 struct RecordingDoor {
@@ -46,6 +53,12 @@ impl Door for RecordingDoor {
         }
         Ok(input)
     }
+    fn live(&self, at: Stamp) -> bool {
+        self.inner.live(at)
+    }
+    fn wait(&mut self) {
+        self.inner.wait()
+    }
 }
 
 /// Run `machine` to its end with inputs from `source`, logging them and
@@ -57,7 +70,19 @@ pub fn record(
     log: &mut LogWriter,
     checkpoint_every: u64,
 ) -> Result<StopReason, DriveError> {
+    record_with(machine, source, log, checkpoint_every, &mut |_, _| Ok(()))
+}
+
+/// `record`, calling `on_round` after every round that did not stop.
+pub fn record_with(
+    machine: &mut Machine,
+    source: Box<dyn Door>,
+    log: &mut LogWriter,
+    checkpoint_every: u64,
+    on_round: &mut RoundHook<'_>,
+) -> Result<StopReason, DriveError> {
     let every = checkpoint_every.max(1);
+    let mut consumed = 0u64;
     let out = Arc::new(Mutex::new(Vec::new()));
     machine.set_door(Box::new(RecordingDoor { inner: source, out: out.clone() }));
     let mut next_checkpoint = machine.retired_instructions() / every * every + every;
@@ -65,6 +90,7 @@ pub fn record(
         let round = machine.run_round();
         let taken: Vec<Record> = out.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
         for r in taken {
+            consumed += matches!(r, Record::Polled { .. } | Record::Answered { .. }) as u64;
             log.push(r)?;
         }
         match round {
@@ -84,6 +110,7 @@ pub fn record(
                     log.flush()?;
                     next_checkpoint = now / every * every + every;
                 }
+                on_round(machine, consumed).map_err(DriveError::Hook)?;
             }
         }
     }
@@ -92,6 +119,8 @@ pub fn record(
 /// Hands logged inputs back at their stamps; anything else is divergence.
 struct ReplayDoor {
     inputs: VecDeque<Record>,
+    /// Inputs handed out so far (shared with the driver, for snapshots).
+    consumed: Arc<Mutex<u64>>,
     /// Inputs handed out, most recent last (for reports).
     recent: Arc<Mutex<VecDeque<String>>>,
 }
@@ -100,6 +129,9 @@ const RECENT: usize = 8;
 
 impl ReplayDoor {
     fn note(&self, r: &Record) {
+        if let Ok(mut c) = self.consumed.lock() {
+            *c += 1;
+        }
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT {
                 recent.pop_front();
@@ -143,6 +175,12 @@ impl Door for ReplayDoor {
             Some(r) => Err(DoorError(format!("the machine asked for {q:?}, the log has {} next", describe(r)))),
             None => Err(DoorError(format!("the machine asked for {q:?}, the log has no more inputs"))),
         }
+    }
+
+    /// The recorded machine waited here for input: the log holds input
+    /// stamped with this very moment.
+    fn live(&self, at: Stamp) -> bool {
+        matches!(self.inputs.front(), Some(Record::Polled { at: logged, .. }) if *logged == at)
     }
 }
 
@@ -232,20 +270,51 @@ pub fn replay(
     until: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Replayed, DriveError> {
-    let inputs: VecDeque<Record> =
-        log.records.iter().filter(|r| matches!(r, Record::Polled { .. } | Record::Answered { .. })).cloned().collect();
-    // (expected digest, recorded stop reason for the end record)
+    replay_from(machine, log, None, until, progress, &mut |_, _| Ok(()))
+}
+
+/// Where a replay starts when the machine was restored from a snapshot
+/// taken while recording or replaying the same log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    pub icount: u64,
+    /// The log's inputs delivered before the snapshot.
+    pub inputs_consumed: u64,
+}
+
+/// `replay`, from `start` if the machine was restored from a snapshot, with
+/// `on_round` called after every round that did not stop.
+pub fn replay_from(
+    machine: &mut Machine,
+    log: &Log,
+    start: Option<Start>,
+    until: Option<u64>,
+    progress: &mut dyn FnMut(u64),
+    on_round: &mut RoundHook<'_>,
+) -> Result<Replayed, DriveError> {
+    let skip = start.map_or(0, |s| s.inputs_consumed) as usize;
+    let inputs: VecDeque<Record> = log
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Polled { .. } | Record::Answered { .. }))
+        .skip(skip)
+        .cloned()
+        .collect();
+    // (expected digest, recorded stop reason for the end record); checkpoints
+    // at or before the start were passed by the run the snapshot came from.
     let mut checks: VecDeque<(&StateDigest, Option<&String>)> = log
         .records
         .iter()
         .filter_map(|r| match r {
+            Record::Checkpoint(d) if start.is_some_and(|s| d.icount <= s.icount) => None,
             Record::Checkpoint(d) => Some((&**d, None)),
             Record::End { stop, digest } => Some((&**digest, Some(stop))),
             _ => None,
         })
         .collect();
     let recent = Arc::new(Mutex::new(VecDeque::new()));
-    machine.set_door(Box::new(ReplayDoor { inputs, recent: recent.clone() }));
+    let consumed = Arc::new(Mutex::new(skip as u64));
+    machine.set_door(Box::new(ReplayDoor { inputs, consumed: consumed.clone(), recent: recent.clone() }));
     let recent_list = || recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
     let diverged = |machine: &Machine, icount, differences, digests| {
         let (vcpu, rip) = where_(machine, digests);
@@ -306,6 +375,8 @@ pub fn replay(
         if until.is_some_and(|u| now >= u) {
             return Ok(Replayed::Reached { icount: now, checkpoints });
         }
+        let n = consumed.lock().map(|c| *c).unwrap_or(0);
+        on_round(machine, n).map_err(DriveError::Hook)?;
         if checks.is_empty() {
             // A complete log always ends with its End record, so only a torn
             // one runs out of checks while the machine still runs.

@@ -154,7 +154,19 @@ pub trait Door: Send {
     fn poll(&mut self, at: Stamp) -> Result<Vec<Input>, DoorError>;
     /// A value needed now; the answer is an input of `q.answer_kind()`.
     fn query(&mut self, at: Stamp, q: Query) -> Result<Input, DoorError>;
+    /// Whether input can still arrive for a machine idle at `at` (a live
+    /// source is open, or the log holds input for this very moment). An idle
+    /// machine whose guest could be woken waits instead of stopping.
+    fn live(&self, _at: Stamp) -> bool {
+        false
+    }
+    /// Wait a little for input (idle machine, live door); the next poll
+    /// collects it.
+    fn wait(&mut self) {}
 }
+
+/// How long an idle machine sleeps between polls of a live door.
+pub const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Sources a live run reads.
 #[derive(Default)]
@@ -230,6 +242,16 @@ impl Door for LiveDoor {
             open
         });
         Ok(out)
+    }
+
+    fn live(&self, _at: Stamp) -> bool {
+        // Streams leave the list when their reader reaches end of file.
+        !self.streams.is_empty()
+    }
+
+    fn wait(&mut self) {
+        // DOOR: host time passes while the guest waits for outside input.
+        std::thread::sleep(IDLE_WAIT);
     }
 
     fn query(&mut self, _at: Stamp, q: Query) -> Result<Input, DoorError> {

@@ -257,6 +257,9 @@ impl Machine {
     /// Load a kernel (PVH or Multiboot) and point the boot vCPU at it.
     pub fn boot(&mut self, mut cfg: BootConfig) -> Result<BootInfo, MachineError> {
         cfg.rsdp = self.rsdp;
+        if let Some(p) = self.platform.as_ref() {
+            cfg.reserved.extend(p.reserved_ranges());
+        }
         let info = boot::load(&self.mem, &cfg)?;
         self.vcpus[0].set_state(&info.entry);
         Ok(info)
@@ -371,9 +374,14 @@ impl Machine {
         }
 
         if any_ran {
-            self.now_ns += round * clock::NS_PER_INSN;
-            // Backends that cannot count instructions (KVM) run their TSC
-            // with the host: machine time follows the furthest vCPU's TSC.
+            // Instruction-counting backends ran the whole round. Backends
+            // that cannot count (KVM) may have stopped early (HLT, an
+            // exit) and run their TSC with the host: machine time follows
+            // the furthest vCPU's TSC only, or a timer would fire before
+            // the guest's own TSC reached its deadline.
+            if self.vcpus.iter().all(|v| v.retired_instructions().is_some()) {
+                self.now_ns += round * clock::NS_PER_INSN;
+            }
             // TODO(issue 5): these readings must go through the door.
             for v in self.vcpus.iter().filter(|v| v.retired_instructions().is_none()) {
                 self.now_ns = self.now_ns.max(clock::tsc_to_ns(v.tsc()));
@@ -389,13 +397,56 @@ impl Machine {
                             v.set_tsc(clock::ns_to_tsc(self.now_ns));
                         }
                     }
+                    self.wait_for_tscs(clock::ns_to_tsc(self.now_ns));
                 }
-                None => return Ok(Some(StopReason::Halted)),
+                None => {
+                    // Nothing inside can wake the guest; input from outside
+                    // still can, while the door has a live source and some
+                    // vCPU would take it (blocked, or halted with IF set).
+                    let at = self.stamp();
+                    if self.wakeable() && self.door.live(at) {
+                        self.door.wait();
+                        return Ok(None);
+                    }
+                    return Ok(Some(StopReason::Halted));
+                }
             }
         }
         let stop = self.fire_timers();
         self.flush_console();
         Ok(stop)
+    }
+
+    /// Whether an interrupt or event could still wake some vCPU: it is
+    /// blocked in the platform, or halted with interrupts enabled.
+    fn wakeable(&self) -> bool {
+        self.run_state.iter().zip(&self.vcpus).any(|(st, v)| match st {
+            RunState::Blocked => true,
+            RunState::Halted => v.state().rflags & rflags::IF != 0,
+            _ => false,
+        })
+    }
+
+    /// Some KVM hosts ignore writes to the guest TSC (it stays the host's):
+    /// a skip cannot jump it, so wait on the host until every such vCPU's
+    /// TSC has reached `tsc`, or timers would fire before the guest's own
+    /// TSC says their deadline has come. Returns at once on backends that
+    /// honoured `set_tsc` and on instruction-counting ones.
+    fn wait_for_tscs(&self, tsc: u64) {
+        loop {
+            let behind = self
+                .vcpus
+                .iter()
+                .filter(|v| v.retired_instructions().is_none())
+                .map(|v| tsc.saturating_sub(v.tsc()))
+                .max()
+                .unwrap_or(0);
+            if behind == 0 {
+                return;
+            }
+            // At most 1 ms at a time: the host TSC rate is not known here.
+            std::thread::sleep(std::time::Duration::from_nanos(clock::tsc_to_ns(behind).min(1_000_000)));
+        }
     }
 
     /// Run vCPU `i` for up to `budget` instructions, handling its exits.
@@ -415,7 +466,13 @@ impl Machine {
             let ran = self.vcpus[i].retired_instructions().unwrap_or(0) - before;
             left = left.saturating_sub(ran);
             self.retired += ran;
-            let now = start + (budget - left) * clock::NS_PER_INSN;
+            let mut now = start + (budget - left) * clock::NS_PER_INSN;
+            if self.vcpus[i].retired_instructions().is_none() {
+                // KVM: the guest's TSC has moved on with the host since the
+                // slice began; a device programmed now (a LAPIC timer)
+                // must count from the guest's present, not the slice start.
+                now = now.max(clock::tsc_to_ns(self.vcpus[i].tsc()));
+            }
             let mut end_slice = false;
             match exit {
                 VcpuExit::BudgetExhausted => break,
@@ -1632,6 +1689,100 @@ mod tests {
                 (Input::XenstoreClient { client: 1, connected: false }, 3),
             ]
         );
+    }
+
+    /// A live door whose one input arrives after a few idle waits.
+    struct TrickleDoor {
+        waits: Arc<Mutex<u32>>,
+        delivered: bool,
+    }
+
+    impl Door for TrickleDoor {
+        fn poll(&mut self, _at: Stamp) -> Result<Vec<Input>, DoorError> {
+            if !self.delivered && *self.waits.lock().unwrap() >= 3 {
+                self.delivered = true;
+                return Ok(vec![Input::Console(b"x".to_vec())]);
+            }
+            Ok(Vec::new())
+        }
+        fn query(&mut self, at: Stamp, q: Query) -> Result<Input, DoorError> {
+            ClosedDoor.query(at, q)
+        }
+        fn live(&self, _at: Stamp) -> bool {
+            !self.delivered
+        }
+        fn wait(&mut self) {
+            *self.waits.lock().unwrap() += 1;
+        }
+    }
+
+    /// Offers its callback vector once console input has arrived.
+    #[derive(Default)]
+    struct WakeOnInputPlatform {
+        armed: bool,
+    }
+
+    impl Platform for WakeOnInputPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            std::mem::take(&mut self.armed).then_some(0x40)
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            false
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+        fn input(&mut self, _: &mut PlatformCtx, input: &Input) {
+            self.armed |= matches!(input, Input::Console(_));
+        }
+    }
+
+    fn idle_machine(if_set: bool) -> (Machine, Arc<Mutex<Log>>, Arc<Mutex<u32>>) {
+        let script = vec![Step { insns: 10, exit: VcpuExit::Halt, if_set }, step(1, VcpuExit::Halt)];
+        let log = Arc::new(Mutex::new(Log::default()));
+        let l2 = log.clone();
+        let mut m = Machine::with_platform(
+            MachineConfig::default(),
+            Some(Box::new(WakeOnInputPlatform::default())),
+            &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [0; 16], &l2)),
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        let waits = Arc::new(Mutex::new(0));
+        m.set_door(Box::new(TrickleDoor { waits: waits.clone(), delivered: false }));
+        (m, log, waits)
+    }
+
+    #[test]
+    fn an_idle_guest_waits_for_live_input_instead_of_stopping() {
+        let (mut m, log, waits) = idle_machine(true);
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(*waits.lock().unwrap(), 3, "waited until the input came");
+        assert_eq!(log.lock().unwrap().injected, vec![0x40], "and the input woke the guest");
+    }
+
+    #[test]
+    fn a_guest_halted_with_interrupts_off_stops_even_with_live_input() {
+        let (mut m, log, waits) = idle_machine(false);
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(*waits.lock().unwrap(), 0, "nothing could wake it: no wait");
+        assert!(log.lock().unwrap().injected.is_empty());
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct PlatformCtx<'a> {
 
 /// A hypervisor model attached to the machine.
 pub trait Platform: Send {
+    /// Ranges outside RAM the platform places pages in, to be listed as
+    /// reserved in the boot memory map.
+    fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
     /// Once, before the vCPUs exist: add CPUID leaves.
     fn configure_cpuid(&mut self, cpuid: &mut CpuidTable, vcpus: u32);
 

@@ -5,7 +5,7 @@
 //! compare whole transcripts.
 
 use iced_x86::code_asm::*;
-use sim_core::boot::{e820_map, BootConfig};
+use sim_core::boot::{e820_map_with, BootConfig};
 use sim_core::layout::{HIGH_MEMORY_BASE, LEGACY_RESERVED_BASE};
 use sim_core::GuestMemory;
 
@@ -125,7 +125,7 @@ impl PvhInputs {
             modules.push((next, m.bytes.len() as u64, m.name.clone()));
             next = (next + m.bytes.len() as u64).next_multiple_of(4096);
         }
-        let memmap = e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect();
+        let memmap = e820_map_with(mem, &cfg.reserved).iter().map(|e| (e.addr, e.size, e.kind.code())).collect();
         PvhInputs { cmdline: cfg.cmdline.clone(), modules, rsdp: cfg.rsdp, memmap }
     }
 }
@@ -329,7 +329,7 @@ impl MultibootInputs {
             mem_upper: (low_end.saturating_sub(HIGH_MEMORY_BASE) / 1024) as u32,
             cmdline,
             modules: cfg.modules.iter().map(|m| (m.bytes.len() as u64, m.name.clone())).collect(),
-            mmap: e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect(),
+            mmap: e820_map_with(mem, &cfg.reserved).iter().map(|e| (e.addr, e.size, e.kind.code())).collect(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Guest programs that exercise the Xen platform from inside a guest:
-//! hypercalls by VMCALL, event-channel upcalls by the callback vector and by
+//! hypercalls by VMCALL or through the hypercall page, event-channel upcalls by the callback vector and by
 //! a per-vCPU LAPIC vector, and a timer-driven wait (set_singleshot_timer +
 //! VIRQ_TIMER + SCHEDOP_block). Each step prints a line on port 0xE9 after
 //! checking its result; any failure prints "FAIL <step>" and exits with
@@ -19,12 +19,52 @@ const LAPIC_VECTOR: u32 = 0xe0;
 pub const XEN_EVENTS_EXPECTED: &str = "shared_info mapped\ncallback vector upcall\nlapic vector upcall\n\
 set_singleshot_timer in the past: -ETIME\ntimer upcall after block\n";
 
-fn hypercall(g: &mut GuestProgram, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
-    g.a.mov(eax, nr)?;
+/// How a guest enters the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypercallEntry {
+    /// VMCALL with the number in RAX (as Linux does since XSA-466).
+    Vmcall,
+    /// `call page + 32 * nr` into the hypercall page the guest has Xen
+    /// write (MSR from CPUID 0x40000002 EBX): works whatever instruction
+    /// the platform's stubs use (VMCALL, or port I/O on KVM without Xen).
+    Page,
+}
+
+/// The entry a program was built for; `Page` carries the page's address.
+#[derive(Clone, Copy)]
+enum Via {
+    Vmcall,
+    Page(u64),
+}
+
+fn hypercall(g: &mut GuestProgram, via: Via, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
     g.a.mov(rdi, a1)?;
     g.a.mov(rsi, a2)?;
     g.a.mov(rdx, a3)?;
-    g.a.vmcall()?;
+    match via {
+        Via::Vmcall => {
+            g.a.mov(eax, nr)?;
+            g.a.vmcall()?;
+        }
+        Via::Page(page) => {
+            // The stub loads EAX itself, so RAX is free for the address.
+            g.a.mov(rax, page + 32 * nr as u64)?;
+            g.a.call(rax)?;
+        }
+    }
+    Ok(())
+}
+
+/// Have Xen write its hypercall page at `page` (Xen's
+/// docs: CPUID leaf 0x40000002 EBX names the MSR; write the page's
+/// guest-physical address to it).
+fn install_hypercall_page(g: &mut GuestProgram, page: u64) -> Result<(), GuestError> {
+    g.a.mov(eax, 0x4000_0002u32)?;
+    g.a.cpuid()?;
+    g.a.mov(ecx, ebx)?;
+    g.a.mov(eax, page as u32)?;
+    g.a.mov(edx, (page >> 32) as u32)?;
+    g.a.wrmsr()?;
     Ok(())
 }
 
@@ -88,9 +128,19 @@ fn wait_count(g: &mut GuestProgram, count: u64, n: u32) -> Result<(), GuestError
     Ok(())
 }
 
-/// The events guest (PVH, long mode, one vCPU). See `XEN_EVENTS_EXPECTED`.
+/// The events guest (PVH, long mode, one vCPU), hypercalls by VMCALL.
+/// See `XEN_EVENTS_EXPECTED`.
 pub fn xen_events() -> Result<Vec<u8>, GuestError> {
+    xen_events_via(HypercallEntry::Vmcall)
+}
+
+/// The events guest with its hypercalls made through `entry`.
+pub fn xen_events_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
+    let via = match entry {
+        HypercallEntry::Vmcall => Via::Vmcall,
+        HypercallEntry::Page => Via::Page(g.scratch(4096, 4096)),
+    };
     let idt = g.scratch(4096, 4096);
     let args = g.scratch(64, 64);
     let seen = g.scratch(8, 8);
@@ -109,6 +159,9 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     set_gate(&mut g, idt, CALLBACK_VECTOR, h_cb)?;
     set_gate(&mut g, idt, LAPIC_VECTOR, h_lapic)?;
     g.a.lidt(ptr(idtr_at))?;
+    if let Via::Page(page) = via {
+        install_hypercall_page(&mut g, page)?;
+    }
 
     // XENMEM_add_to_physmap {DOMID_SELF, 0, XENMAPSPACE_shared_info, idx 0, gpfn}
     g.a.mov(dword_ptr(args), 0x7ff0u32)?;
@@ -116,7 +169,7 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.mov(qword_ptr(args + 8), 0i32)?;
     g.a.mov(rax, SHARED_INFO_GFN)?;
     g.a.mov(qword_ptr(args + 16), rax)?;
-    hypercall(&mut g, 12, 7, args, 0)?;
+    hypercall(&mut g, via, 12, 7, args, 0)?;
     expect(&mut g, 0, "add_to_physmap")?;
     // vCPU 0's time record is filled in.
     g.a.mov(eax, dword_ptr(SH + 32 + 24))?;
@@ -129,15 +182,15 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.mov(dword_ptr(args + 4), 0u32)?;
     g.a.mov(rax, 2u64 << 56 | CALLBACK_VECTOR as u64)?;
     g.a.mov(qword_ptr(args + 8), rax)?;
-    hypercall(&mut g, 34, 0, args, 0)?;
+    hypercall(&mut g, via, 34, 0, args, 0)?;
     expect(&mut g, 0, "set_param callback")?;
     // EVTCHNOP_bind_ipi {vcpu 0, port OUT}, then send on it.
     g.a.mov(qword_ptr(args), 0i32)?;
-    hypercall(&mut g, 32, 7, args, 0)?;
+    hypercall(&mut g, via, 32, 7, args, 0)?;
     expect(&mut g, 0, "bind_ipi")?;
     g.a.mov(eax, dword_ptr(args + 4))?;
     g.a.mov(dword_ptr(args + 32), eax)?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send")?;
     wait_count(&mut g, count, 1)?;
     g.print("callback vector upcall\n")?;
@@ -147,21 +200,21 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.mov(dword_ptr(rax), 0x1ffu32)?;
     g.a.mov(dword_ptr(args), 0u32)?;
     g.a.mov(dword_ptr(args + 4), LAPIC_VECTOR)?;
-    hypercall(&mut g, 34, 23, args, 0)?;
+    hypercall(&mut g, via, 34, 23, args, 0)?;
     expect(&mut g, 0, "set_evtchn_upcall_vector")?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send 2")?;
     wait_count(&mut g, count, 2)?;
     g.print("lapic vector upcall\n")?;
 
     // EVTCHNOP_bind_virq {VIRQ_TIMER, vcpu 0, port OUT}
     g.a.mov(qword_ptr(args), 0i32)?;
-    hypercall(&mut g, 32, 1, args, 0)?;
+    hypercall(&mut g, via, 32, 1, args, 0)?;
     expect(&mut g, 0, "bind_virq")?;
     // A deadline in the past with VCPU_SSHOTTMR_future: -ETIME.
     g.a.mov(qword_ptr(args + 16), 1i32)?;
     g.a.mov(qword_ptr(args + 24), 1i32)?;
-    hypercall(&mut g, 24, 8, 0, args + 16)?;
+    hypercall(&mut g, via, 24, 8, 0, args + 16)?;
     expect(&mut g, -62, "singleshot in the past")?;
     g.print("set_singleshot_timer in the past: -ETIME\n")?;
     // now = system_time + (((rdtsc - tsc_timestamp) << shift) * mul >> 32)
@@ -177,13 +230,13 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.add(rax, qword_ptr(SH + 32 + 16))?;
     g.a.add(rax, 200_000)?;
     g.a.mov(qword_ptr(args + 16), rax)?;
-    hypercall(&mut g, 24, 8, 0, args + 16)?;
+    hypercall(&mut g, via, 24, 8, 0, args + 16)?;
     expect(&mut g, 0, "singleshot")?;
     // Block (interrupts off) until the timer's upcall has been taken.
     let mut again = g.a.create_label();
     g.a.set_label(&mut again)?;
     g.a.cli()?;
-    hypercall(&mut g, 29, 1, 0, 0)?;
+    hypercall(&mut g, via, 29, 1, 0, 0)?;
     expect(&mut g, 0, "block")?;
     g.a.sti()?;
     g.a.nop()?;
@@ -227,7 +280,7 @@ fn set_callback(g: &mut GuestProgram, args: u64, value: u64) -> Result<(), Guest
     g.a.mov(dword_ptr(args + 4), 0u32)?;
     g.a.mov(rax, value)?;
     g.a.mov(qword_ptr(args + 8), rax)?;
-    hypercall(g, 34, 0, args, 0)
+    hypercall(g, Via::Vmcall, 34, 0, args, 0)
 }
 
 /// Event-channel upcalls through level-triggered lines (PVH, long mode):
@@ -259,7 +312,7 @@ pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
     g.a.mov(qword_ptr(args + 8), 0i32)?;
     g.a.mov(rax, SHARED_INFO_GFN)?;
     g.a.mov(qword_ptr(args + 16), rax)?;
-    hypercall(&mut g, 12, 7, args, 0)?;
+    hypercall(&mut g, Via::Vmcall, 12, 7, args, 0)?;
     expect(&mut g, 0, "add_to_physmap")?;
     g.print("shared_info mapped\n")?;
 
@@ -270,11 +323,11 @@ pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
     expect(&mut g, 0, "set_param callback gsi")?;
     // EVTCHNOP_bind_ipi {vcpu 0, port OUT}; keep the port at args + 32.
     g.a.mov(qword_ptr(args), 0i32)?;
-    hypercall(&mut g, 32, 7, args, 0)?;
+    hypercall(&mut g, Via::Vmcall, 32, 7, args, 0)?;
     expect(&mut g, 0, "bind_ipi")?;
     g.a.mov(eax, dword_ptr(args + 4))?;
     g.a.mov(dword_ptr(args + 32), eax)?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send")?;
     wait_count(&mut g, count, 1)?;
     g.print("gsi upcall\n")?;
@@ -291,7 +344,7 @@ pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
     g.a.mov(eax, dword_ptr(count))?;
     expect(&mut g, 1, "no upcall without an event")?;
     g.print("line dropped after eoi\n")?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send 2")?;
     wait_count(&mut g, count, 2)?;
     g.print("gsi upcall again\n")?;
@@ -300,7 +353,7 @@ pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
     route_gsi(&mut g, PLATFORM_INTX_GSI, INTX_VECTOR)?;
     set_callback(&mut g, args, 1 << 56 | (3 << 3) << 8)?;
     expect(&mut g, 0, "set_param callback pci intx")?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send 3")?;
     wait_count(&mut g, count, 3)?;
     g.print("pci intx upcall\n")?;

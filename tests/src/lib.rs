@@ -69,6 +69,7 @@ pub fn boot_config(kernel: Vec<u8>, run: &Run) -> BootConfig {
         modules,
         cmdline: run.cmdline.clone(),
         rsdp: 0,
+        reserved: Vec::new(),
     }
 }
 

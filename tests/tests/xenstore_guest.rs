@@ -22,6 +22,7 @@ fn machine(platform: XenPlatform) -> (Machine, Capture) {
         modules: Vec::new(),
         cmdline: String::new(),
         rsdp: 0,
+        reserved: Vec::new(),
     })
     .expect("boot");
     (m, cap)
@@ -76,4 +77,48 @@ fn a_real_xenstore_client_on_the_socket_sees_the_guest_tree_while_it_runs() {
     assert_eq!(back, (true, "hi".to_owned()));
     assert_eq!(cap.text(), xenstore::xenstore_guest_expected("bye\n"));
     assert_eq!(stop, StopReason::DebugExit(1));
+}
+
+/// Run to the end, one round at a time, calling `at_round` at each boundary.
+fn run_rounds(m: &mut Machine, mut at_round: impl FnMut(&mut Machine)) -> StopReason {
+    loop {
+        if let Some(stop) = m.run_round().expect("round") {
+            return stop;
+        }
+        at_round(m);
+    }
+}
+
+#[test]
+fn snapshot_mid_run_with_live_rings_restores_to_the_same_end() {
+    let input = || Box::new(ScriptDoor::new(vec![(3_000_000, Input::Console(b"hello ring\n".to_vec()))]));
+    let fresh = || {
+        let (mut m, cap) = machine(XenPlatform::new(XenConfig::default().with_pv_rings(), 1));
+        m.set_door(input());
+        (m, cap)
+    };
+    // The uninterrupted run, and a snapshot taken once the guest has been
+    // talking to xenstore for a while (the rings are attached, the store has
+    // its writes, the console ring has output in it).
+    let (mut m, cap) = fresh();
+    let mut snap = None;
+    let stop = run_rounds(&mut m, |m| {
+        if snap.is_none() && m.retired_instructions() >= 1_500_000 {
+            snap = Some((m.save_state(), m.save_ram(), m.retired_instructions()));
+        }
+    });
+    let (whole_out, whole_hash) = (cap.text(), m.digest().hash());
+    assert_eq!(stop, StopReason::DebugExit(1));
+    let (state, ram, at) = snap.expect("the guest runs past 1.5M instructions");
+
+    // A fresh machine restored from it finishes the same way.
+    let (mut r, cap) = fresh();
+    r.restore_ram(&ram).unwrap();
+    r.restore_state(&state).unwrap();
+    assert_eq!(r.retired_instructions(), at);
+    let stop = run_rounds(&mut r, |_| {});
+    assert_eq!(stop, StopReason::DebugExit(1));
+    assert!(whole_out.ends_with(&cap.text()), "restored output is the tail of the whole run's: {:?}", cap.text());
+    assert!(cap.text().contains("hello ring"), "console input still reaches the restored guest");
+    assert_eq!(r.digest().hash(), whole_hash, "{:?}", r.digest().differences(&m.digest()));
 }

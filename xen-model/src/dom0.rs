@@ -269,3 +269,78 @@ impl XenPlatform {
         }
     }
 }
+
+/// dom0's state in a snapshot: the store, the rings' pages (contents and
+/// frame) and server state, socket clients' partial packets. The live socket
+/// sink is not state: it is attached again by whoever restores.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Dom0State {
+    store: Store,
+    xs: Option<(RingPageState, RingServer)>,
+    console: Option<RingPageState>,
+    clients: BTreeMap<u32, (ConnId, PacketAssembler)>,
+    attached: bool,
+    resets_seen: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RingPageState {
+    contents: Vec<u8>,
+    pfn: u64,
+    port: u32,
+}
+
+impl RingPage {
+    fn save(&self) -> RingPageState {
+        let mut contents = vec![0u8; 4096];
+        self.page.read(0, &mut contents);
+        RingPageState { contents, pfn: self.pfn, port: self.port }
+    }
+
+    /// A page with the saved contents, mapped at its frame while attached.
+    fn restore(s: &RingPageState, mem: &mut sim_core::GuestMemory, attached: bool) -> Result<Self, String> {
+        if s.contents.len() != 4096 {
+            return Err(format!("Xen state: ring page at frame {:#x} is not one page", s.pfn));
+        }
+        let page = OverlayPage::new();
+        page.write(0, &s.contents);
+        if attached {
+            mem.map_overlay(s.pfn, page.clone());
+        }
+        Ok(RingPage { page, pfn: s.pfn, port: s.port })
+    }
+}
+
+impl Dom0 {
+    pub(crate) fn save_state(&self) -> Dom0State {
+        // Destructured so that a new field fails to compile until it is saved.
+        let Dom0 { store, xs, console, clients, sink: _, attached, resets_seen } = self;
+        Dom0State {
+            store: store.clone(),
+            xs: xs.as_ref().map(|(p, s)| (p.save(), s.clone())),
+            console: console.as_ref().map(RingPage::save),
+            clients: clients.iter().map(|(&n, c)| (n, (c.conn, c.asm.clone()))).collect(),
+            attached: *attached,
+            resets_seen: *resets_seen,
+        }
+    }
+
+    /// Restore into guest memory whose overlays were cleared; the sink stays.
+    pub(crate) fn restore_state(&mut self, s: Dom0State, mem: &mut sim_core::GuestMemory) -> Result<(), String> {
+        let xs = match &s.xs {
+            Some((p, server)) => Some((RingPage::restore(p, mem, s.attached)?, server.clone())),
+            None => None,
+        };
+        let console = match &s.console {
+            Some(p) => Some(RingPage::restore(p, mem, s.attached)?),
+            None => None,
+        };
+        self.store = s.store;
+        self.xs = xs;
+        self.console = console;
+        self.clients = s.clients.into_iter().map(|(n, (conn, asm))| (n, SocketClient { conn, asm })).collect();
+        self.attached = s.attached;
+        self.resets_seen = s.resets_seen;
+        Ok(())
+    }
+}

@@ -44,7 +44,7 @@ pub mod callback_type {
 }
 
 /// How vCPU 0's (GSI, INTx) or every vCPU's (vector) upcalls are delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Callback {
     None,
     Gsi(u32),

@@ -79,16 +79,12 @@ impl XenPlatform {
                 // set (XENMEM_set_memory_map): the E820 map of guest RAM.
                 let derived;
                 let map = if self.cfg.memory_map.is_empty() {
-                    let mut m = sim_core::boot::e820_map(ctx.mem)
-                        .iter()
-                        .map(|e| (e.addr, e.size, e.kind.code()))
-                        .collect::<Vec<_>>();
-                    // The special pages holding the toolstack's rings are reserved.
-                    if self.cfg.store.is_some() || self.cfg.console.is_some() {
-                        let (addr, size) = crate::dom0::SPECIAL_REGION;
-                        let at = m.iter().position(|e| e.0 > addr).unwrap_or(m.len());
-                        m.insert(at, (addr, size, 2));
-                    }
+                    // The same map the boot loader gave the guest, special pages included.
+                    let m =
+                        sim_core::boot::e820_map_with(ctx.mem, &sim_core::platform::Platform::reserved_ranges(self))
+                            .iter()
+                            .map(|e| (e.addr, e.size, e.kind.code()))
+                            .collect::<Vec<_>>();
                     derived = m;
                     &derived
                 } else {

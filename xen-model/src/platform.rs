@@ -85,7 +85,7 @@ impl XenConfig {
 }
 
 /// Why a vCPU is blocked in the platform.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Blocked {
     /// SCHEDOP_block: until an event is delivered to it.
     Block,
@@ -94,7 +94,7 @@ pub(crate) enum Blocked {
 }
 
 /// Per-vCPU Xen state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct VcpuXen {
     /// HVMOP_set_evtchn_upcall_vector (0: none).
     pub upcall_vector: u8,
@@ -453,6 +453,15 @@ impl XenPlatform {
 }
 
 impl Platform for XenPlatform {
+    fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        // The toolstack's special pages (xenstore and console rings).
+        if self.cfg.store.is_some() || self.cfg.console.is_some() {
+            vec![crate::dom0::SPECIAL_REGION]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn configure_cpuid(&mut self, cpuid: &mut CpuidTable, vcpus: u32) {
         self.vendor = cpuid.vendor();
         if vcpus.max(1) != self.nr_vcpus {
@@ -567,6 +576,15 @@ impl Platform for XenPlatform {
     fn vcpu_slice(&mut self, ctx: &mut PlatformCtx, vcpu_index: u32, event: SliceEvent) {
         self.slice_event(ctx, vcpu_index, event);
     }
+
+    // Snapshots and state hashes: platform/snapshot.rs.
+    fn save(&self) -> Vec<u8> {
+        self.save_snapshot()
+    }
+
+    fn restore(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
+        self.restore_snapshot(ctx, data)
+    }
 }
 
 /// Keys of platform timers, for tests.
@@ -574,5 +592,6 @@ pub fn timer_key_singleshot(vcpu: u32) -> TimerKey {
     timer::key(timer::SINGLESHOT, vcpu)
 }
 
+mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -254,6 +254,61 @@ impl Machine {
         RamImage { full: true, pages }
     }
 
+    /// Whether the dirty bitmap sees every RAM write: true when every vCPU
+    /// is the interpreter (its stores mark pages); KVM writes RAM behind it.
+    pub fn dirty_tracking_exact(&self) -> bool {
+        self.vcpus.iter().all(|v| v.retired_instructions().is_some())
+    }
+
+    /// RAM for a snapshot that follows the previous one (`delta`), or a full
+    /// image; either way the dirty bitmap starts over. A delta lists every
+    /// page written since the last snapshot or restore; without exact dirty
+    /// tracking the image is full.
+    pub fn snapshot_ram(&mut self, delta: bool) -> RamImage {
+        let exact = self.dirty_tracking_exact();
+        let dirty = self.mem.take_dirty();
+        if !delta || !exact {
+            return self.save_ram();
+        }
+        let mut pages = Vec::with_capacity(dirty.len());
+        for gfn in dirty {
+            let mut buf = vec![0u8; PAGE_SIZE as usize];
+            if self.mem.read(gfn << PAGE_SHIFT, &mut buf).is_ok() {
+                pages.push((gfn, buf));
+            }
+        }
+        RamImage { full: false, pages }
+    }
+
+    /// RAM frames written since the last snapshot or restore.
+    pub fn dirty_frames(&self) -> Vec<u64> {
+        self.mem.dirty_frames()
+    }
+
+    /// Write the given RAM pages (`None`: zero) and start the dirty bitmap
+    /// over: RAM is now a known state. For seeking, where only the pages
+    /// that differ from the target need rewriting.
+    pub fn restore_ram_pages<'a>(
+        &mut self,
+        pages: impl IntoIterator<Item = (u64, Option<&'a [u8]>)>,
+    ) -> Result<u64, String> {
+        let zero = [0u8; PAGE_SIZE as usize];
+        let mut n = 0;
+        for (gfn, bytes) in pages {
+            let bytes = bytes.unwrap_or(&zero);
+            let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == gfn && self.mem.is_ram(g));
+            match gpa {
+                Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
+                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                }
+                _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
+            }
+            n += 1;
+        }
+        self.mem.take_dirty();
+        Ok(n)
+    }
+
     /// Load `image` into RAM; a full image also clears every page it does
     /// not list.
     pub fn restore_ram(&mut self, image: &RamImage) -> Result<(), String> {
@@ -269,7 +324,7 @@ impl Machine {
             }
         }
         for (gfn, bytes) in &image.pages {
-            let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| self.mem.is_ram(g));
+            let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == *gfn && self.mem.is_ram(g));
             match gpa {
                 Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
                     self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
@@ -277,6 +332,8 @@ impl Machine {
                 _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
             }
         }
+        // RAM is now the image's: later deltas start from here.
+        self.mem.take_dirty();
         Ok(())
     }
 

@@ -92,4 +92,15 @@ impl Door for SocketDoor {
     fn query(&mut self, at: Stamp, q: Query) -> Result<Input, DoorError> {
         self.inner.query(at, q)
     }
+
+    /// Clients may connect and write at any time while the socket is open.
+    fn live(&self, _at: Stamp) -> bool {
+        true
+    }
+
+    fn wait(&mut self) {
+        // DOOR: host time passes while the guest waits for socket clients
+        // (or the inner door's sources).
+        std::thread::sleep(sim_core::door::IDLE_WAIT);
+    }
 }
