@@ -20,19 +20,24 @@ pub struct BenchArgs {
     /// Scale the work of every benchmark (1 = about a second each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     scale: u64,
+    /// Divide the guest-loop work by this (profiling under valgrind/perf).
+    #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    divide: u64,
 }
 
 /// One figure: its name, unit, and how to measure it at a given scale.
 struct Bench {
     name: &'static str,
     unit: &'static str,
-    measure: fn(&crate::Cpus, u64) -> Result<f64, String>,
+    /// Arguments: the CPUs, the scale and the work divisor.
+    measure: fn(&crate::Cpus, u64, u64) -> Result<f64, String>,
 }
 
 /// Guest-loop work per unit of --scale: about a second on the interpreter.
 /// KVM on a host that emulates it runs near 1.5 M insn/s, so its loops are
 /// a hundredth of that (the figure is a rate either way).
-fn work(cpus: &crate::Cpus, n: u64) -> u64 {
+fn work(cpus: &crate::Cpus, n: u64, divide: u64) -> u64 {
+    let n = (n / divide.max(1)).max(1);
     match cpus {
         crate::Cpus::Interp => n,
         crate::Cpus::Kvm => (n / 100).max(1),
@@ -43,12 +48,12 @@ const INTERP_BENCHES: &[Bench] = &[
     Bench {
         name: "interp-alu-mips",
         unit: "M insn/s",
-        measure: |c, s| guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s))),
+        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s, d))),
     },
     Bench {
         name: "interp-memcpy-mips",
         unit: "M insn/s",
-        measure: |c, s| guest_mips(c, xensim::guest::programs::bench_memcpy(1 << 20, work(c, 40 * s))),
+        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_memcpy(1 << 20, work(c, 40 * s, d))),
     },
 ];
 
@@ -56,22 +61,22 @@ const KVM_BENCHES: &[Bench] = &[
     Bench {
         name: "kvm-alu-mips",
         unit: "M insn/s",
-        measure: |c, s| guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s))),
+        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s, d))),
     },
     Bench {
         name: "kvm-memcpy-mips",
         unit: "M insn/s",
-        measure: |c, s| guest_mips(c, xensim::guest::programs::bench_memcpy(64 << 10, work(c, 4000 * s))),
+        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_memcpy(64 << 10, work(c, 4000 * s, d))),
     },
     Bench {
         name: "kvm-exit-rtt-us",
         unit: "us",
-        measure: |_, s| kvm_backend::measure::pio_exit_rtt_us(2000 * s as u32).map_err(|e| e.to_string()),
+        measure: |_, s, _| kvm_backend::measure::pio_exit_rtt_us(2000 * s as u32).map_err(|e| e.to_string()),
     },
     Bench {
         name: "kvm-hypercall-rtt-us",
         unit: "us",
-        measure: |_, s| kvm_backend::measure::hypercall_rtt_us(2000 * s as u32).map_err(|e| e.to_string()),
+        measure: |_, s, _| kvm_backend::measure::hypercall_rtt_us(2000 * s as u32).map_err(|e| e.to_string()),
     },
 ];
 
@@ -92,12 +97,12 @@ const XENSTORE_BENCHES: &[Bench] = &[
     Bench {
         name: "xenstore-ops-per-s",
         unit: "ops/s",
-        measure: |_, s| Ok(xs_bench::bench_ops(1_000_000 * s as usize).ops_per_s()),
+        measure: |_, s, _| Ok(xs_bench::bench_ops(1_000_000 * s as usize).ops_per_s()),
     },
     Bench {
         name: "xenstore-socket-rtt-us",
         unit: "us",
-        measure: |_, s| {
+        measure: |_, s, _| {
             xs_bench::bench_socket_rtt(20_000 * s as usize).map(|d| d.as_secs_f64() * 1e6).map_err(|e| e.to_string())
         },
     },
@@ -128,10 +133,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
     if cfg!(debug_assertions) {
         eprintln!("xensim: note: this is a debug build; measure with `cargo run --release -- bench`");
     }
+    PROFILING.store(args.divide > 1, std::sync::atomic::Ordering::Relaxed);
     for b in selected {
         let progress = indicatif::ProgressBar::new_spinner().with_message(b.name);
         progress.enable_steady_tick(Duration::from_millis(100));
-        let result = (b.measure)(&cpus, args.scale);
+        let result = (b.measure)(&cpus, args.scale, args.divide);
         progress.finish_and_clear();
         match result {
             Ok(v) => println!("{}: {v:.1} {}", b.name, b.unit),
@@ -155,8 +161,15 @@ fn guest_mips(cpus: &crate::Cpus, image: Result<Vec<u8>, xensim::guest::GuestErr
         Some(n) => n,
         None => run_to_halt(&crate::Cpus::Interp, &image)?.0.unwrap_or(0),
     };
+    if PROFILING.load(std::sync::atomic::Ordering::Relaxed) {
+        // Profilers divide host instructions by this count.
+        eprintln!("xensim: guest instructions retired: {insns}");
+    }
     Ok(insns as f64 / elapsed.as_secs_f64() / 1e6)
 }
+
+/// Set by the hidden `--divide` option: report retired counts for profilers.
+static PROFILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duration), String> {
     let kernel = BootImage { name: "benchmark guest".into(), bytes: image.to_vec() };

@@ -16,20 +16,36 @@ use sim_core::memory::GuestMemory;
 
 use crate::fault::R;
 use crate::interp::Interpreter;
+use crate::predecode::Pre;
 
 /// Executes one decoded instruction (chosen once, at decode time).
-pub type Handler = fn(&mut Interpreter, &GuestMemory, &Instruction) -> R<()>;
+pub type Handler = fn(&mut Interpreter, &GuestMemory, &Cached) -> R<()>;
 
 /// A decoded instruction and its handler.
 #[derive(Clone, Copy)]
 pub struct Cached {
     pub ins: Instruction,
     pub run: Handler,
+    pub pre: Pre,
+    /// The handler is one of `fast`'s: the run loop may run it back to back
+    /// with other simple instructions without the per-boundary checks.
+    pub simple: bool,
+    /// A simple instruction that may set `next_rip` (a branch); the others
+    /// always continue at RIP + length.
+    pub branch: bool,
 }
 
 impl Cached {
-    pub fn new(ins: Instruction) -> Cached {
-        Cached { run: crate::dispatch::handler(&ins), ins }
+    /// `ins` decoded at `bitness` (16, 32 or 64).
+    pub fn new(ins: Instruction, bitness: u32) -> Cached {
+        let pre = Pre::new(&ins, bitness);
+        match crate::fast::select(&ins, &pre) {
+            Some(run) => {
+                let branch = ins.flow_control() != iced_x86::FlowControl::Next;
+                Cached { run, ins, pre, simple: true, branch }
+            }
+            None => Cached { run: crate::dispatch::handler(&ins), ins, pre, simple: false, branch: true },
+        }
     }
 }
 
@@ -92,7 +108,7 @@ impl CodePage {
         if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
             return Decoded::CrossesPage;
         }
-        let c = Cached::new(ins);
+        let c = Cached::new(ins, self.bitness);
         self.insns.push(c);
         if let Some(slot) = self.index.get_mut(off) {
             *slot = self.insns.len() as u16;

@@ -6,7 +6,7 @@ use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind};
 use sim_core::memory::GuestMemory;
 
 use crate::alu;
-use crate::code_cache::Handler;
+use crate::code_cache::{Cached, Handler};
 use crate::fault::R;
 use crate::interp::Interpreter;
 
@@ -82,7 +82,7 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Lea => lea,
         M::Push if gpr_or_imm(0) => push,
         M::Pop if ins.op_kind(0) == OpKind::Register && ins.op_register(0).is_gpr() => pop,
-        _ => Interpreter::exec,
+        _ => generic,
     }
 }
 
@@ -104,7 +104,8 @@ fn is_near(k: OpKind) -> bool {
     matches!(k, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
 }
 
-fn binop<const K: u8>(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn binop<const K: u8>(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let size = cpu.op_size(ins, 0);
     let dst = cpu.loc(ins, 0);
     let a = cpu.load(m, dst, size)?;
@@ -138,7 +139,8 @@ fn src_reg_or_imm(cpu: &Interpreter, ins: &Instruction) -> u64 {
 }
 
 /// `op r, r/imm`: no memory, no operand-kind dispatch beyond the source.
-fn binop_reg<const K: u8>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn binop_reg<const K: u8>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let d = ins.op_register(0);
     let sz = d.size() as u8;
     let a = cpu.reg(d);
@@ -158,7 +160,8 @@ fn binop_reg<const K: u8>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruc
     Ok(())
 }
 
-fn inc_dec_reg<const INC: bool>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn inc_dec_reg<const INC: bool>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let d = ins.op_register(0);
     let sz = d.size() as u8;
     let a = cpu.reg(d);
@@ -168,7 +171,8 @@ fn inc_dec_reg<const INC: bool>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &I
     Ok(())
 }
 
-fn inc_dec<const INC: bool>(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn inc_dec<const INC: bool>(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let size = cpu.op_size(ins, 0);
     let dst = cpu.loc(ins, 0);
     let a = cpu.load(m, dst, size)?;
@@ -178,7 +182,8 @@ fn inc_dec<const INC: bool>(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instru
     Ok(())
 }
 
-fn mov(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn mov(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let size = cpu.op_size(ins, 0);
     let v = cpu.rd(m, ins, 1, size)?;
     cpu.wr(m, ins, 0, size, v)
@@ -186,14 +191,16 @@ fn mov(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
 
 /// A Jcc handler with its condition fixed at compile time.
 /// `mov r, r/imm`.
-fn mov_rr(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn mov_rr(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let v = src_reg_or_imm(cpu, ins);
     cpu.set_reg(ins.op_register(0), v);
     Ok(())
 }
 
 /// `mov r, [mem]`.
-fn mov_load(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn mov_load(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let r = ins.op_register(0);
     let (s, o) = cpu.ea(ins);
     let v = cpu.rd_mem(m, s, o, r.size())?;
@@ -202,7 +209,8 @@ fn mov_load(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> 
 }
 
 /// `mov [mem], r/imm`.
-fn mov_store(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn mov_store(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let size = ins.memory_size().size();
     let v = src_reg_or_imm(cpu, ins);
     let (s, o) = cpu.ea(ins);
@@ -234,7 +242,7 @@ fn jcc_for(cc: ConditionCode) -> Handler {
 }
 
 /// ConditionCode by discriminant (for the const parameter above).
-const CONDS: [ConditionCode; 17] = [
+pub(crate) const CONDS: [ConditionCode; 17] = [
     ConditionCode::None,
     ConditionCode::o,
     ConditionCode::no,
@@ -254,7 +262,8 @@ const CONDS: [ConditionCode; 17] = [
     ConditionCode::g,
 ];
 
-fn jcc<const CC: u8>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn jcc<const CC: u8>(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     if alu::cond(CONDS[CC as usize], cpu.flags()) {
         let t = cpu.rel_target(ins);
         cpu.jump(t)
@@ -263,50 +272,64 @@ fn jcc<const CC: u8>(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction)
     }
 }
 
-fn jmp_rel(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn jmp_rel(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let t = cpu.rel_target(ins);
     cpu.jump(t)
 }
 
-fn nop(_cpu: &mut Interpreter, _m: &GuestMemory, _ins: &Instruction) -> R<()> {
+fn nop(_cpu: &mut Interpreter, _m: &GuestMemory, _c: &Cached) -> R<()> {
     Ok(())
 }
 
-fn lea(cpu: &mut Interpreter, _m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn lea(cpu: &mut Interpreter, _m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let (_, off) = cpu.ea(ins);
     let r = ins.op_register(0);
     cpu.set_reg(r, off & crate::operands::mask(r.size()));
     Ok(())
 }
 
-fn call(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn call(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     cpu.call(m, ins)
 }
 
-fn ret(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn ret(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let extra = if ins.op_count() > 0 { ins.immediate16() as u64 } else { 0 };
     let size = Interpreter::stack_size(ins).saturating_sub(extra as usize);
     cpu.ret_near(m, size, extra)
 }
 
-fn shift(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn shift(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     cpu.shift(m, ins)
 }
 
-fn muldiv(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn muldiv(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     cpu.muldiv(m, ins)
 }
 
-fn movzx(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn movzx(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     let v = cpu.rd(m, ins, 1, cpu.op_size(ins, 1))?;
     cpu.set_reg(ins.op_register(0), v);
     Ok(())
 }
 
-fn push(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn push(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     cpu.push_op(m, ins)
 }
 
-fn pop(cpu: &mut Interpreter, m: &GuestMemory, ins: &Instruction) -> R<()> {
+fn pop(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    let ins = &c.ins;
     cpu.pop_op(m, ins)
+}
+
+/// Everything without a direct handler: the mnemonic dispatch in `exec`.
+fn generic(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
+    cpu.exec(m, &c.ins)
 }

@@ -8,6 +8,7 @@ use sim_core::state::{gpr, rflags};
 use crate::alu::{self, ShiftOp};
 use crate::fault::{exc, gp0, ud, vector, R};
 use crate::interp::Interpreter;
+use crate::lazy_flags;
 use crate::operands::{mask, sext, Loc};
 
 const ARITH: u64 = rflags::CF | rflags::PF | rflags::AF | rflags::ZF | rflags::SF | rflags::OF;
@@ -16,11 +17,26 @@ impl Interpreter {
     #[inline(always)]
     pub(crate) fn set_flags(&mut self, f: u64) {
         self.s.rflags = (self.s.rflags & !ARITH) | (f & ARITH);
+        self.lazy.op = lazy_flags::NONE;
     }
 
+    /// RFLAGS, with lazily recorded status flags computed (lazy_flags.rs).
     #[inline(always)]
     pub(crate) fn flags(&self) -> u64 {
-        self.s.rflags
+        if self.lazy.op == lazy_flags::NONE {
+            self.s.rflags
+        } else {
+            self.lazy.apply(self.s.rflags)
+        }
+    }
+
+    /// Make `s.rflags` exact (before code that reads or writes it directly).
+    #[inline(always)]
+    pub(crate) fn materialise_flags(&mut self) {
+        if self.lazy.op != lazy_flags::NONE {
+            self.s.rflags = self.lazy.apply(self.s.rflags);
+            self.lazy.op = lazy_flags::NONE;
+        }
     }
 
     pub(crate) fn exec(&mut self, m: &GuestMemory, ins: &Instruction) -> R<()> {

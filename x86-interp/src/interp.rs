@@ -24,6 +24,7 @@ use sim_core::{Completion, Vcpu, VcpuError, VcpuExit};
 
 use crate::code_cache::{Cached, CodeCache, Decoded, PAGE};
 use crate::fault::{exc, gp0, vector, Stop, R};
+use crate::lazy_flags::Lazy;
 use crate::tlb::Tlb;
 
 /// An answer to an exit, kept until the instruction retires.
@@ -79,6 +80,8 @@ pub struct Interpreter {
     /// while holding `&mut self`.
     l0: Option<Box<L0>>,
     l0_gen: u64,
+    /// Status flags not yet computed (see lazy_flags.rs).
+    pub(crate) lazy: Lazy,
 }
 
 type L0 = [L0Entry; L0_ENTRIES];
@@ -123,8 +126,9 @@ impl Interpreter {
             cpl: 0,
             next_rip: 0,
             run_target: 0,
-            l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])),
+            l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])),
             l0_gen: 1,
+            lazy: Lazy::default(),
         };
         i.refresh_mode();
         i
@@ -306,7 +310,7 @@ impl Interpreter {
                 let next_page = if self.long64 { next_page } else { next_page & 0xffff_ffff };
                 self.fetch_bytes(m, next_page, &mut buf[n..])?;
                 let mut dec = Decoder::with_ip(self.bits, &buf, off as u64, DecoderOptions::NONE);
-                Ok((Cached::new(dec.decode()), false))
+                Ok((Cached::new(dec.decode(), self.bits), false))
             }
         }
     }
@@ -331,14 +335,13 @@ impl Interpreter {
                 &uncached
             }
         };
-        let ins = &c.ins;
-        let len = ins.len() as u64;
+        let len = c.pre.len as u64;
         let next = self.s.rip.wrapping_add(len);
         self.next_rip = next & self.ip_mask;
         if self.s.rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
             return Err(gp0());
         }
-        (c.run)(self, m, ins)?;
+        (c.run)(self, m, c)?;
         self.s.rip = self.next_rip;
         Ok(())
     }
@@ -385,6 +388,8 @@ impl Interpreter {
             return VcpuExit::Shutdown;
         }
         loop {
+            // Boundaries and non-simple instructions use `s.rflags` directly.
+            self.materialise_flags();
             if self.attention {
                 if let Some(exit) = self.boundary(m) {
                     return exit;
@@ -402,7 +407,7 @@ impl Interpreter {
             }
             let shadow = self.s.events.interrupt_shadow;
             let single_step = self.s.rflags & rflags::TF != 0;
-            match self.step(m, l0) {
+            let r = match self.step(m, l0) {
                 Ok(()) => {
                     self.retired += 1;
                     if shadow {
@@ -425,8 +430,28 @@ impl Interpreter {
                         if self.shutdown {
                             return VcpuExit::Shutdown;
                         }
+                        continue;
+                    }
+                    // Nothing needs boundary work (no event, shadow or trap
+                    // flag, which simple instructions cannot change): run
+                    // simple instructions back to back.
+                    if self.attention
+                        || self.s.events.halted
+                        || self.s.events.interrupt_shadow
+                        || self.s.rflags & rflags::TF != 0
+                    {
+                        continue;
+                    }
+                    if self.long64 {
+                        self.run_simple::<true>(m, l0)
+                    } else {
+                        self.run_simple::<false>(m, l0)
                     }
                 }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => {}
                 Err(e) if e.fault().is_some() => {
                     let (vector, code) = e.fault().unwrap_or((0, None));
                     self.io_log.clear();
@@ -445,6 +470,50 @@ impl Interpreter {
                 }
             }
         }
+    }
+
+    /// Run cached simple instructions (see fast.rs) until the budget is
+    /// spent, an instruction is not cached in L0 or not simple, or one
+    /// stops. Simple instructions never touch events, the shadow, TF, the
+    /// mode or the I/O log, so none of the checks of `run_loop` can change
+    /// between them. Nor do they read RIP or the retired count, which stay
+    /// in locals here (no store-to-load round trip per instruction) and are
+    /// written back on the way out.
+    #[inline(always)]
+    fn run_simple<const LONG: bool>(&mut self, m: &GuestMemory, l0: &mut L0) -> R<()> {
+        let mut rip = self.s.rip;
+        let mut retired = self.retired;
+        let target = self.run_target;
+        let r = loop {
+            if retired >= target {
+                break Ok(());
+            }
+            let la = if LONG { rip } else { self.s.seg[sreg::CS].base.wrapping_add(rip) & 0xffff_ffff };
+            let e = &l0[(la as usize) & (L0_ENTRIES - 1)];
+            if e.la != la || e.gen != self.l0_gen || !e.c.simple {
+                break Ok(());
+            }
+            let c = &e.c;
+            let len = c.pre.len as u64;
+            let next = if LONG {
+                // 64-bit mode: no RIP wrap, no CS limit.
+                rip.wrapping_add(len)
+            } else {
+                if rip.wrapping_add(len.saturating_sub(1)) > self.fetch_limit {
+                    break Err(gp0());
+                }
+                rip.wrapping_add(len) & self.ip_mask
+            };
+            self.next_rip = next;
+            if let Err(e) = (c.run)(self, m, c) {
+                break Err(e);
+            }
+            rip = if c.branch { self.next_rip } else { next };
+            retired += 1;
+        };
+        self.s.rip = rip;
+        self.retired = retired;
+        r
     }
 }
 
@@ -484,9 +553,10 @@ impl Vcpu for Interpreter {
         self.code.new_epoch();
         self.forget_fetch();
         let mut l0 = self.l0.take().unwrap_or_else(|| {
-            Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default()) }; L0_ENTRIES])
+            Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])
         });
         let exit = self.run_loop(mem, budget, &mut l0);
+        self.materialise_flags();
         self.l0 = Some(l0);
         Ok(exit)
     }
@@ -509,6 +579,7 @@ impl Vcpu for Interpreter {
 
     fn set_state(&mut self, state: &ArchState) {
         self.s = state.clone();
+        self.lazy = Lazy::default();
         self.set_tsc(state.tsc);
         self.io_log.clear();
         self.io_pos = 0;

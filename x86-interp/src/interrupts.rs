@@ -65,6 +65,8 @@ impl Interpreter {
     /// Deliver an exception from the run loop, applying the double-fault
     /// rule; a fault while delivering #DF shuts the CPU down.
     pub(crate) fn raise(&mut self, m: &GuestMemory, vec: u8, code: Option<u32>) {
+        // The exception frame saves RFLAGS.
+        self.materialise_flags();
         let mut cur = (vec, code);
         loop {
             let rip = self.s.rip;
