@@ -83,14 +83,18 @@ const KVM_BENCHES: &[Bench] = &[
 /// Record/replay and snapshot figures (interpreter only): the CPU-bound ALU
 /// guest run plainly, recorded and replayed in one process.
 const REPLAY_BENCHES: &[Bench] = &[
-    Bench { name: "record-overhead-pct", unit: "%", measure: |_, s| replay_figures(s).map(|f| f.record_overhead_pct) },
+    Bench {
+        name: "record-overhead-pct",
+        unit: "%",
+        measure: |_, s, _| replay_figures(s).map(|f| f.record_overhead_pct),
+    },
     Bench {
         name: "log-bytes-per-minsn",
         unit: "bytes/M insn",
-        measure: |_, s| replay_figures(s).map(|f| f.log_bytes_per_minsn),
+        measure: |_, s, _| replay_figures(s).map(|f| f.log_bytes_per_minsn),
     },
-    Bench { name: "replay-speed-ratio", unit: "x", measure: |_, s| replay_figures(s).map(|f| f.replay_speed_ratio) },
-    Bench { name: "snapshot-restore-ms", unit: "ms", measure: |_, s| snapshot_restore_ms(s) },
+    Bench { name: "replay-speed-ratio", unit: "x", measure: |_, s, _| replay_figures(s).map(|f| f.replay_speed_ratio) },
+    Bench { name: "snapshot-restore-ms", unit: "ms", measure: |_, s, _| snapshot_restore_ms(s) },
 ];
 
 const XENSTORE_BENCHES: &[Bench] = &[
