@@ -22,6 +22,9 @@ pub mod version;
 
 pub mod xenstore;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 pub use platform::{Ring, XenConfig, XenPlatform};
 
 /// The simulator's own domain (the toolstack and backends).
