@@ -45,3 +45,6 @@ mod system;
 mod tlb;
 
 pub use interp::Interpreter;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;

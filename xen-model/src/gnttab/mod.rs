@@ -108,6 +108,52 @@ impl GrantTable {
         self.shared.get(idx as usize).cloned().ok_or(Errno(EINVAL))
     }
 
+    /// The page backing shared (or v2 status) frame `idx`, if allocated;
+    /// unlike `frame`, never grows the table.
+    pub fn frame_page(&self, idx: u32, status: bool) -> Option<&OverlayPage> {
+        if status {
+            self.status.get(idx as usize)
+        } else {
+            self.shared.get(idx as usize)
+        }
+    }
+
+    /// Consistency of pins, dom0 mappings and the guest-visible access flags
+    /// (for fuzzing and tests; assumes the guest has not edited the access
+    /// bits behind Xen's back): every pinned entry has GTF_reading, and
+    /// GTF_writing exactly while it has writers; unpinned entries have
+    /// neither; dom0's pins are exactly what its live mappings account for.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let dom0 = self.dom0_pins();
+        for (&gref, a) in &self.active {
+            if gref >= self.nr_entries() {
+                return Err(format!("pinned gref {gref} beyond the table ({} entries)", self.nr_entries()));
+            }
+            if a.readers == 0 && a.writers == 0 {
+                return Err(format!("gref {gref} active with no pins"));
+            }
+            let f = self.access_flags(gref);
+            let want = gtf::READING | if a.writers > 0 { gtf::WRITING } else { 0 };
+            if f != want {
+                return Err(format!("gref {gref} pinned {a:?} has access flags {f:#x}, want {want:#x}"));
+            }
+            if a.domid == DOM0 && dom0.get(&gref) != Some(&(a.readers, a.writers)) {
+                return Err(format!("gref {gref} dom0 pins {a:?}, mappings account for {:?}", dom0.get(&gref)));
+            }
+        }
+        for (&gref, &pins) in &dom0 {
+            if self.pins(gref, DOM0) != pins {
+                return Err(format!("dom0 maps gref {gref} {pins:?} times but it is not pinned so"));
+            }
+        }
+        for gref in 0..self.nr_entries() {
+            if !self.active.contains_key(&gref) && self.access_flags(gref) != 0 {
+                return Err(format!("unpinned gref {gref} has access flags {:#x}", self.access_flags(gref)));
+            }
+        }
+        Ok(())
+    }
+
     /// Soft reset: back to v1 with every entry cleared and every dom0
     /// mapping dropped. Shared frames stay allocated (and mapped where the
     /// guest put them); v2 status frames are released.
