@@ -188,6 +188,7 @@ fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
     // Live mappings: the model's handle and the reference's index.
     let mut live: Vec<(MapHandle, usize)> = Vec::new();
     for (i, op) in input.ops.iter().take(super::MAX_STEPS).enumerate() {
+        let mut touched = touched_refs(op);
         let r = match op {
             Op::Write { gref, flags, domid, frame } => {
                 let (g, fl, d, f) =
@@ -217,6 +218,7 @@ fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
                 } else {
                     let (h, idx) = live.remove(usize::from(*k) % live.len());
                     let (refs, w) = m.maps[idx].clone();
+                    touched.extend(&refs);
                     for g in refs {
                         m.unpin(g, w);
                     }
@@ -275,11 +277,21 @@ fn access_bits(t: &GrantTable, v2: bool, gref: u32) -> u16 {
     u16::from_le_bytes(b) & (READING | WRITING)
 }
 
-fn compare(t: &GrantTable, m: &RefModel) -> Result<(), String> {
+/// The references an operation can change (the rest are compared at the end).
+fn touched_refs(op: &Op) -> Vec<u32> {
+    match op {
+        Op::Write { gref, .. } => vec![u32::from(*gref)],
+        Op::Map { refs, .. } => refs.iter().take(6).map(|&g| u32::from(g) % 1100).collect(),
+        Op::Unmap(_) | Op::Frame(_) => Vec::new(),
+    }
+}
+
+fn compare(t: &GrantTable, m: &RefModel, refs: impl IntoIterator<Item = u32>) -> Result<(), String> {
     if t.nr_frames() != m.frames {
         return Err(format!("frames: model {}, reference {}", t.nr_frames(), m.frames));
     }
-    for gref in 0..m.nr_entries() {
+    let pinned: Vec<u32> = m.pins.keys().copied().collect();
+    for gref in refs.into_iter().chain(pinned).filter(|&g| g < m.nr_entries()) {
         let (got, want) = (access_bits(t, m.v2, gref), m.access(gref));
         if got != want {
             return Err(format!("gref {gref} access bits: model {got:#x}, reference {want:#x}"));
