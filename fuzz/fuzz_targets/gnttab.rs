@@ -6,6 +6,6 @@ use xen_model::fuzzing::gnttab::{run, Input};
 
 fuzz_target!(|input: Input| {
     if let Err(e) = run(&input) {
-        panic!("invariant broken: {e}");
+        panic!("invariant broken: {e}\ninput: {input:?}");
     }
 });

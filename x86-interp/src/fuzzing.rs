@@ -82,6 +82,23 @@ pub fn run_bytes(data: &[u8]) -> (String, Result<(), String>) {
 
 thread_local! {
     static CPUID: Arc<CpuidTable> = Arc::new(CpuidTable::baseline(Vendor::Intel));
+    /// Per mode: the sandbox's tables (guest-physical 0..CODE) and its
+    /// initial state, built once and copied into each fresh memory.
+    static TEMPLATES: Vec<(Mode, Vec<u8>, ArchState)> = [Mode::Long, Mode::Prot32, Mode::Real]
+        .into_iter()
+        .filter_map(|m| template(m).ok().map(|(img, s)| (m, img, s)))
+        .collect();
+    /// The CPU that state round trips go through (reset by `set_state`).
+    static OTHER: std::cell::RefCell<Interpreter> =
+        std::cell::RefCell::new(Interpreter::new(0, 1, Arc::new(CpuidTable::baseline(Vendor::Intel))));
+}
+
+fn template(mode: Mode) -> Result<(Vec<u8>, ArchState), String> {
+    let mem = GuestMemory::new(2).map_err(|e| format!("sandbox memory: {e}"))?;
+    let s = sandbox(&mem, mode)?;
+    let mut img = vec![0u8; (DATA) as usize];
+    mem.read(0, &mut img).map_err(|e| format!("sandbox read: {e}"))?;
+    Ok((img, s))
 }
 
 /// Execute one input in a fresh sandbox (a new lazily-zeroed 2 MiB guest
@@ -89,8 +106,12 @@ thread_local! {
 pub fn run(input: &Input) -> Result<(), String> {
     let cpuid = CPUID.with(Arc::clone);
     let mem = GuestMemory::new(2).map_err(|e| format!("sandbox memory: {e}"))?;
-    let mut cpu = Interpreter::new(0, 1, cpuid.clone());
-    let mut s = sandbox(&mem, input.mode)?;
+    let mut cpu = Interpreter::new(0, 1, cpuid);
+    let mut s = TEMPLATES.with(|t| {
+        let (_, img, s) = t.iter().find(|(m, _, _)| *m == input.mode).ok_or("no sandbox template")?;
+        mem.write(0, img).map_err(|e| format!("sandbox write: {e}"))?;
+        Ok::<_, String>(s.clone())
+    })?;
     let w = |a: u64, b: &[u8]| mem.write(a, b).map_err(|e| format!("sandbox write: {e}"));
     w(CODE, &input.code[..input.code.len().min(4096)])?;
     w(DATA, &input.data[..input.data.len().min(4096)])?;
@@ -112,13 +133,13 @@ pub fn run(input: &Input) -> Result<(), String> {
             VcpuExit::Halt | VcpuExit::Shutdown => break,
             VcpuExit::Hypercall | VcpuExit::BudgetExhausted | VcpuExit::InterruptWindow => {}
         }
-        check(&cpu.state(), &cpuid)?;
+        check(&cpu.state())?;
     }
     Ok(())
 }
 
 /// Architectural invariants of any state the CPU can reach.
-fn check(s: &ArchState, cpuid: &Arc<CpuidTable>) -> Result<(), String> {
+fn check(s: &ArchState) -> Result<(), String> {
     let reserved = !((1u64 << 22) - 1) | 1 << 3 | 1 << 5 | 1 << 15;
     if s.rflags & rflags::FIXED1 == 0 || s.rflags & reserved != 0 {
         return Err(format!("RFLAGS {:#x} breaks the fixed bits", s.rflags));
@@ -138,9 +159,12 @@ fn check(s: &ArchState, cpuid: &Arc<CpuidTable>) -> Result<(), String> {
         return Err("EFER.LMA without paging".into());
     }
     // A state the CPU produced restores unchanged on a fresh CPU (snapshots).
-    let mut other = Interpreter::new(0, 1, cpuid.clone());
-    other.set_state(s);
-    if &other.state() != s {
+    let same = OTHER.with(|o| {
+        let mut other = o.borrow_mut();
+        other.set_state(s);
+        other.state() == *s
+    });
+    if !same {
         return Err("state differs after set_state/state on a fresh CPU".into());
     }
     Ok(())

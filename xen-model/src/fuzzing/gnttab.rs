@@ -108,7 +108,8 @@ impl RefModel {
         let (flags, domid, frame) = self.entry(gref);
         let cur = self.pins.get(&gref).copied();
         if cur.is_none() {
-            let ty_ok = flags & 3 == PERMIT_ACCESS && !(self.v2 && flags & SUB_PAGE != 0);
+            // _set_status_v1/_v2 both refuse GTF_sub_page for a mapping.
+            let ty_ok = flags & 3 == PERMIT_ACCESS && flags & SUB_PAGE == 0;
             if !ty_ok || domid != 0 {
                 return Err(Refused::Denied(gref));
             }
@@ -162,7 +163,8 @@ impl RefModel {
 fn refused(e: &GrantError) -> Option<Refused> {
     Some(match *e {
         GrantError::BadRef(g) => Refused::BadRef(g),
-        GrantError::NotGranted(g) => Refused::Denied(g),
+        // Xen reports both as GNTST_general_error from the same check.
+        GrantError::NotGranted(g) | GrantError::Transitive(g) => Refused::Denied(g),
         GrantError::ReadOnlyGrant(g) => Refused::ReadOnly(g),
         GrantError::BadFrame(g) => Refused::BadFrame(g),
         GrantError::EmptyBatch => Refused::Empty,
@@ -239,11 +241,11 @@ fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
                 }
             }
         };
-        r.and_then(|()| compare(&t, &m))
-            .and_then(|()| t.check_invariants())
+        r.and_then(|()| compare(&t, &m, touched))
+            .and_then(|()| t.check_invariants(false))
             .map_err(|e| format!("op {i} ({op:?}): {e}"))?;
     }
-    Ok(())
+    compare(&t, &m, 0..m.nr_entries()).and_then(|()| t.check_invariants(true)).map_err(|e| format!("at the end: {e}"))
 }
 
 /// The guest's entry write, by the ABI layout (flags last).
