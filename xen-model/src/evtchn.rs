@@ -533,11 +533,12 @@ impl EventChannels {
                         ));
                     }
                 }
-                ChanState::Interdomain { remote_dom: DOM0, remote_port } => {
-                    if self.backend.get(&remote_port).and_then(|b| b.guest_port) != Some(p) {
-                        return Err(format!("port {p} bound to dom0 port {remote_port}, which does not point back"));
-                    }
+                ChanState::Interdomain { remote_dom: DOM0, remote_port }
+                    if self.backend.get(&remote_port).and_then(|b| b.guest_port) != Some(p) =>
+                {
+                    return Err(format!("port {p} bound to dom0 port {remote_port}, which does not point back"));
                 }
+                ChanState::Interdomain { remote_dom: DOM0, .. } => {}
                 ChanState::Interdomain { remote_dom, .. } => {
                     return Err(format!("port {p} bound to absent domain {remote_dom}"))
                 }
