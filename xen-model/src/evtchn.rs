@@ -306,7 +306,9 @@ impl EventChannels {
             ChanState::Free | ChanState::Reserved => return Err(Errno(EINVAL)),
             ChanState::Unbound { .. } | ChanState::Ipi => {}
             ChanState::Virq(v) => {
-                self.virqs.remove(&(c.vcpu, v));
+                // Global VIRQs are keyed on vCPU 0 wherever bind_vcpu moved them.
+                let key = if virq_is_per_vcpu(v) { (c.vcpu, v) } else { (0, v) };
+                self.virqs.remove(&key);
             }
             ChanState::Pirq(p) => {
                 self.pirqs.remove(&p);
