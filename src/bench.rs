@@ -75,6 +75,19 @@ const KVM_BENCHES: &[Bench] = &[
     },
 ];
 
+/// Record/replay and snapshot figures (interpreter only): the CPU-bound ALU
+/// guest run plainly, recorded and replayed in one process.
+const REPLAY_BENCHES: &[Bench] = &[
+    Bench { name: "record-overhead-pct", unit: "%", measure: |_, s| replay_figures(s).map(|f| f.record_overhead_pct) },
+    Bench {
+        name: "log-bytes-per-minsn",
+        unit: "bytes/M insn",
+        measure: |_, s| replay_figures(s).map(|f| f.log_bytes_per_minsn),
+    },
+    Bench { name: "replay-speed-ratio", unit: "x", measure: |_, s| replay_figures(s).map(|f| f.replay_speed_ratio) },
+    Bench { name: "snapshot-restore-ms", unit: "ms", measure: |_, s| snapshot_restore_ms(s) },
+];
+
 const XENSTORE_BENCHES: &[Bench] = &[
     Bench {
         name: "xenstore-ops-per-s",
@@ -98,12 +111,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(crate::status::USER_ERROR);
         }
     };
-    let guest_loops = match cpus {
-        crate::Cpus::Interp => INTERP_BENCHES,
-        crate::Cpus::Kvm => KVM_BENCHES,
+    let (guest_loops, replay_figures): (&[Bench], &[Bench]) = match cpus {
+        crate::Cpus::Interp => (INTERP_BENCHES, REPLAY_BENCHES),
+        crate::Cpus::Kvm => (KVM_BENCHES, &[]),
     };
     let selected: Vec<&Bench> = guest_loops
         .iter()
+        .chain(replay_figures)
         .chain(XENSTORE_BENCHES)
         .filter(|b| args.filter.as_deref().is_none_or(|f| b.name.contains(f)))
         .collect();
@@ -148,7 +162,8 @@ fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duratio
     let kernel = BootImage { name: "benchmark guest".into(), bytes: image.to_vec() };
     let mut m = cpus.machine(MachineConfig { memory_mib: 64, ..Default::default() })?;
     m.set_console(Box::new(std::io::sink()));
-    m.boot(BootConfig { kernel, modules: vec![], cmdline: String::new(), rsdp: 0 }).map_err(|e| e.to_string())?;
+    m.boot(BootConfig { kernel, modules: vec![], cmdline: String::new(), rsdp: 0, reserved: Vec::new() })
+        .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let stop = m.run().map_err(|e| e.to_string())?;
     let elapsed = t0.elapsed();
@@ -157,4 +172,97 @@ fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duratio
     }
     let counted = m.vcpu(0).retired_instructions().map(|_| m.retired_instructions());
     Ok((counted, elapsed))
+}
+
+struct ReplayFigures {
+    record_overhead_pct: f64,
+    log_bytes_per_minsn: f64,
+    replay_speed_ratio: f64,
+}
+
+/// Plain run, recorded run and replay of the same CPU-bound guest, measured
+/// once per process and shared by the three figures.
+fn replay_figures(scale: u64) -> Result<ReplayFigures, String> {
+    static FIGURES: std::sync::OnceLock<Result<(f64, f64, f64), String>> = std::sync::OnceLock::new();
+    let r = FIGURES.get_or_init(|| measure_replay(scale)).clone()?;
+    Ok(ReplayFigures { record_overhead_pct: r.0, log_bytes_per_minsn: r.1, replay_speed_ratio: r.2 })
+}
+
+fn bench_machine(image: &[u8]) -> Result<sim_core::machine::Machine, String> {
+    let mut m = crate::Cpus::Interp.machine(MachineConfig { memory_mib: 64, ..Default::default() })?;
+    m.set_console(Box::new(std::io::sink()));
+    let kernel = BootImage { name: "benchmark guest".into(), bytes: image.to_vec() };
+    m.boot(BootConfig { kernel, modules: vec![], cmdline: String::new(), rsdp: 0, reserved: Vec::new() })
+        .map_err(|e| e.to_string())?;
+    Ok(m)
+}
+
+fn measure_replay(scale: u64) -> Result<(f64, f64, f64), String> {
+    let image = xensim::guest::programs::bench_alu(5_000_000 * scale).map_err(|e| e.to_string())?;
+    // Plain.
+    let mut m = bench_machine(&image)?;
+    let t0 = Instant::now();
+    m.run().map_err(|e| e.to_string())?;
+    let plain = t0.elapsed();
+    let insns = m.retired_instructions();
+    // Recorded, with the CLI's default checkpoint interval.
+    let path = std::env::temp_dir().join(format!("xensim-bench-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = MachineConfig { memory_mib: 64, ..Default::default() };
+    let header = replay::Header {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: replay::LogConfig {
+            cpus: c.cpus,
+            memory_mib: c.memory_mib,
+            quantum: c.quantum,
+            max_instructions: c.max_instructions,
+            vendor: c.vendor,
+        },
+        cmdline: String::new(),
+        images: vec![replay::ImageHash::of("benchmark guest", &image)],
+        checkpoint_every: 10_000_000,
+    };
+    let mut m = bench_machine(&image)?;
+    let mut log = replay::LogWriter::create(&path, &header).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    replay::record(&mut m, Box::new(sim_core::door::ClosedDoor), &mut log, header.checkpoint_every)
+        .map_err(|e| e.to_string())?;
+    log.finish().map_err(|e| e.to_string())?;
+    let recorded = t0.elapsed();
+    let bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+    // Replayed.
+    let log = replay::Log::read(&path).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&path);
+    let log = log?;
+    let mut m = bench_machine(&image)?;
+    let t0 = Instant::now();
+    let outcome = replay::replay(&mut m, &log, None, &mut |_| {}).map_err(|e| e.to_string())?;
+    let replayed = t0.elapsed();
+    if !matches!(outcome, replay::Replayed::Identical { .. }) {
+        return Err("the benchmark's replay was not identical".into());
+    }
+    let overhead = (recorded.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0;
+    Ok((overhead, bytes as f64 / (insns as f64 / 1e6), plain.as_secs_f64() / replayed.as_secs_f64()))
+}
+
+/// Restore a 64 MiB machine to a snapshot taken a few thousand instructions
+/// earlier (few pages dirty since), through the in-memory snapshot store.
+fn snapshot_restore_ms(scale: u64) -> Result<f64, String> {
+    let image = xensim::guest::programs::bench_alu(1_000_000).map_err(|e| e.to_string())?;
+    let mut m = bench_machine(&image)?;
+    let mut store = replay::SnapshotStore::new();
+    let rounds = 20 * scale;
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        for _ in 0..3 {
+            m.run_round().map_err(|e| e.to_string())?;
+        }
+        store.observe(&mut m, 0);
+        let j = store.len() - 1;
+        m.run_round().map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        store.restore(&mut m, j)?;
+        total += t0.elapsed();
+    }
+    Ok(total.as_secs_f64() * 1e3 / rounds as f64)
 }

@@ -75,6 +75,9 @@ fn kernel_modules_and_command_line_reach_the_guest() {
         ],
         cmdline: "console=hvc0 x=1".into(),
         rsdp: sim_core::layout::ACPI_TABLES_BASE,
+        // `xensim run` attaches the Xen platform: its special pages (the
+        // xenstore and console rings) are reserved in the map.
+        reserved: vec![xen_model::dom0::SPECIAL_REGION],
     };
     let kernel_end = sim_core::boot::load(&mem, &cfg).unwrap().kernel_end;
     let expected = programs::pvh64_start_info_expected(&programs::PvhInputs::xensim(&mem, &cfg, kernel_end));
@@ -134,4 +137,122 @@ fn trace_hypercalls_logs_to_stderr_only() {
     let o = xensim(&["run", "--trace-hypercalls"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&o.stdout), programs::demo_expected(), "stdout stays the guest's");
+}
+
+#[test]
+fn trace_hypercalls_shows_names_sub_ops_and_errors() {
+    let dir = scratch("trace");
+    let kernel = dir.join("xen_events.elf");
+    std::fs::write(&kernel, xensim::guest::xen::xen_events().unwrap()).unwrap();
+    let o = xensim(&["run", "--memory", "64", "--trace-hypercalls", "--kernel", kernel.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), xensim::guest::xen::XEN_EVENTS_EXPECTED, "stderr: {err}");
+    let has = |prefix: &str, suffix: &str| err.lines().any(|l| l.contains(prefix) && l.ends_with(suffix));
+    assert!(has("vcpu 0: memory_op(add_to_physmap, 0x", ") = 0"), "{err}");
+    assert!(has("event_channel_op(bind_ipi, 0x", ") = 0"), "{err}");
+    // A deadline in the past with VCPU_SSHOTTMR_future (vCPU 0's own timer).
+    assert!(has("vcpu_op(set_singleshot_timer, 0x0, 0x", ") = -ETIME"), "{err}");
+    assert!(has("sched_op(block, 0x0)", " = 0"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn record_replay_and_inspect_a_run_with_serial_input() {
+    let dir = scratch("echo");
+    let kernel = dir.join("kernel");
+    std::fs::write(&kernel, programs::serial_echo().unwrap()).unwrap();
+    let input = dir.join("input");
+    std::fs::write(&input, b"hi there.").unwrap();
+    let log = dir.join("echo.log");
+    let _ = std::fs::remove_file(&log);
+    let (k, i, l) = (kernel.to_str().unwrap(), input.to_str().unwrap(), log.to_str().unwrap());
+    let rec = xensim(&[
+        "run",
+        "--kernel",
+        k,
+        "--memory",
+        "16",
+        "--serial-input",
+        i,
+        "--record",
+        l,
+        "--checkpoint-every",
+        "100000",
+    ]);
+    assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
+    assert_eq!(String::from_utf8_lossy(&rec.stdout), programs::serial_echo_expected(b"hi there."));
+    // The input file is gone: replay takes the bytes from the log.
+    std::fs::remove_file(&input).unwrap();
+    let rep = xensim(&["replay", l, "--verify"]);
+    assert_eq!(rep.status.code(), Some(0), "{}", stderr(&rep));
+    assert_eq!(rep.stdout, rec.stdout, "console output reproduced");
+    let ins = xensim(&["inspect", l, "--kind", "serial"]);
+    let text = String::from_utf8_lossy(&ins.stdout);
+    assert!(text.contains("input serial \"hi there.\"") || text.contains("input serial"), "{text}");
+    assert!(!text.contains("WallClock"), "filtered by kind: {text}");
+    // A changed kernel image is refused with one line naming it.
+    std::fs::write(&kernel, programs::demo().unwrap()).unwrap();
+    let bad = xensim(&["replay", l]);
+    assert_eq!(bad.status.code(), Some(16), "bad log");
+    assert!(stderr(&bad).contains("image differs from the one recorded"), "{}", stderr(&bad));
+    assert_eq!(stderr(&bad).trim_end().lines().count(), 1);
+}
+
+/// `state_hash="…"` from `-v` output.
+fn state_hash(o: &Output) -> String {
+    let e = stderr(o);
+    let at = e.find("state_hash").unwrap_or_else(|| panic!("no state hash in {e}"));
+    e[at..].chars().filter(|c| c.is_ascii_hexdigit()).skip(1).take(64).collect()
+}
+
+#[test]
+fn snapshots_restore_to_the_same_end_and_are_never_overwritten() {
+    let dir = scratch("snap");
+    let d = dir.to_str().unwrap();
+    let whole = xensim(&["-v", "run", "--memory", "16", "--snapshot-every", "50000", "--snapshot-dir", d]);
+    assert_eq!(whole.status.code(), Some(0), "{}", stderr(&whole));
+    let mut snaps: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    snaps.sort();
+    assert!(!snaps.is_empty() && snaps.iter().all(|p| p.to_str().unwrap().ends_with(".snap")), "{snaps:?}");
+    let first = snaps[0].to_str().unwrap();
+    let restored = xensim(&["-v", "run", "--memory", "16", "--restore", first]);
+    assert_eq!(restored.status.code(), Some(0), "{}", stderr(&restored));
+    assert_eq!(state_hash(&restored), state_hash(&whole), "same final state as the uninterrupted run");
+    // The same run again would overwrite its snapshots: refused, one line.
+    let again = xensim(&["run", "--memory", "16", "--snapshot-every", "50000", "--snapshot-dir", d]);
+    assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
+    assert_eq!(stderr(&again).trim_end().lines().count(), 1, "{}", stderr(&again));
+    // Truncated, and for another machine: one-line errors.
+    let bytes = std::fs::read(first).unwrap();
+    let bad = dir.join("bad.snap");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let o = xensim(&["run", "--memory", "16", "--restore", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(stderr(&o).contains("truncated") && stderr(&o).trim_end().lines().count() == 1, "{}", stderr(&o));
+    let o = xensim(&["run", "--memory", "32", "--restore", first]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(stderr(&o).contains("does not fit"), "{}", stderr(&o));
+}
+
+#[test]
+fn replay_writes_snapshots_and_seeks_from_them() {
+    let dir = scratch("seek");
+    let log = dir.join("d.log");
+    let _ = std::fs::remove_file(&log);
+    let l = log.to_str().unwrap();
+    let rec = xensim(&["run", "--memory", "16", "--record", l, "--checkpoint-every", "20000"]);
+    assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
+    let rep = xensim(&["replay", l, "--snapshot-every", "30000"]);
+    assert_eq!(rep.status.code(), Some(0), "{}", stderr(&rep));
+    assert_eq!(rep.stdout, rec.stdout);
+    let snap = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "snap"))
+        .count();
+    assert!(snap >= 1);
+    let seek = xensim(&["replay", l, "--until", "130000"]);
+    assert_eq!(seek.status.code(), Some(0), "{}", stderr(&seek));
+    assert!(stderr(&seek).contains("seeking from"), "{}", stderr(&seek));
+    // Only the output after the snapshot is printed again.
+    assert!(seek.stdout.len() < rec.stdout.len(), "{}", String::from_utf8_lossy(&seek.stdout));
 }

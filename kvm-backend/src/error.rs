@@ -10,6 +10,10 @@ pub enum KvmError {
     /// The host's KVM lacks something the backend needs.
     #[error("KVM on this host cannot be used: {0}")]
     Unsupported(String),
+    /// KVM's instruction emulator gave up (KVM_INTERNAL_ERROR_EMULATION);
+    /// hosts that emulate every instruction lack many (x87, most SSE).
+    #[error("KVM could not emulate the guest instruction at RIP {rip:#x} (bytes {bytes:02x?})")]
+    Emulation { rip: u64, bytes: Vec<u8> },
 }
 
 impl KvmError {

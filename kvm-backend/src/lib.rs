@@ -14,6 +14,7 @@ pub mod measure;
 mod slots;
 mod vcpu;
 mod vm;
+mod xsave;
 
 pub use caps::KvmCaps;
 pub use error::KvmError;

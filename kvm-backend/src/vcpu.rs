@@ -15,6 +15,7 @@ use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_msr_entry, kvm_xcrs, CpuId, Msrs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
     KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_IN,
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR,
+    KVM_INTERNAL_ERROR_EMULATION,
 };
 use kvm_ioctls::VcpuFd;
 use sim_core::clock;
@@ -30,6 +31,7 @@ use crate::convert;
 use crate::error::KvmError;
 use crate::kick::Kick;
 use crate::vm::KvmVm;
+use crate::xsave;
 
 /// KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt): queue an
 /// external interrupt (user-space irqchip only). kvm-ioctls has no wrapper.
@@ -259,6 +261,10 @@ impl KvmVcpu {
                 // SAFETY: exit_reason says the `internal` member is the live one.
                 let i = unsafe { run.__bindgen_anon_1.internal };
                 let n = (i.ndata as usize).min(i.data.len());
+                if i.suberror == KVM_INTERNAL_ERROR_EMULATION {
+                    let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    return Err(KvmError::Emulation { rip, bytes: emulation_bytes(i.ndata, &i.data) });
+                }
                 return Err(KvmError::Unsupported(format!(
                     "KVM_EXIT_INTERNAL_ERROR suberror {} data {:x?}",
                     i.suberror,
@@ -359,7 +365,11 @@ impl KvmVcpu {
         s.rflags = regs.rflags;
         let sregs = self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
         convert::sregs_to_state(&sregs, &mut s);
-        s.fpu = convert::fpu_from_kvm(&self.fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))?);
+        s.fpu = if self.vm.caps().xsave > 0 {
+            xsave::fpu_from_xsave(&self.fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?)
+        } else {
+            convert::fpu_from_kvm(&self.fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))?)
+        };
         s.xcr0 = 1;
         if self.vm.caps().xcrs > 0 {
             let x = self.fd.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
@@ -389,12 +399,22 @@ impl KvmVcpu {
         convert::sregs_into(s, &mut sregs);
         self.fd.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
         self.fd.set_regs(&convert::regs_from(s)).map_err(ioctl("KVM_SET_REGS"))?;
-        self.fd.set_fpu(&convert::fpu_to_kvm(&s.fpu)).map_err(ioctl("KVM_SET_FPU"))?;
+        // XCR0 first: it says which XSAVE components the guest has enabled.
         if self.vm.caps().xcrs > 0 && s.xcr0 & 1 != 0 {
             let mut x = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
             x.xcrs[0].xcr = 0;
             x.xcrs[0].value = s.xcr0;
             self.fd.set_xcrs(&x).map_err(ioctl("KVM_SET_XCRS"))?;
+        }
+        if self.vm.caps().xsave > 0 {
+            let mut x = self.fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
+            xsave::fpu_into_xsave(&s.fpu, &mut x);
+            // SAFETY: KVM_CAP_XSAVE2 is never enabled (no dynamic XSAVE
+            // features are requested), so KVM reads exactly the 4 KiB of
+            // `kvm_xsave`.
+            unsafe { self.fd.set_xsave(&x) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+        } else {
+            self.fd.set_fpu(&convert::fpu_to_kvm(&s.fpu)).map_err(ioctl("KVM_SET_FPU"))?;
         }
         let d = kvm_debugregs {
             db: [s.dr[0], s.dr[1], s.dr[2], s.dr[3]],
@@ -415,6 +435,19 @@ impl KvmVcpu {
             s.rflags & rflags::IF != 0 && !e.interrupt_shadow && e.interrupt.is_none() && e.exception.is_none();
         Ok(())
     }
+}
+
+/// The instruction bytes of an emulation failure: with
+/// KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES in data[0], data[1..]
+/// hold insn_size (one byte) then up to 15 instruction bytes.
+fn emulation_bytes(ndata: u32, data: &[u64]) -> Vec<u8> {
+    let flags = data.first().copied().unwrap_or(0);
+    if ndata < 2 || flags & u64::from(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) == 0 {
+        return Vec::new();
+    }
+    let raw: Vec<u8> = data.iter().skip(1).take(2).flat_map(|w| w.to_le_bytes()).collect();
+    let len = usize::from(raw[0]).min(15);
+    raw[1..=len].to_vec()
 }
 
 fn exit_name(a: &Awaiting) -> &'static str {
@@ -567,5 +600,23 @@ impl Vcpu for KvmVcpu {
             Err(e) => self.defer(KvmError::ioctl("KVM_GET_SREGS", e)),
         }
         paging::translate(mem, &s.paging(), gva, access, false).map(|t| t.gpa)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::emulation_bytes;
+
+    #[test]
+    fn emulation_failure_bytes_are_decoded() {
+        // As this host reported STMXCSR [0x4000]; HLT: flags 1, then
+        // insn_size 15 and the bytes 0f ae 1d 00 40 00 00 f4 ...
+        let data = [1, 0x4000_1dae_0f0f, 0xf4, 0x1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = emulation_bytes(4, &data);
+        assert_eq!(b.len(), 15);
+        assert_eq!(&b[..8], &[0x0f, 0xae, 0x1d, 0x00, 0x40, 0x00, 0x00, 0xf4]);
+        // Without the instruction-bytes flag nothing is claimed.
+        assert!(emulation_bytes(4, &[0, 0x4000_1dae_0f0f]).is_empty());
+        assert!(emulation_bytes(1, &[1]).is_empty());
     }
 }

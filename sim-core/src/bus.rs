@@ -45,12 +45,48 @@ impl<T: Any> AsAny for T {
 pub trait PortDevice: AsAny + Send {
     fn read(&mut self, port: u16, size: u8, ctx: &mut DeviceCtx) -> u32;
     fn write(&mut self, port: u16, size: u8, value: u32, ctx: &mut DeviceCtx);
+    /// The device's state for snapshots and state hashes (rmp-serde by
+    /// convention, see `save_serde`). Stateless devices keep the default.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Take back what `save` produced.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        stateless_restore(data)
+    }
 }
 
 /// A device on the MMIO bus. `size` is 1, 2, 4 or 8.
 pub trait MmioDevice: AsAny + Send {
     fn read(&mut self, offset: u64, size: u8, ctx: &mut DeviceCtx) -> u64;
     fn write(&mut self, offset: u64, size: u8, value: u64, ctx: &mut DeviceCtx);
+    /// As `PortDevice::save`.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// As `PortDevice::restore`.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        stateless_restore(data)
+    }
+}
+
+fn stateless_restore(data: &[u8]) -> Result<(), String> {
+    if data.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} bytes of state for a device that keeps none", data.len()))
+    }
+}
+
+/// A device's state as rmp-serde bytes (the format `save` uses).
+pub fn save_serde<T: serde::Serialize>(state: &T) -> Vec<u8> {
+    // Serializing plain device structs into a Vec cannot fail.
+    rmp_serde::to_vec(state).unwrap_or_default()
+}
+
+/// Read back what `save_serde` wrote.
+pub fn restore_serde<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(data).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +129,14 @@ impl<D: ?Sized> RangeMap<D> {
         }
         self.entries.insert(idx, (first, last, dev));
         Ok(())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &D)> {
+        self.entries.iter().map(|(first, _, d)| (*first, &**d))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut D)> {
+        self.entries.iter_mut().map(|(first, _, d)| (*first, &mut **d))
     }
 
     /// The device whose range holds `addr`, with its range start.
@@ -155,6 +199,33 @@ impl Bus {
     pub fn mmio_write(&mut self, gpa: u64, size: u8, value: u64, ctx: &mut DeviceCtx) {
         if let Some((base, dev)) = self.mmio.find(gpa) {
             dev.write(gpa - base, size, value & all_ones(size), ctx);
+        }
+    }
+
+    /// Every device's saved state, named by where it sits ("port 0x3f8",
+    /// "mmio 0xfed00000"), in address order.
+    pub fn save_devices(&self) -> Vec<(String, Vec<u8>)> {
+        let ports = self.ports.iter().map(|(a, d)| (format!("port {a:#x}"), d.save()));
+        ports.chain(self.mmio.iter().map(|(a, d)| (format!("mmio {a:#x}"), d.save()))).collect()
+    }
+
+    /// Restore what `save_devices` produced on a bus with the same devices.
+    pub fn restore_devices(&mut self, saved: &[(String, Vec<u8>)]) -> Result<(), String> {
+        let mut saved = saved.iter();
+        let mut next = |name: String| match saved.next() {
+            Some((n, data)) if *n == name => Ok(data),
+            Some((n, _)) => Err(format!("device {n} saved where this machine has {name}")),
+            None => Err(format!("no saved state for device {name}")),
+        };
+        for (a, d) in self.ports.iter_mut() {
+            d.restore(next(format!("port {a:#x}"))?).map_err(|e| format!("port {a:#x}: {e}"))?;
+        }
+        for (a, d) in self.mmio.iter_mut() {
+            d.restore(next(format!("mmio {a:#x}"))?).map_err(|e| format!("mmio {a:#x}: {e}"))?;
+        }
+        match saved.next() {
+            Some((n, _)) => Err(format!("saved device {n} is not on this machine")),
+            None => Ok(()),
         }
     }
 

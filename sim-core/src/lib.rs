@@ -9,6 +9,7 @@ pub mod bus;
 pub mod clock;
 pub mod cpuid;
 pub mod devices;
+pub mod door;
 pub mod irq;
 pub mod layout;
 pub mod machine;

@@ -25,11 +25,12 @@ use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
 use crate::devices::pci::{PciHost, CONFIG_ADDRESS, PCI_PORT_COUNT};
 use crate::devices::pic8259::Pic8259Pair;
 use crate::devices::uart16550::{Uart16550, COM1_BASE};
+use crate::door::{ClosedDoor, Door, DoorError, Input, Query, Stamp};
 use crate::irq::{source, GsiLines};
 use crate::layout::IOAPIC_BASE;
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
 use crate::msr;
-use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, TimerKey};
+use crate::platform::{Platform, PlatformCtx, PlatformEffect, ShutdownReason, SliceEvent, TimerKey};
 use crate::state::{rflags, sreg, ArchState, Segment};
 use crate::timer_queue::TimerQueue;
 use crate::vcpu::{Completion, Vcpu, VcpuError, VcpuExit};
@@ -71,6 +72,9 @@ pub enum MachineError {
     Boot(#[from] BootError),
     #[error("vCPU {vcpu}: {source}")]
     Vcpu { vcpu: u32, source: VcpuError },
+    /// The door could not answer (on replay: the run left the log's path).
+    #[error("input at {at}: {source}")]
+    Door { at: Stamp, source: DoorError },
 }
 
 /// Why the machine stopped.
@@ -89,8 +93,9 @@ pub enum StopReason {
     GuestShutdown(ShutdownReason),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunState {
+/// What a vCPU is doing between rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RunState {
     Running,
     Halted,
     /// An application processor waiting for INIT-SIPI.
@@ -124,6 +129,10 @@ pub struct Machine {
     pic: Pic8259Pair,
     /// vCPUs sent an ExtINT message by the IOAPIC, owed an 8259 INTA.
     extint_pending: Vec<bool>,
+    /// Every outside value comes through here (see `door`).
+    door: Box<dyn Door>,
+    /// Wall-clock time at power-on (asked of the door before the first round).
+    wall_clock_ns: Option<u64>,
 }
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
@@ -142,6 +151,8 @@ macro_rules! platform_ctx {
         }
     };
 }
+
+pub mod snapshot;
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,6 +235,8 @@ impl Machine {
             ioapic: IoApic::new(ioapic_id, XEN_IOAPIC_PINS),
             pic: Pic8259Pair::new(),
             extint_pending,
+            door: Box::new(ClosedDoor),
+            wall_clock_ns: None,
         })
     }
 
@@ -244,6 +257,9 @@ impl Machine {
     /// Load a kernel (PVH or Multiboot) and point the boot vCPU at it.
     pub fn boot(&mut self, mut cfg: BootConfig) -> Result<BootInfo, MachineError> {
         cfg.rsdp = self.rsdp;
+        if let Some(p) = self.platform.as_ref() {
+            cfg.reserved.extend(p.reserved_ranges());
+        }
         let info = boot::load(&self.mem, &cfg)?;
         self.vcpus[0].set_state(&info.entry);
         Ok(info)
@@ -267,9 +283,27 @@ impl Machine {
         self.vcpus[i].as_mut()
     }
 
-    /// Queue console input for the guest (read by the platform's console).
-    pub fn push_console_input(&mut self, bytes: &[u8]) {
-        self.console_input.extend(bytes);
+    /// Where outside values come from (a live source, a script, a replay
+    /// log); a closed door (no input, wall clock 0) by default.
+    pub fn set_door(&mut self, door: Box<dyn Door>) {
+        self.door = door;
+    }
+
+    /// Wall-clock time at power-on in nanoseconds since the Unix epoch, once
+    /// the machine has started running.
+    pub fn wall_clock_ns(&self) -> Option<u64> {
+        self.wall_clock_ns
+    }
+
+    /// The point the machine is at, as inputs are stamped.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { icount: self.retired, now_ns: self.now_ns, vcpu: 0 }
+    }
+
+    /// Ask the door for a value now (for backends: a KVM host-clock reading).
+    pub fn query_door(&mut self, q: Query) -> Result<Input, MachineError> {
+        let at = self.stamp();
+        self.door.query(at, q).map_err(|source| MachineError::Door { at, source })
     }
 
     pub fn uart_mut(&mut self) -> Option<&mut Uart16550> {
@@ -280,17 +314,29 @@ impl Machine {
     pub fn run(&mut self) -> Result<StopReason, MachineError> {
         loop {
             if let Some(stop) = self.run_round()? {
-                self.flush_console();
                 return Ok(stop);
             }
         }
     }
 
-    /// One scheduling round: every runnable vCPU runs up to the round's
-    /// length; then time advances and due timers fire.
-    fn run_round(&mut self) -> Result<Option<StopReason>, MachineError> {
-        // Input pushed into the UART since the last round may raise IRQ4.
+    /// One scheduling round: inputs from the door are delivered, every
+    /// runnable vCPU runs up to the round's length; then time advances and
+    /// due timers fire. Round boundaries are the deterministic points where
+    /// a recorder may take checkpoints; `run` is this in a loop.
+    pub fn run_round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let r = self.round();
+        // Output is on the console by the end of every round, however it ended.
+        self.flush_console();
+        r
+    }
+
+    fn round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let input_stop = self.take_inputs()?;
+        // Input delivered to the UART may raise IRQ4.
         self.sync_irqs();
+        if input_stop.is_some() {
+            return Ok(input_stop);
+        }
         let n = self.vcpus.len();
         let mut round = self.config.quantum.max(1);
         if let Some(deadline) = self.timers.next_deadline() {
@@ -328,9 +374,14 @@ impl Machine {
         }
 
         if any_ran {
-            self.now_ns += round * clock::NS_PER_INSN;
-            // Backends that cannot count instructions (KVM) run their TSC
-            // with the host: machine time follows the furthest vCPU's TSC.
+            // Instruction-counting backends ran the whole round. Backends
+            // that cannot count (KVM) may have stopped early (HLT, an
+            // exit) and run their TSC with the host: machine time follows
+            // the furthest vCPU's TSC only, or a timer would fire before
+            // the guest's own TSC reached its deadline.
+            if self.vcpus.iter().all(|v| v.retired_instructions().is_some()) {
+                self.now_ns += round * clock::NS_PER_INSN;
+            }
             // TODO(issue 5): these readings must go through the door.
             for v in self.vcpus.iter().filter(|v| v.retired_instructions().is_none()) {
                 self.now_ns = self.now_ns.max(clock::tsc_to_ns(v.tsc()));
@@ -346,13 +397,56 @@ impl Machine {
                             v.set_tsc(clock::ns_to_tsc(self.now_ns));
                         }
                     }
+                    self.wait_for_tscs(clock::ns_to_tsc(self.now_ns));
                 }
-                None => return Ok(Some(StopReason::Halted)),
+                None => {
+                    // Nothing inside can wake the guest; input from outside
+                    // still can, while the door has a live source and some
+                    // vCPU would take it (blocked, or halted with IF set).
+                    let at = self.stamp();
+                    if self.wakeable() && self.door.live(at) {
+                        self.door.wait();
+                        return Ok(None);
+                    }
+                    return Ok(Some(StopReason::Halted));
+                }
             }
         }
         let stop = self.fire_timers();
         self.flush_console();
         Ok(stop)
+    }
+
+    /// Whether an interrupt or event could still wake some vCPU: it is
+    /// blocked in the platform, or halted with interrupts enabled.
+    fn wakeable(&self) -> bool {
+        self.run_state.iter().zip(&self.vcpus).any(|(st, v)| match st {
+            RunState::Blocked => true,
+            RunState::Halted => v.state().rflags & rflags::IF != 0,
+            _ => false,
+        })
+    }
+
+    /// Some KVM hosts ignore writes to the guest TSC (it stays the host's):
+    /// a skip cannot jump it, so wait on the host until every such vCPU's
+    /// TSC has reached `tsc`, or timers would fire before the guest's own
+    /// TSC says their deadline has come. Returns at once on backends that
+    /// honoured `set_tsc` and on instruction-counting ones.
+    fn wait_for_tscs(&self, tsc: u64) {
+        loop {
+            let behind = self
+                .vcpus
+                .iter()
+                .filter(|v| v.retired_instructions().is_none())
+                .map(|v| tsc.saturating_sub(v.tsc()))
+                .max()
+                .unwrap_or(0);
+            if behind == 0 {
+                return;
+            }
+            // At most 1 ms at a time: the host TSC rate is not known here.
+            std::thread::sleep(std::time::Duration::from_nanos(clock::tsc_to_ns(behind).min(1_000_000)));
+        }
     }
 
     /// Run vCPU `i` for up to `budget` instructions, handling its exits.
@@ -363,6 +457,7 @@ impl Machine {
         if self.vcpus[i].retired_instructions().is_some() {
             self.vcpus[i].set_tsc(clock::ns_to_tsc(start));
         }
+        self.notify_slice(i, SliceEvent::Start, start);
         let mut left = budget;
         while left > 0 {
             let before = self.vcpus[i].retired_instructions().unwrap_or(0);
@@ -371,7 +466,13 @@ impl Machine {
             let ran = self.vcpus[i].retired_instructions().unwrap_or(0) - before;
             left = left.saturating_sub(ran);
             self.retired += ran;
-            let now = start + (budget - left) * clock::NS_PER_INSN;
+            let mut now = start + (budget - left) * clock::NS_PER_INSN;
+            if self.vcpus[i].retired_instructions().is_none() {
+                // KVM: the guest's TSC has moved on with the host since the
+                // slice began; a device programmed now (a LAPIC timer)
+                // must count from the guest's present, not the slice start.
+                now = now.max(clock::tsc_to_ns(self.vcpus[i].tsc()));
+            }
             let mut end_slice = false;
             match exit {
                 VcpuExit::BudgetExhausted => break,
@@ -453,7 +554,28 @@ impl Machine {
             // A device may have raised an interrupt for this vCPU.
             self.offer_interrupt(i);
         }
+        let end = start + (budget - left) * clock::NS_PER_INSN;
+        match self.run_state[i] {
+            RunState::Running => self.notify_slice(i, SliceEvent::Preempted, end),
+            RunState::Halted => self.notify_slice(i, SliceEvent::Halted, end),
+            _ => {}
+        }
         Ok(None)
+    }
+
+    fn notify_slice(&mut self, i: usize, event: SliceEvent, now: u64) {
+        if let Some(p) = self.platform.as_mut() {
+            p.vcpu_slice(&mut platform_ctx!(self, now), i as u32, event);
+        }
+    }
+
+    /// Tell the platform that the machine itself took vCPU `j` offline
+    /// (INIT) or started it (SIPI).
+    fn notify_online(&mut self, j: usize, online: bool) {
+        let now = self.now_ns;
+        if let Some(p) = self.platform.as_mut() {
+            p.vcpu_online(&mut platform_ctx!(self, now), j as u32, online);
+        }
     }
 
     /// Carry out the platform's queued effects. `caller` is the vCPU whose
@@ -635,6 +757,7 @@ impl Machine {
                     for j in targets {
                         if j != 0 {
                             self.run_state[j] = RunState::WaitForSipi;
+                            self.notify_online(j, false);
                         }
                     }
                 }
@@ -691,6 +814,14 @@ impl Machine {
             LapicAction::Ipi(ipi) => self.send_ipi(i, ipi),
             // The EOI broadcast: the IOAPIC may deliver a still-asserted level pin again.
             LapicAction::Eoi { vector, level_triggered: true } => {
+                // Let level sources that follow guest memory (Xen's callback
+                // GSI drops once upcall_pending is clear) settle first, as
+                // Xen does at EOI, so a handled line is not delivered again.
+                let now = self.now_ns;
+                if let Some(p) = self.platform.as_mut() {
+                    p.sync(&mut platform_ctx!(self, now));
+                }
+                self.sync_irqs();
                 let messages = self.ioapic.eoi(vector);
                 self.deliver_ioapic(messages);
             }
@@ -719,6 +850,7 @@ impl Machine {
                 DeliveryMode::Init => {
                     if j != 0 {
                         self.run_state[j] = RunState::WaitForSipi;
+                        self.notify_online(j, false);
                     }
                 }
                 DeliveryMode::StartUp => {
@@ -729,6 +861,7 @@ impl Machine {
                         s.rip = 0;
                         self.vcpus[j].set_state(&s);
                         self.run_state[j] = RunState::Running;
+                        self.notify_online(j, true);
                     }
                 }
                 DeliveryMode::Nmi | DeliveryMode::Smi => {
@@ -801,6 +934,45 @@ impl Machine {
             self.offer_interrupt(i);
         }
         stop
+    }
+
+    /// Deliver what the door has for this round boundary; at power-on, ask
+    /// it for the wall clock first.
+    /// Returns the stop a platform asked for while taking an input.
+    fn take_inputs(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let at = self.stamp();
+        let mut stop = None;
+        if self.wall_clock_ns.is_none() {
+            let input = self.door.query(at, Query::WallClock).map_err(|source| MachineError::Door { at, source })?;
+            stop = stop.or(self.deliver(input));
+        }
+        let inputs = self.door.poll(at).map_err(|source| MachineError::Door { at, source })?;
+        for input in inputs {
+            stop = stop.or(self.deliver(input));
+        }
+        Ok(stop)
+    }
+
+    /// Hand one outside value to whatever models its source.
+    fn deliver(&mut self, input: Input) -> Option<StopReason> {
+        match &input {
+            Input::Serial(bytes) => {
+                if let Some(uart) = self.bus.port_device_mut::<Uart16550>(COM1_BASE) {
+                    uart.push_input(bytes);
+                }
+                return None;
+            }
+            Input::Console(bytes) => self.console_input.extend(bytes.iter().copied()),
+            Input::WallClock { epoch_ns } => self.wall_clock_ns = Some(*epoch_ns),
+            _ => {}
+        }
+        // The platform models the rest (xenstore clients, disks) and may
+        // want to see console input and the wall clock arrive.
+        let now = self.now_ns;
+        if let Some(p) = self.platform.as_mut() {
+            p.input(&mut platform_ctx!(self, now), &input);
+        }
+        self.apply_effects(None)
     }
 
     fn flush_console(&mut self) {
@@ -1034,7 +1206,8 @@ mod tests {
         let (mut m, log, _) =
             machine(vec![], MachineConfig { max_instructions: Some(2500), quantum: 1000, ..Default::default() });
         m.run().unwrap();
-        assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 1000, 2000]);
+        // Power-on sets every TSC to 0; then each slice starts at machine time.
+        assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 0, 1000, 2000]);
     }
 
     /// A platform that blocks the caller on every hypercall, wakes it with a
@@ -1172,6 +1345,84 @@ mod tests {
 
     fn hypercall_if() -> Step {
         Step { insns: 1, exit: VcpuExit::Hypercall, if_set: true }
+    }
+
+    /// A platform that records the machine's online and slice reports.
+    #[derive(Default)]
+    struct RecordingPlatform {
+        events: Arc<Mutex<Vec<(u32, String)>>>,
+    }
+
+    impl Platform for RecordingPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            None
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            true
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+        fn vcpu_online(&mut self, ctx: &mut PlatformCtx, vcpu: u32, online: bool) {
+            self.events.lock().unwrap().push((vcpu, format!("online {online} at {}", ctx.now_ns)));
+        }
+        fn vcpu_slice(&mut self, ctx: &mut PlatformCtx, vcpu: u32, event: SliceEvent) {
+            self.events.lock().unwrap().push((vcpu, format!("{event:?} at {}", ctx.now_ns)));
+        }
+    }
+
+    #[test]
+    fn init_sipi_and_slices_are_reported_to_the_platform() {
+        const ICR_HI: u64 = 0xfee0_0310;
+        const ICR_LO: u64 = 0xfee0_0300;
+        // INIT (delivery mode 5, level assert) then SIPI (mode 6, vector 8) to APIC ID 1.
+        let bsp = vec![
+            mmio_w(ICR_HI, 1 << 24),
+            mmio_w(ICR_LO, 0x4500),
+            mmio_w(ICR_HI, 1 << 24),
+            mmio_w(ICR_LO, 0x4608),
+            step(10, VcpuExit::Halt),
+        ];
+        let ap = vec![step(7, VcpuExit::Halt)];
+        let log = Arc::new(Mutex::new(Log::default()));
+        let platform = RecordingPlatform::default();
+        let events = platform.events.clone();
+        let mut m = Machine::with_platform(
+            MachineConfig { cpus: 2, quantum: 1000, ..Default::default() },
+            Some(Box::new(platform)),
+            &mut |id, _, _| Ok(ScriptVcpu::boxed(if id == 0 { &bsp } else { &ap }, [0; 16], &log)),
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        let events = events.lock().unwrap().clone();
+        let ns = clock::NS_PER_INSN;
+        let want: Vec<(u32, String)> = vec![
+            (0, "Start at 0".into()),
+            (1, "online false at 0".into()),
+            (1, "online true at 0".into()),
+            (0, format!("Halted at {}", 14 * ns)),
+            // The AP's first slice starts with the round, as the BSP's did.
+            (1, "Start at 0".into()),
+            (1, format!("Halted at {}", 7 * ns)),
+        ];
+        assert_eq!(events, want);
     }
 
     const SVR: u64 = 0xfee0_00f0;
@@ -1339,6 +1590,199 @@ mod tests {
             o += l.max(2);
         }
         assert_eq!(ioapics, vec![(2, 0xfec0_0000)], "IOAPIC ID = vCPU count, at IOAPIC_BASE");
+    }
+
+    #[test]
+    fn serial_input_enters_through_the_door_at_a_round_boundary() {
+        use crate::door::{Input, ScriptDoor};
+        let script = vec![
+            step(1, VcpuExit::IoIn { port: 0x3fd, size: 1 }), // icount 1: LSR, nothing received
+            step(1500, VcpuExit::IoIn { port: 0x3fd, size: 1 }), // icount 1501: after the 1000 boundary
+            step(1, VcpuExit::IoIn { port: 0x3f8, size: 1 }),
+            step(1, VcpuExit::IoIn { port: 0x3f8, size: 1 }),
+            step(1, VcpuExit::Halt),
+        ];
+        let (mut m, log, _) = machine(script, MachineConfig { quantum: 1000, ..Default::default() });
+        m.set_door(Box::new(ScriptDoor::new(vec![(1000, Input::Serial(b"x".to_vec()))])));
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(m.wall_clock_ns(), Some(0), "the script door's wall clock is the epoch");
+        let c = &log.lock().unwrap().completions;
+        // LSR: THRE|TEMT always; DR once the byte is in (PC16550D LSR bits 0, 5, 6).
+        let lsr = crate::devices::uart16550::LSR_THRE | crate::devices::uart16550::LSR_TEMT;
+        assert_eq!(c[0], Completion::Data(lsr as u64));
+        assert_eq!(c[1], Completion::Data((lsr | crate::devices::uart16550::LSR_DR) as u64));
+        assert_eq!(c[2], Completion::Data(b'x' as u64));
+        assert_eq!(c[3], Completion::Data(0), "receiver empty again");
+    }
+
+    /// A platform that remembers the inputs the door gave it.
+    #[derive(Default)]
+    struct InputPlatform(Arc<Mutex<Vec<(crate::door::Input, usize)>>>);
+
+    impl Platform for InputPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            None
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            true
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+        fn input(&mut self, ctx: &mut PlatformCtx, input: &crate::door::Input) {
+            self.0.lock().unwrap().push((input.clone(), ctx.console_input.len()));
+            if matches!(input, crate::door::Input::XenstoreClient { connected: false, .. }) {
+                ctx.effects.push(PlatformEffect::Shutdown(ShutdownReason::Poweroff));
+            }
+        }
+    }
+
+    #[test]
+    fn platform_gets_wall_clock_console_and_xenstore_inputs() {
+        use crate::door::{Input, ScriptDoor};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut m = Machine::with_platform(
+            MachineConfig { quantum: 1000, ..Default::default() },
+            Some(Box::new(InputPlatform(seen.clone()))),
+            &mut |_, _, _| {
+                Ok(Box::new(ScriptVcpu {
+                    script: VecDeque::new(),
+                    retired: 0,
+                    if_set: false,
+                    gpr: [0; 16],
+                    window: false,
+                    log: Arc::new(Mutex::new(Log::default())),
+                }))
+            },
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        m.set_door(Box::new(ScriptDoor::new(vec![
+            (0, Input::Console(b"ls\n".to_vec())),
+            (2500, Input::XenstoreSocket { client: 1, bytes: vec![1, 2] }),
+            (2500, Input::XenstoreClient { client: 1, connected: false }),
+        ])));
+        assert_eq!(m.run().unwrap(), StopReason::GuestShutdown(ShutdownReason::Poweroff));
+        assert_eq!(m.retired_instructions(), 3000, "stopped at the boundary where the input arrived");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (Input::WallClock { epoch_ns: 0 }, 0),
+                (Input::Console(b"ls\n".to_vec()), 3), // already queued for the PV console
+                (Input::XenstoreSocket { client: 1, bytes: vec![1, 2] }, 3),
+                (Input::XenstoreClient { client: 1, connected: false }, 3),
+            ]
+        );
+    }
+
+    /// A live door whose one input arrives after a few idle waits.
+    struct TrickleDoor {
+        waits: Arc<Mutex<u32>>,
+        delivered: bool,
+    }
+
+    impl Door for TrickleDoor {
+        fn poll(&mut self, _at: Stamp) -> Result<Vec<Input>, DoorError> {
+            if !self.delivered && *self.waits.lock().unwrap() >= 3 {
+                self.delivered = true;
+                return Ok(vec![Input::Console(b"x".to_vec())]);
+            }
+            Ok(Vec::new())
+        }
+        fn query(&mut self, at: Stamp, q: Query) -> Result<Input, DoorError> {
+            ClosedDoor.query(at, q)
+        }
+        fn live(&self, _at: Stamp) -> bool {
+            !self.delivered
+        }
+        fn wait(&mut self) {
+            *self.waits.lock().unwrap() += 1;
+        }
+    }
+
+    /// Offers its callback vector once console input has arrived.
+    #[derive(Default)]
+    struct WakeOnInputPlatform {
+        armed: bool,
+    }
+
+    impl Platform for WakeOnInputPlatform {
+        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+            PlatformEffect::None
+        }
+        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+            None
+        }
+        fn msr_write(
+            &mut self,
+            _: &mut PlatformCtx,
+            _: u32,
+            _: &mut dyn Vcpu,
+            _: u32,
+            _: u64,
+        ) -> Option<Result<(), ()>> {
+            None
+        }
+        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+            std::mem::take(&mut self.armed).then_some(0x40)
+        }
+        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+            false
+        }
+        fn sync(&mut self, _: &mut PlatformCtx) {}
+        fn input(&mut self, _: &mut PlatformCtx, input: &Input) {
+            self.armed |= matches!(input, Input::Console(_));
+        }
+    }
+
+    fn idle_machine(if_set: bool) -> (Machine, Arc<Mutex<Log>>, Arc<Mutex<u32>>) {
+        let script = vec![Step { insns: 10, exit: VcpuExit::Halt, if_set }, step(1, VcpuExit::Halt)];
+        let log = Arc::new(Mutex::new(Log::default()));
+        let l2 = log.clone();
+        let mut m = Machine::with_platform(
+            MachineConfig::default(),
+            Some(Box::new(WakeOnInputPlatform::default())),
+            &mut |_, _, _| Ok(ScriptVcpu::boxed(&script, [0; 16], &l2)),
+        )
+        .unwrap();
+        m.set_console(Box::new(Sink::default()));
+        let waits = Arc::new(Mutex::new(0));
+        m.set_door(Box::new(TrickleDoor { waits: waits.clone(), delivered: false }));
+        (m, log, waits)
+    }
+
+    #[test]
+    fn an_idle_guest_waits_for_live_input_instead_of_stopping() {
+        let (mut m, log, waits) = idle_machine(true);
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(*waits.lock().unwrap(), 3, "waited until the input came");
+        assert_eq!(log.lock().unwrap().injected, vec![0x40], "and the input woke the guest");
+    }
+
+    #[test]
+    fn a_guest_halted_with_interrupts_off_stops_even_with_live_input() {
+        let (mut m, log, waits) = idle_machine(false);
+        assert_eq!(m.run().unwrap(), StopReason::Halted);
+        assert_eq!(*waits.lock().unwrap(), 0, "nothing could wake it: no wait");
+        assert!(log.lock().unwrap().injected.is_empty());
     }
 
     #[test]

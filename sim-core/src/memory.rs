@@ -5,6 +5,7 @@
 //! that all consumers (KVM slots, dirty tracking, CPU caches) agree on it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegion};
@@ -98,6 +99,8 @@ pub struct GuestMemory {
     overlays: BTreeMap<u64, OverlayPage>,
     listeners: Vec<Box<dyn MemoryListener>>,
     generation: u64,
+    /// One bit per RAM page, set when the page is written (see `mark_dirty`).
+    dirty: DirtyBitmap,
 }
 
 impl std::fmt::Debug for GuestMemory {
@@ -124,7 +127,15 @@ impl GuestMemory {
         }
         let regions: Vec<(GuestAddress, usize)> = ranges.iter().map(|&(s, l)| (GuestAddress(s), l as usize)).collect();
         let ram = GuestMemoryMmap::from_ranges(&regions).map_err(|e| MemoryError::Alloc(mib, e.to_string()))?;
-        Ok(GuestMemory { ram, ram_ranges: ranges, overlays: BTreeMap::new(), listeners: Vec::new(), generation: 0 })
+        let dirty = DirtyBitmap::new(&ranges);
+        Ok(GuestMemory {
+            ram,
+            ram_ranges: ranges,
+            overlays: BTreeMap::new(),
+            listeners: Vec::new(),
+            generation: 0,
+            dirty,
+        })
     }
 
     /// RAM ranges as (start, length), ascending.
@@ -234,9 +245,38 @@ impl GuestMemory {
                 p.write((addr & (PAGE_SIZE - 1)) as usize, chunk);
                 Ok(())
             } else {
-                self.ram.write_slice(chunk, GuestAddress(addr)).map_err(|_| MemoryError::Unbacked(addr))
+                self.ram.write_slice(chunk, GuestAddress(addr)).map_err(|_| MemoryError::Unbacked(addr))?;
+                self.dirty.mark(addr);
+                Ok(())
             }
         })
+    }
+
+    /// Note that the RAM page holding `gpa` was written. `write` does this
+    /// itself; whoever stores through a host pointer from `page_host_ptr`
+    /// must call it (once per page between two `take_dirty` calls is enough,
+    /// see `dirty_epoch`). Addresses outside RAM are ignored.
+    pub fn mark_dirty(&self, gpa: u64) {
+        self.dirty.mark(gpa);
+    }
+
+    /// RAM frames written since the last call, ascending, and a clear
+    /// bitmap. Bumps `dirty_epoch`.
+    pub fn take_dirty(&mut self) -> Vec<u64> {
+        self.dirty.epoch += 1;
+        self.dirty.take()
+    }
+
+    /// RAM frames written since the last `take_dirty`, without clearing.
+    pub fn dirty_frames(&self) -> Vec<u64> {
+        self.dirty.frames()
+    }
+
+    /// Bumped by every `take_dirty`. A CPU that marks pages once when it
+    /// caches a writable host pointer must drop those pointers when this
+    /// changes, so the next store through them marks the page again.
+    pub fn dirty_epoch(&self) -> u64 {
+        self.dirty.epoch
     }
 
     fn for_each_page(
@@ -304,6 +344,83 @@ impl GuestMemory {
                 (r.start_addr().0, r.len(), host)
             })
             .collect()
+    }
+}
+
+/// One bit per page of each RAM range.
+struct DirtyBitmap {
+    /// (first gpa, pages, index of its first bit)
+    ranges: Vec<(u64, u64, u64)>,
+    words: Vec<AtomicU64>,
+    epoch: u64,
+}
+
+impl DirtyBitmap {
+    fn new(ram: &[(u64, u64)]) -> Self {
+        let mut ranges = Vec::new();
+        let mut bits = 0;
+        for &(start, len) in ram {
+            let pages = len >> PAGE_SHIFT;
+            ranges.push((start, pages, bits));
+            bits += pages;
+        }
+        let words = (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        DirtyBitmap { ranges, words, epoch: 0 }
+    }
+
+    fn bit(&self, gpa: u64) -> Option<u64> {
+        let gfn = gpa >> PAGE_SHIFT;
+        self.ranges.iter().find_map(|&(start, pages, first)| {
+            let i = gfn.checked_sub(start >> PAGE_SHIFT)?;
+            (i < pages).then_some(first + i)
+        })
+    }
+
+    fn mark(&self, gpa: u64) {
+        if let Some(b) = self.bit(gpa) {
+            if let Some(w) = self.words.get((b / 64) as usize) {
+                // Relaxed: the bitmap is read at round boundaries, after the
+                // writers (this thread's vCPUs) are done.
+                w.fetch_or(1 << (b % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn collect(&self, clear: bool) -> Vec<u64> {
+        let mut out = Vec::new();
+        for &(start, pages, first) in &self.ranges {
+            let mut i = 0;
+            while i < pages {
+                let b = first + i;
+                let Some(w) = self.words.get((b / 64) as usize) else { break };
+                let v = w.load(Ordering::Relaxed) >> (b % 64);
+                if v == 0 {
+                    // The rest of this word is clean.
+                    i += 64 - b % 64;
+                    continue;
+                }
+                let skip = v.trailing_zeros() as u64;
+                i += skip;
+                if i < pages {
+                    out.push((start >> PAGE_SHIFT) + i);
+                }
+                i += 1;
+            }
+        }
+        if clear {
+            for w in &self.words {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    fn take(&self) -> Vec<u64> {
+        self.collect(true)
+    }
+
+    fn frames(&self) -> Vec<u64> {
+        self.collect(false)
     }
 }
 
@@ -381,5 +498,31 @@ mod tests {
                 MapChange::OverlayUnmapped { gfn: 7 }
             ]
         );
+    }
+
+    #[test]
+    fn writes_mark_ram_pages_dirty_until_taken() {
+        // 4 GiB + 8 MiB: two RAM ranges, the second above the PCI hole.
+        let mut m = GuestMemory::new(3072 + 1024 + 8).unwrap();
+        assert!(m.take_dirty().is_empty(), "fresh RAM is clean");
+        m.write_u8(0x1000, 1).unwrap();
+        m.write(0x2ffe, &[1, 2, 3, 4]).unwrap(); // frames 2 and 3
+        m.write_u64(FOUR_GIB + 0x5000, 7).unwrap();
+        m.mark_dirty(64 * 4096); // the first frame of the second bitmap word
+        m.mark_dirty(PCI_HOLE_START); // MMIO: ignored
+        let gfn4g = FOUR_GIB >> PAGE_SHIFT;
+        let want = vec![1, 2, 3, 64, gfn4g + 5];
+        assert_eq!(m.dirty_frames(), want);
+        let e = m.dirty_epoch();
+        assert_eq!(m.take_dirty(), want);
+        assert_eq!(m.dirty_epoch(), e + 1);
+        assert!(m.take_dirty().is_empty());
+        // Overlay writes are not RAM writes.
+        m.map_overlay(9, OverlayPage::new());
+        m.write_u8(9 << 12, 1).unwrap();
+        assert!(m.take_dirty().is_empty());
+        // The last page of RAM.
+        m.write_u8(m.ram_size() - PCI_HOLE_START + FOUR_GIB - 1, 1).unwrap();
+        assert_eq!(m.take_dirty(), vec![gfn4g + ((4096 + 8 - 3072) << 8) - 1]);
     }
 }

@@ -28,7 +28,7 @@ pub mod pf {
     pub const FETCH: u32 = 1 << 4;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PagingKind {
     /// CR0.PG clear: linear = physical.
     Off,
@@ -41,7 +41,7 @@ pub enum PagingKind {
 }
 
 /// The registers that determine translation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PagingMode {
     pub kind: PagingKind,
     pub cr3: u64,

@@ -50,6 +50,17 @@ pub enum PlatformEffect {
     Wake { vcpu: u32 },
 }
 
+/// Where a vCPU's scheduling slice ended (`Platform::vcpu_slice`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceEvent {
+    /// The vCPU starts running.
+    Start,
+    /// Its slice ended but it stays runnable (waits for its next turn).
+    Preempted,
+    /// It executed HLT and waits for an interrupt.
+    Halted,
+}
+
 /// What the platform may touch during a call.
 pub struct PlatformCtx<'a> {
     pub mem: &'a mut GuestMemory,
@@ -69,6 +80,12 @@ pub struct PlatformCtx<'a> {
 
 /// A hypervisor model attached to the machine.
 pub trait Platform: Send {
+    /// Ranges outside RAM the platform places pages in, to be listed as
+    /// reserved in the boot memory map.
+    fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
     /// Once, before the vCPUs exist: add CPUID leaves.
     fn configure_cpuid(&mut self, cpuid: &mut CpuidTable, vcpus: u32);
 
@@ -102,4 +119,40 @@ pub trait Platform: Send {
     /// lines that depend on guest memory (e.g. deassert the callback GSI
     /// once upcall_pending is seen clear).
     fn sync(&mut self, ctx: &mut PlatformCtx);
+
+    /// The machine changed vCPU `vcpu`'s online state by itself: an INIT
+    /// IPI took an application processor offline (`false`), a SIPI started
+    /// it (`true`). Platform-started vCPUs (`StartVcpu`) are not reported.
+    fn vcpu_online(&mut self, _ctx: &mut PlatformCtx, _vcpu: u32, _online: bool) {}
+
+    /// vCPU `vcpu`'s scheduling slice started or ended (for runstate
+    /// accounting).
+    fn vcpu_slice(&mut self, _ctx: &mut PlatformCtx, _vcpu: u32, _event: SliceEvent) {}
+
+    /// A value from outside arrived through the machine's door (xenstore
+    /// socket traffic, disk completions, the wall clock at power-on, console
+    /// input after it was queued on `ctx.console_input`). Called at round
+    /// boundaries only.
+    fn input(&mut self, ctx: &mut PlatformCtx, input: &crate::door::Input) {
+        let _ = (ctx, input);
+    }
+
+    /// The platform's whole state (every sub-model, the xenstore tree) for
+    /// snapshots and state hashes. A platform with state must override this
+    /// and `restore`; the defaults describe a stateless one.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Take back what `save` produced. Overlay pages the platform owns are
+    /// its to re-create and map again through `ctx.mem`; the machine restores
+    /// their contents afterwards.
+    fn restore(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
+        let _ = ctx;
+        if data.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} bytes of platform state for a platform that keeps none", data.len()))
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod asm;
 pub mod elf;
 pub mod programs;
 pub mod xen;
+pub mod xenstore;
 
 pub use asm::{Boot, GuestError, GuestProgram, Mode};
 

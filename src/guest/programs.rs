@@ -5,7 +5,7 @@
 //! compare whole transcripts.
 
 use iced_x86::code_asm::*;
-use sim_core::boot::{e820_map, BootConfig};
+use sim_core::boot::{e820_map_with, BootConfig};
 use sim_core::layout::{HIGH_MEMORY_BASE, LEGACY_RESERVED_BASE};
 use sim_core::GuestMemory;
 
@@ -125,7 +125,7 @@ impl PvhInputs {
             modules.push((next, m.bytes.len() as u64, m.name.clone()));
             next = (next + m.bytes.len() as u64).next_multiple_of(4096);
         }
-        let memmap = e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect();
+        let memmap = e820_map_with(mem, &cfg.reserved).iter().map(|e| (e.addr, e.size, e.kind.code())).collect();
         PvhInputs { cmdline: cfg.cmdline.clone(), modules, rsdp: cfg.rsdp, memmap }
     }
 }
@@ -329,7 +329,7 @@ impl MultibootInputs {
             mem_upper: (low_end.saturating_sub(HIGH_MEMORY_BASE) / 1024) as u32,
             cmdline,
             modules: cfg.modules.iter().map(|m| (m.bytes.len() as u64, m.name.clone())).collect(),
-            mmap: e820_map(mem).iter().map(|e| (e.addr, e.size, e.kind.code())).collect(),
+            mmap: e820_map_with(mem, &cfg.reserved).iter().map(|e| (e.addr, e.size, e.kind.code())).collect(),
         }
     }
 }
@@ -631,4 +631,60 @@ pub fn bench_memcpy_result(bytes: u64, rounds: u64) -> u64 {
 /// Transcript of [`bench_memcpy`].
 pub fn bench_memcpy_expected(bytes: u64, rounds: u64) -> Transcript {
     format!("bench_memcpy: {:#x}\n", bench_memcpy_result(bytes, rounds))
+}
+
+// ---------------------------------------------------------------- serial echo
+
+/// Byte that ends [`serial_echo`]'s input.
+pub const ECHO_END: u8 = b'.';
+
+/// Console-input guest (PVH, long mode): polls COM1's LSR for received data
+/// (PC16550D: LSR bit 0), reads each byte from RBR, stores it in a buffer in
+/// guest memory, and echoes it on the debug console with ASCII lower-case
+/// letters turned upper-case; on [`ECHO_END`] prints "\n<n> bytes\n" (n =
+/// bytes echoed) and stops with `cli; hlt`. Its output for an input is
+/// [`serial_echo_expected`]. Without input it spins until the machine's
+/// instruction limit.
+pub fn serial_echo() -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let buffer = g.scratch(4096, 64);
+    let (mut poll, mut end, mut plain) = (g.a.create_label(), g.a.create_label(), g.a.create_label());
+    let a = &mut g.a;
+    // RDI = buffer, RBX = bytes echoed.
+    a.mov(rdi, buffer)?;
+    a.xor(ebx, ebx)?;
+    a.set_label(&mut poll)?;
+    a.mov(edx, 0x3fd)?;
+    a.in_(al, dx)?;
+    a.test(al, 1)?;
+    a.jz(poll)?;
+    a.mov(edx, 0x3f8)?;
+    a.in_(al, dx)?;
+    a.cmp(al, ECHO_END as u32)?;
+    a.je(end)?;
+    a.mov(ecx, ebx)?;
+    a.and(ecx, 4095)?;
+    a.mov(byte_ptr(rdi + rcx), al)?;
+    a.inc(rbx)?;
+    a.mov(ecx, eax)?;
+    a.sub(cl, b'a' as u32)?;
+    a.cmp(cl, 25)?;
+    a.ja(plain)?;
+    a.xor(al, 0x20)?;
+    a.set_label(&mut plain)?;
+    a.out(0xe9, al)?;
+    a.jmp(poll)?;
+    a.set_label(&mut end)?;
+    g.print("\n")?;
+    g.a.mov(rax, rbx)?;
+    g.print_dec()?;
+    g.print(" bytes\n")?;
+    g.halt()?;
+    g.build(Boot::Pvh)
+}
+
+/// Transcript of [`serial_echo`] given the bytes that arrive on COM1.
+pub fn serial_echo_expected(input: &[u8]) -> Transcript {
+    let body: Vec<u8> = input.iter().take_while(|&&b| b != ECHO_END).map(|b| b.to_ascii_uppercase()).collect();
+    format!("{}\n{} bytes\n", String::from_utf8_lossy(&body), body.len())
 }

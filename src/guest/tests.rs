@@ -145,6 +145,7 @@ fn boot(image: Vec<u8>, modules: &[(&str, usize)], cmdline: &str) -> (GuestMemor
         modules,
         cmdline: cmdline.into(),
         rsdp: 0,
+        reserved: Vec::new(),
     };
     let info = load(&mem, &cfg).unwrap();
     (mem, info)
@@ -266,6 +267,7 @@ fn inputs_for_xensim_follow_the_loader_contract() {
         modules: vec![img("a", 10), img("b", 5000)],
         cmdline: "x".into(),
         rsdp: 0xe0000,
+        reserved: Vec::new(),
     };
     let p = PvhInputs::xensim(&mem, &cfg, 0x201800);
     assert_eq!(p.modules, vec![(0x202000, 10, "a".into()), (0x203000, 5000, "b".into())]);

@@ -1,5 +1,5 @@
 //! Guest programs that exercise the Xen platform from inside a guest:
-//! hypercalls by VMCALL, event-channel upcalls by the callback vector and by
+//! hypercalls by VMCALL or through the hypercall page, event-channel upcalls by the callback vector and by
 //! a per-vCPU LAPIC vector, and a timer-driven wait (set_singleshot_timer +
 //! VIRQ_TIMER + SCHEDOP_block). Each step prints a line on port 0xE9 after
 //! checking its result; any failure prints "FAIL <step>" and exits with
@@ -19,12 +19,52 @@ const LAPIC_VECTOR: u32 = 0xe0;
 pub const XEN_EVENTS_EXPECTED: &str = "shared_info mapped\ncallback vector upcall\nlapic vector upcall\n\
 set_singleshot_timer in the past: -ETIME\ntimer upcall after block\n";
 
-fn hypercall(g: &mut GuestProgram, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
-    g.a.mov(eax, nr)?;
+/// How a guest enters the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypercallEntry {
+    /// VMCALL with the number in RAX (as Linux does since XSA-466).
+    Vmcall,
+    /// `call page + 32 * nr` into the hypercall page the guest has Xen
+    /// write (MSR from CPUID 0x40000002 EBX): works whatever instruction
+    /// the platform's stubs use (VMCALL, or port I/O on KVM without Xen).
+    Page,
+}
+
+/// The entry a program was built for; `Page` carries the page's address.
+#[derive(Clone, Copy)]
+enum Via {
+    Vmcall,
+    Page(u64),
+}
+
+fn hypercall(g: &mut GuestProgram, via: Via, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
     g.a.mov(rdi, a1)?;
     g.a.mov(rsi, a2)?;
     g.a.mov(rdx, a3)?;
-    g.a.vmcall()?;
+    match via {
+        Via::Vmcall => {
+            g.a.mov(eax, nr)?;
+            g.a.vmcall()?;
+        }
+        Via::Page(page) => {
+            // The stub loads EAX itself, so RAX is free for the address.
+            g.a.mov(rax, page + 32 * nr as u64)?;
+            g.a.call(rax)?;
+        }
+    }
+    Ok(())
+}
+
+/// Have Xen write its hypercall page at `page` (Xen's
+/// docs: CPUID leaf 0x40000002 EBX names the MSR; write the page's
+/// guest-physical address to it).
+fn install_hypercall_page(g: &mut GuestProgram, page: u64) -> Result<(), GuestError> {
+    g.a.mov(eax, 0x4000_0002u32)?;
+    g.a.cpuid()?;
+    g.a.mov(ecx, ebx)?;
+    g.a.mov(eax, page as u32)?;
+    g.a.mov(edx, (page >> 32) as u32)?;
+    g.a.wrmsr()?;
     Ok(())
 }
 
@@ -88,9 +128,19 @@ fn wait_count(g: &mut GuestProgram, count: u64, n: u32) -> Result<(), GuestError
     Ok(())
 }
 
-/// The events guest (PVH, long mode, one vCPU). See `XEN_EVENTS_EXPECTED`.
+/// The events guest (PVH, long mode, one vCPU), hypercalls by VMCALL.
+/// See `XEN_EVENTS_EXPECTED`.
 pub fn xen_events() -> Result<Vec<u8>, GuestError> {
+    xen_events_via(HypercallEntry::Vmcall)
+}
+
+/// The events guest with its hypercalls made through `entry`.
+pub fn xen_events_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
+    let via = match entry {
+        HypercallEntry::Vmcall => Via::Vmcall,
+        HypercallEntry::Page => Via::Page(g.scratch(4096, 4096)),
+    };
     let idt = g.scratch(4096, 4096);
     let args = g.scratch(64, 64);
     let seen = g.scratch(8, 8);
@@ -109,6 +159,9 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     set_gate(&mut g, idt, CALLBACK_VECTOR, h_cb)?;
     set_gate(&mut g, idt, LAPIC_VECTOR, h_lapic)?;
     g.a.lidt(ptr(idtr_at))?;
+    if let Via::Page(page) = via {
+        install_hypercall_page(&mut g, page)?;
+    }
 
     // XENMEM_add_to_physmap {DOMID_SELF, 0, XENMAPSPACE_shared_info, idx 0, gpfn}
     g.a.mov(dword_ptr(args), 0x7ff0u32)?;
@@ -116,7 +169,7 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.mov(qword_ptr(args + 8), 0i32)?;
     g.a.mov(rax, SHARED_INFO_GFN)?;
     g.a.mov(qword_ptr(args + 16), rax)?;
-    hypercall(&mut g, 12, 7, args, 0)?;
+    hypercall(&mut g, via, 12, 7, args, 0)?;
     expect(&mut g, 0, "add_to_physmap")?;
     // vCPU 0's time record is filled in.
     g.a.mov(eax, dword_ptr(SH + 32 + 24))?;
@@ -129,15 +182,15 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.mov(dword_ptr(args + 4), 0u32)?;
     g.a.mov(rax, 2u64 << 56 | CALLBACK_VECTOR as u64)?;
     g.a.mov(qword_ptr(args + 8), rax)?;
-    hypercall(&mut g, 34, 0, args, 0)?;
+    hypercall(&mut g, via, 34, 0, args, 0)?;
     expect(&mut g, 0, "set_param callback")?;
     // EVTCHNOP_bind_ipi {vcpu 0, port OUT}, then send on it.
     g.a.mov(qword_ptr(args), 0i32)?;
-    hypercall(&mut g, 32, 7, args, 0)?;
+    hypercall(&mut g, via, 32, 7, args, 0)?;
     expect(&mut g, 0, "bind_ipi")?;
     g.a.mov(eax, dword_ptr(args + 4))?;
     g.a.mov(dword_ptr(args + 32), eax)?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send")?;
     wait_count(&mut g, count, 1)?;
     g.print("callback vector upcall\n")?;
@@ -147,21 +200,21 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.mov(dword_ptr(rax), 0x1ffu32)?;
     g.a.mov(dword_ptr(args), 0u32)?;
     g.a.mov(dword_ptr(args + 4), LAPIC_VECTOR)?;
-    hypercall(&mut g, 34, 23, args, 0)?;
+    hypercall(&mut g, via, 34, 23, args, 0)?;
     expect(&mut g, 0, "set_evtchn_upcall_vector")?;
-    hypercall(&mut g, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send 2")?;
     wait_count(&mut g, count, 2)?;
     g.print("lapic vector upcall\n")?;
 
     // EVTCHNOP_bind_virq {VIRQ_TIMER, vcpu 0, port OUT}
     g.a.mov(qword_ptr(args), 0i32)?;
-    hypercall(&mut g, 32, 1, args, 0)?;
+    hypercall(&mut g, via, 32, 1, args, 0)?;
     expect(&mut g, 0, "bind_virq")?;
     // A deadline in the past with VCPU_SSHOTTMR_future: -ETIME.
     g.a.mov(qword_ptr(args + 16), 1i32)?;
     g.a.mov(qword_ptr(args + 24), 1i32)?;
-    hypercall(&mut g, 24, 8, 0, args + 16)?;
+    hypercall(&mut g, via, 24, 8, 0, args + 16)?;
     expect(&mut g, -62, "singleshot in the past")?;
     g.print("set_singleshot_timer in the past: -ETIME\n")?;
     // now = system_time + (((rdtsc - tsc_timestamp) << shift) * mul >> 32)
@@ -177,13 +230,13 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.add(rax, qword_ptr(SH + 32 + 16))?;
     g.a.add(rax, 200_000)?;
     g.a.mov(qword_ptr(args + 16), rax)?;
-    hypercall(&mut g, 24, 8, 0, args + 16)?;
+    hypercall(&mut g, via, 24, 8, 0, args + 16)?;
     expect(&mut g, 0, "singleshot")?;
     // Block (interrupts off) until the timer's upcall has been taken.
     let mut again = g.a.create_label();
     g.a.set_label(&mut again)?;
     g.a.cli()?;
-    hypercall(&mut g, 29, 1, 0, 0)?;
+    hypercall(&mut g, via, 29, 1, 0, 0)?;
     expect(&mut g, 0, "block")?;
     g.a.sti()?;
     g.a.nop()?;
@@ -193,6 +246,120 @@ pub fn xen_events() -> Result<Vec<u8>, GuestError> {
     g.a.bt(rax, rcx)?;
     g.a.jnc(again)?;
     g.print("timer upcall after block\n")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
+
+/// Vectors the GSI guest programs into the IOAPIC.
+const GSI_VECTOR: u32 = 0x50;
+const INTX_VECTOR: u32 = 0x51;
+/// The GSI the guest asks for with CALLBACK_IRQ type 0.
+pub const CALLBACK_GSI: u32 = 20;
+/// Xen's hvm_pci_intx_gsi for device 3 (the platform device), INTA:
+/// ((3 << 2) + ((3 >> 3) + 0)) & 31) + 16.
+pub const PLATFORM_INTX_GSI: u32 = 28;
+
+/// What `xen_gsi_upcalls` prints when the platform behaves.
+pub const XEN_GSI_EXPECTED: &str = "shared_info mapped\ngsi upcall\nline dropped after eoi\ngsi upcall again\n\
+pci intx upcall\npci intx of another device: -EINVAL\n";
+
+/// Program IOAPIC pin `pin` to deliver `vector`, level-triggered, active
+/// high, fixed, to APIC ID 0 (82093AA redirection entry 0x10 + 2 * pin).
+fn route_gsi(g: &mut GuestProgram, pin: u32, vector: u32) -> Result<(), GuestError> {
+    g.a.mov(eax, 0xfec0_0000u32)?;
+    g.a.mov(dword_ptr(rax), 0x11 + 2 * pin)?;
+    g.a.mov(dword_ptr(rax + 0x10), 0u32)?; // destination APIC ID 0
+    g.a.mov(dword_ptr(rax), 0x10 + 2 * pin)?;
+    g.a.mov(dword_ptr(rax + 0x10), vector | 1 << 15)?; // level, unmasked
+    Ok(())
+}
+
+/// HVMOP_set_param(HVM_PARAM_CALLBACK_IRQ, `value`) with the args at `args`.
+fn set_callback(g: &mut GuestProgram, args: u64, value: u64) -> Result<(), GuestError> {
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(rax, value)?;
+    g.a.mov(qword_ptr(args + 8), rax)?;
+    hypercall(g, Via::Vmcall, 34, 0, args, 0)
+}
+
+/// Event-channel upcalls through level-triggered lines (PVH, long mode):
+/// CALLBACK_IRQ type 0 (a GSI routed by the IOAPIC) and type 1 (the Xen
+/// platform PCI device's INTA). The handler clears upcall_pending before
+/// its EOI, so the line must drop: a second interrupt without a second
+/// event fails the test. See `XEN_GSI_EXPECTED`.
+pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let idt = g.scratch(4096, 4096);
+    let args = g.scratch(64, 64);
+    let seen = g.scratch(8, 8);
+    let count = g.scratch(4, 4);
+    let mut idtr = Vec::new();
+    idtr.extend_from_slice(&4095u16.to_le_bytes());
+    idtr.extend_from_slice(&idt.to_le_bytes());
+    let idtr_at = g.data(&idtr, 16) as u64;
+    let (mut handler, mut main) = (g.a.create_label(), g.a.create_label());
+    g.a.jmp(main)?;
+    g.a.set_label(&mut handler)?;
+    upcall_body(&mut g, seen, count, true)?;
+    g.a.set_label(&mut main)?;
+    set_gate(&mut g, idt, GSI_VECTOR, handler)?;
+    set_gate(&mut g, idt, INTX_VECTOR, handler)?;
+    g.a.lidt(ptr(idtr_at))?;
+
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(qword_ptr(args + 8), 0i32)?;
+    g.a.mov(rax, SHARED_INFO_GFN)?;
+    g.a.mov(qword_ptr(args + 16), rax)?;
+    hypercall(&mut g, Via::Vmcall, 12, 7, args, 0)?;
+    expect(&mut g, 0, "add_to_physmap")?;
+    g.print("shared_info mapped\n")?;
+
+    g.a.mov(eax, 0xfee0_00f0u32)?; // LAPIC SVR: software enable
+    g.a.mov(dword_ptr(rax), 0x1ffu32)?;
+    route_gsi(&mut g, CALLBACK_GSI, GSI_VECTOR)?;
+    set_callback(&mut g, args, CALLBACK_GSI as u64)?;
+    expect(&mut g, 0, "set_param callback gsi")?;
+    // EVTCHNOP_bind_ipi {vcpu 0, port OUT}; keep the port at args + 32.
+    g.a.mov(qword_ptr(args), 0i32)?;
+    hypercall(&mut g, Via::Vmcall, 32, 7, args, 0)?;
+    expect(&mut g, 0, "bind_ipi")?;
+    g.a.mov(eax, dword_ptr(args + 4))?;
+    g.a.mov(dword_ptr(args + 32), eax)?;
+    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send")?;
+    wait_count(&mut g, count, 1)?;
+    g.print("gsi upcall\n")?;
+
+    // With interrupts on for a while, a line that did not drop at EOI
+    // would interrupt again.
+    g.a.mov(ecx, 20_000u32)?;
+    let mut spin = g.a.create_label();
+    g.a.sti()?;
+    g.a.set_label(&mut spin)?;
+    g.a.dec(ecx)?;
+    g.a.jnz(spin)?;
+    g.a.cli()?;
+    g.a.mov(eax, dword_ptr(count))?;
+    expect(&mut g, 1, "no upcall without an event")?;
+    g.print("line dropped after eoi\n")?;
+    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send 2")?;
+    wait_count(&mut g, count, 2)?;
+    g.print("gsi upcall again\n")?;
+
+    // PCI INTx of 00:03.0 pin A: val[63:56] = 1, DevFn in val[15:8].
+    route_gsi(&mut g, PLATFORM_INTX_GSI, INTX_VECTOR)?;
+    set_callback(&mut g, args, 1 << 56 | (3 << 3) << 8)?;
+    expect(&mut g, 0, "set_param callback pci intx")?;
+    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
+    expect(&mut g, 0, "send 3")?;
+    wait_count(&mut g, count, 3)?;
+    g.print("pci intx upcall\n")?;
+    set_callback(&mut g, args, 1 << 56 | (4 << 3) << 8)?;
+    expect(&mut g, -22, "pci intx of device 4")?;
+    g.print("pci intx of another device: -EINVAL\n")?;
     g.exit(0)?;
     g.build(Boot::Pvh)
 }

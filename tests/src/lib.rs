@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use sim_core::boot::{BootConfig, BootImage, BootInfo};
+use sim_core::door::{Input, ScriptDoor};
 use sim_core::machine::{Machine, MachineConfig, StopReason, VcpuFactory};
 
 /// A console sink that keeps everything written to it.
@@ -44,6 +45,9 @@ pub struct Run {
     pub config: MachineConfig,
     pub cmdline: String,
     pub modules: Vec<(String, Vec<u8>)>,
+    /// Outside inputs, each delivered at the first round boundary at or
+    /// after its instruction count (through a `ScriptDoor`).
+    pub inputs: Vec<(u64, Input)>,
 }
 
 impl Default for Run {
@@ -52,6 +56,7 @@ impl Default for Run {
             config: MachineConfig { memory_mib: 64, max_instructions: Some(50_000_000), ..Default::default() },
             cmdline: String::new(),
             modules: Vec::new(),
+            inputs: Vec::new(),
         }
     }
 }
@@ -64,6 +69,7 @@ pub fn boot_config(kernel: Vec<u8>, run: &Run) -> BootConfig {
         modules,
         cmdline: run.cmdline.clone(),
         rsdp: 0,
+        reserved: Vec::new(),
     }
 }
 
@@ -77,6 +83,7 @@ pub fn machine_on(kernel: Vec<u8>, run: &Run, factory: &mut VcpuFactory<'_>) -> 
     let mut m = Machine::new(run.config.clone(), factory).expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
+    m.set_door(Box::new(ScriptDoor::new(run.inputs.clone())));
     let info = m.boot(boot_config(kernel, run)).expect("boot");
     (m, cap, info)
 }

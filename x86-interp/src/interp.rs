@@ -55,6 +55,8 @@ pub struct Interpreter {
     attention: bool,
     pub(crate) shutdown: bool,
     mem_gen: u64,
+    /// `GuestMemory::dirty_epoch` when the write TLB entries were made.
+    dirty_epoch: u64,
     warned: HashSet<Mnemonic>,
     // Mode cache, refreshed by `refresh_mode`.
     pub(crate) bits: u32,
@@ -113,6 +115,7 @@ impl Interpreter {
             attention: false,
             shutdown: false,
             mem_gen: u64::MAX,
+            dirty_epoch: u64::MAX,
             warned: HashSet::new(),
             bits: 16,
             long64: false,
@@ -471,6 +474,12 @@ impl Vcpu for Interpreter {
             self.flush_tlb();
             self.code.clear();
             self.mem_gen = mem.generation();
+        }
+        if mem.dirty_epoch() != self.dirty_epoch {
+            // Pages are marked dirty when a write entry is made, so a new
+            // dirty epoch needs new entries.
+            self.flush_tlb();
+            self.dirty_epoch = mem.dirty_epoch();
         }
         self.code.new_epoch();
         self.forget_fetch();

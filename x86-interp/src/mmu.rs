@@ -100,6 +100,9 @@ impl Interpreter {
         let Some(host) = m.page_host_ptr(page) else { return Ok(Target::Mmio(t.gpa)) };
         if kind == Kind::Write {
             self.code_written(page >> 12);
+            // The only place a store path learns a host pointer: later stores
+            // through the write TLB entry need no marking (see dirty_epoch).
+            m.mark_dirty(page);
         }
         // Write entries must never point at code pages (see code_cache.rs).
         if kind != Kind::Write || !self.code.contains(page >> 12) {

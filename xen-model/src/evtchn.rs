@@ -60,7 +60,7 @@ pub fn virq_is_per_vcpu(virq: u32) -> bool {
     matches!(virq, VIRQ_TIMER | VIRQ_DEBUG | VIRQ_XENOPROF | VIRQ_XENPMU)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChanState {
     Free,
     /// Port 0, never allocated.
@@ -77,7 +77,7 @@ pub enum ChanState {
     Ipi,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Chan {
     state: ChanState,
     vcpu: u32,
@@ -86,7 +86,7 @@ struct Chan {
 const FREE: Chan = Chan { state: ChanState::Free, vcpu: 0 };
 
 /// A dom0 (backend) port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct BackendPort {
     /// The guest port it is bound to; `None` while unbound (waiting for the
     /// guest to bind to it).
@@ -113,7 +113,7 @@ pub struct Delivery<'a> {
     pub vcpu_info: &'a [VcpuInfoAt],
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EventChannels {
     chans: Vec<Chan>,
     nr_vcpus: u32,

@@ -44,7 +44,7 @@ pub mod callback_type {
 }
 
 /// How vCPU 0's (GSI, INTx) or every vCPU's (vector) upcalls are delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Callback {
     None,
     Gsi(u32),
@@ -62,8 +62,11 @@ impl Callback {
     }
 
     /// Decode HVM_PARAM_CALLBACK_IRQ. A GSI of 0 or beyond the IOAPIC
-    /// disables delivery (as Xen does); a PCI INTx naming anything but the
-    /// Xen platform device is refused.
+    /// disables delivery (as Xen does). A PCI INTx naming anything but the
+    /// Xen platform device is refused with EINVAL, as issue 3 asks: Xen
+    /// itself (hvm_set_callback_via) ignores domain and bus and accepts any
+    /// device slot, since its INTx wiring exists for every slot; this
+    /// machine has only the one device.
     pub fn decode(value: u64) -> XenResult<Callback> {
         Ok(match value >> 56 {
             callback_type::GSI => match value as u8 as u32 {
@@ -199,17 +202,19 @@ impl XenPlatform {
         }
     }
 
-    /// hvm_set_callback_via: switch the delivery method, moving an asserted
-    /// line to the new GSI.
+    /// hvm_set_callback_via: switch the delivery method, dropping the old
+    /// line; then, as its closing hvm_assert_evtchn_irq does for vCPU 0,
+    /// the new line takes the level of vCPU 0's upcall_pending.
     pub(crate) fn set_callback(&mut self, ctx: &mut PlatformCtx, cb: Callback) {
-        let was_high = self.callback_gsi_high.take();
-        if let Some(gsi) = was_high {
+        if let Some(gsi) = self.callback_gsi_high.take() {
             ctx.gsi.set(gsi, source::XEN_CALLBACK, false);
         }
         self.callback = cb;
-        if let (Some(_), Some(gsi)) = (was_high, cb.gsi()) {
-            ctx.gsi.set(gsi, source::XEN_CALLBACK, true);
-            self.callback_gsi_high = Some(gsi);
+        if let Some(gsi) = cb.gsi() {
+            if self.shinfo.upcall_pending(ctx.mem, self.vi[0]) {
+                ctx.gsi.set(gsi, source::XEN_CALLBACK, true);
+                self.callback_gsi_high = Some(gsi);
+            }
         }
     }
 

@@ -123,18 +123,9 @@ pub(crate) fn dispatch(p: &mut XenPlatform, ctx: &mut PlatformCtx, v: u32, vcpu:
             e.result()
         }
     };
-    tracing::info!(
-        target: "xensim::hypercall",
-        vcpu = v,
-        "{}({}{:#x}, {:#x}, {:#x}, {:#x}) = {}",
-        name(nr),
-        if compat { "32-bit: " } else { "" },
-        a.arg(0),
-        a.arg(1),
-        a.arg(2),
-        a.arg(3),
-        ret
-    );
+    if tracing::enabled!(target: "xensim::hypercall", tracing::Level::INFO) {
+        tracing::info!(target: "xensim::hypercall", "vcpu {v}: {}", crate::trace::line(nr, &a.args, compat, ret));
+    }
     regs[gpr::RAX] = if compat { ret as u32 as u64 } else { ret as u64 };
     vcpu.set_gprs(&regs);
 }
@@ -171,7 +162,7 @@ fn call(p: &mut XenPlatform, ctx: &mut PlatformCtx, a: &Args) -> XenResult<i64> 
         }
         nr::GRANT_TABLE_OP => {
             let g = a.guest(ctx.mem);
-            p.gnttab.hypercall(&g, ctx.mem, a.arg(0) as u32, a.arg(1), a.arg(2) as u32)
+            p.gnttab.hypercall_abi(&g, ctx.mem, a.arg(0) as u32, a.arg(1), a.arg(2) as u32, a.compat)
         }
         nr::PHYSDEV_OP => p.physdev_op(ctx, a),
         _ => Err(Errno(ENOSYS)),

@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod cpuid;
+pub mod dom0;
 pub mod errno;
 pub mod evtchn;
 pub mod gnttab;
@@ -14,9 +15,11 @@ pub mod hypercall_page;
 pub mod memory;
 pub mod physdev;
 pub mod platform;
+pub mod pv_console;
 pub mod sched;
 pub mod shared_info;
 pub mod time;
+pub mod trace;
 pub mod vcpu_op;
 pub mod version;
 

@@ -40,7 +40,6 @@ impl XenPlatform {
                 } else {
                     (g.read_u64(arg + 8)?, g.read_u64(arg + 16)?)
                 };
-                self.latch_compat(a.compat);
                 self.add_to_physmap(ctx, space, idx, gpfn)?;
                 Ok(0)
             }
@@ -60,7 +59,6 @@ impl XenPlatform {
                 if space == space::GMFN_RANGE {
                     return Err(Errno(EINVAL));
                 }
-                self.latch_compat(a.compat);
                 let w = a.ulong_size();
                 for i in 0..size as u64 {
                     let (idx, gpfn) = {
@@ -81,10 +79,13 @@ impl XenPlatform {
                 // set (XENMEM_set_memory_map): the E820 map of guest RAM.
                 let derived;
                 let map = if self.cfg.memory_map.is_empty() {
-                    derived = sim_core::boot::e820_map(ctx.mem)
-                        .iter()
-                        .map(|e| (e.addr, e.size, e.kind.code()))
-                        .collect::<Vec<_>>();
+                    // The same map the boot loader gave the guest, special pages included.
+                    let m =
+                        sim_core::boot::e820_map_with(ctx.mem, &sim_core::platform::Platform::reserved_ranges(self))
+                            .iter()
+                            .map(|e| (e.addr, e.size, e.kind.code()))
+                            .collect::<Vec<_>>();
+                    derived = m;
                     &derived
                 } else {
                     &self.cfg.memory_map

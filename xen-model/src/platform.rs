@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sim_core::cpuid::{CpuidTable, Vendor};
 use sim_core::irq::source;
 use sim_core::paging::PagingMode;
-use sim_core::platform::{Platform, PlatformCtx, PlatformEffect, TimerKey};
+use sim_core::platform::{Platform, PlatformCtx, PlatformEffect, SliceEvent, TimerKey};
 use sim_core::vcpu::Vcpu;
 use sim_core::GuestMemory;
 
@@ -85,7 +85,7 @@ impl XenConfig {
 }
 
 /// Why a vCPU is blocked in the platform.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Blocked {
     /// SCHEDOP_block: until an event is delivered to it.
     Block,
@@ -94,7 +94,7 @@ pub(crate) enum Blocked {
 }
 
 /// Per-vCPU Xen state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct VcpuXen {
     /// HVMOP_set_evtchn_upcall_vector (0: none).
     pub upcall_vector: u8,
@@ -105,6 +105,8 @@ pub(crate) struct VcpuXen {
     pub runstate: Runstate,
     pub time_version: u32,
     pub periodic_ns: Option<u64>,
+    /// When the periodic timer last sent VIRQ_TIMER (periodic_last_event).
+    pub periodic_last: u64,
     pub blocked: Option<Blocked>,
     pub up: bool,
     pub initialised: bool,
@@ -148,6 +150,8 @@ pub struct XenPlatform {
     pub(crate) pending_start: BTreeMap<u32, Box<sim_core::ArchState>>,
     /// The effect the current hypercall asks of the machine.
     pub(crate) effect: PlatformEffect,
+    /// dom0's backends: xenstore (ring and socket) and the primary console.
+    pub(crate) dom0: crate::dom0::Dom0,
 }
 
 impl XenPlatform {
@@ -177,6 +181,7 @@ impl XenPlatform {
             soft_resets: 0,
             pending_start: BTreeMap::new(),
             effect: PlatformEffect::None,
+            dom0: crate::dom0::Dom0::new(),
         };
         p.reset_domain_state();
         p
@@ -200,6 +205,7 @@ impl XenPlatform {
                     runstate: Runstate::new(if up { runstate::RUNNING } else { runstate::OFFLINE }, 0),
                     time_version: 0,
                     periodic_ns: None,
+                    periodic_last: 0,
                     blocked: None,
                     up,
                     initialised,
@@ -327,7 +333,9 @@ impl XenPlatform {
         if vx.runstate.state == state {
             return;
         }
-        vx.runstate.change(state, now);
+        // A vCPU's slice may start at the round's start, before the moment
+        // it was woken: runstate time never runs backwards.
+        vx.runstate.change(state, now.max(vx.runstate.entry_time));
         self.publish_runstate(mem, v);
     }
 
@@ -385,7 +393,8 @@ impl XenPlatform {
         }
         ctx.timers.cancel(timer::key(timer::POLL, v));
         self.update_time(ctx.mem, v, ctx.now_ns);
-        self.set_runstate(ctx.mem, v, runstate::RUNNING, ctx.now_ns);
+        // vcpu_wake: runnable until its next slice starts (`vcpu_slice`).
+        self.set_runstate(ctx.mem, v, runstate::RUNNABLE, ctx.now_ns);
         ctx.effects.push(PlatformEffect::Wake { vcpu: v });
     }
 
@@ -437,13 +446,22 @@ impl XenPlatform {
         }
     }
 
-    fn timer_vcpu_time(&mut self, ctx: &mut PlatformCtx, v: u32) {
+    pub(crate) fn timer_vcpu_time(&mut self, ctx: &mut PlatformCtx, v: u32) {
         self.update_time(ctx.mem, v, ctx.now_ns);
         self.send_virq(ctx, VIRQ_TIMER, v);
     }
 }
 
 impl Platform for XenPlatform {
+    fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        // The toolstack's special pages (xenstore and console rings).
+        if self.cfg.store.is_some() || self.cfg.console.is_some() {
+            vec![crate::dom0::SPECIAL_REGION]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn configure_cpuid(&mut self, cpuid: &mut CpuidTable, vcpus: u32) {
         self.vendor = cpuid.vendor();
         if vcpus.max(1) != self.nr_vcpus {
@@ -470,11 +488,13 @@ impl Platform for XenPlatform {
         &mut self,
         ctx: &mut PlatformCtx,
         _vcpu_index: u32,
-        _vcpu: &mut dyn Vcpu,
+        vcpu: &mut dyn Vcpu,
         msr: u32,
         value: u64,
     ) -> Option<Result<(), ()>> {
         (msr == HYPERCALL_MSR).then(|| {
+            // hvm_init_hypercall_page latches the shared_info layout.
+            self.latch_compat(vcpu.state().mode() != sim_core::state::CpuMode::Long64);
             if crate::hypercall_page::write(ctx.mem, self.vendor, self.cfg.hypercall_gate, value) {
                 Ok(())
             } else {
@@ -490,17 +510,13 @@ impl Platform for XenPlatform {
         }
         match kind {
             timer::SINGLESHOT => self.timer_vcpu_time(ctx, v),
-            timer::PERIODIC => {
-                if let Some(period) = self.vcpus[v as usize].periodic_ns {
-                    ctx.timers.schedule(timer::key(timer::PERIODIC, v), ctx.now_ns.saturating_add(period));
-                    self.timer_vcpu_time(ctx, v);
-                }
-            }
+            timer::PERIODIC => self.periodic_fired(ctx, v),
             timer::POLL => {
                 if matches!(self.vcpus[v as usize].blocked, Some(Blocked::Poll { .. })) {
                     self.unblock(ctx, v);
                 }
             }
+
             _ => {}
         }
     }
@@ -535,7 +551,12 @@ impl Platform for XenPlatform {
         false
     }
 
+    fn input(&mut self, ctx: &mut PlatformCtx, input: &sim_core::door::Input) {
+        self.host_input(ctx, input);
+    }
+
     fn sync(&mut self, ctx: &mut PlatformCtx) {
+        self.service_backends(ctx);
         self.sync_pirqs(ctx);
         self.flush_upcalls(ctx);
         // hvm_maybe_deassert_evtchn_irq: drop the callback line once vCPU
@@ -547,6 +568,23 @@ impl Platform for XenPlatform {
             }
         }
     }
+
+    fn vcpu_online(&mut self, ctx: &mut PlatformCtx, vcpu_index: u32, online: bool) {
+        self.machine_set_online(ctx, vcpu_index, online);
+    }
+
+    fn vcpu_slice(&mut self, ctx: &mut PlatformCtx, vcpu_index: u32, event: SliceEvent) {
+        self.slice_event(ctx, vcpu_index, event);
+    }
+
+    // Snapshots and state hashes: platform/snapshot.rs.
+    fn save(&self) -> Vec<u8> {
+        self.save_snapshot()
+    }
+
+    fn restore(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
+        self.restore_snapshot(ctx, data)
+    }
 }
 
 /// Keys of platform timers, for tests.
@@ -554,5 +592,6 @@ pub fn timer_key_singleshot(vcpu: u32) -> TimerKey {
     timer::key(timer::SINGLESHOT, vcpu)
 }
 
+mod snapshot;
 #[cfg(test)]
 mod tests;

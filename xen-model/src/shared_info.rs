@@ -35,7 +35,7 @@ pub mod layout {
 }
 
 /// Where a vCPU's vcpu_info is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VcpuInfoAt {
     /// Slot `n` of the shared_info page.
     Shared(u32),

@@ -61,7 +61,7 @@ pub mod runstate {
 pub const RUNSTATE_UPDATE: u64 = 1 << 63;
 
 /// One vCPU's runstate accounting (vcpu_runstate_info).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Runstate {
     pub state: u32,
     pub entry_time: u64,

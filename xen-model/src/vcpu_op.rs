@@ -1,10 +1,10 @@
 //! HYPERVISOR_vcpu_op (xen/include/public/vcpu.h, hvm/hvm_vcpu.h).
 
 use sim_core::memory::Backing;
-use sim_core::platform::{PlatformCtx, PlatformEffect, ShutdownReason};
+use sim_core::platform::{PlatformCtx, PlatformEffect, ShutdownReason, SliceEvent};
 use sim_core::state::{efer, sreg, ArchState, Segment};
 
-use crate::errno::{Errno, XenResult, EEXIST, EINVAL, ENOENT, ENOSYS, ENXIO, ETIME};
+use crate::errno::{Errno, XenResult, EBUSY, EEXIST, EINVAL, ENOENT, ENOSYS, ENXIO, ETIME};
 use crate::evtchn::Delivery;
 use crate::hypercall::Args;
 use crate::platform::{timer, XenPlatform};
@@ -28,9 +28,10 @@ pub mod op {
 
 /// VCPU_SSHOTTMR_future: fail with -ETIME if the deadline has passed.
 pub const SSHOTTMR_FUTURE: u32 = 1;
-/// Shortest periodic timer (1 ms) and the longest (STIME_DELTA_MAX).
+/// Shortest periodic timer (1 ms) and the longest (STIME_DELTA_MAX,
+/// `~0ull >> 2` in xen/include/xen/time.h).
 pub const PERIODIC_MIN_NS: u64 = 1_000_000;
-pub const PERIODIC_MAX_NS: u64 = 1 << 62;
+pub const PERIODIC_MAX_NS: u64 = (1 << 62) - 1;
 
 /// VCPU_HVM_MODE_*.
 pub const HVM_MODE_32B: u32 = 0;
@@ -115,10 +116,11 @@ impl XenPlatform {
                     return Err(Errno(EINVAL));
                 }
                 self.vcpus[t].periodic_ns = Some(period);
-                ctx.timers.schedule(timer::key(timer::PERIODIC, target), ctx.now_ns.saturating_add(period));
+                self.periodic_work(ctx, target);
                 Ok(0)
             }
             op::STOP_PERIODIC_TIMER => {
+                // vcpu_set_periodic_timer(v, 0): the last event time stays.
                 self.vcpus[t].periodic_ns = None;
                 ctx.timers.cancel(timer::key(timer::PERIODIC, target));
                 Ok(0)
@@ -152,10 +154,65 @@ impl XenPlatform {
         }
     }
 
-    /// map_vcpu_info: move vCPU `target`'s vcpu_info to guest frame `gfn` +
-    /// `offset`, carrying its contents over, then mark every selector bit
-    /// and the upcall pending so nothing is lost (the guest sees one
-    /// spurious upcall).
+    /// Xen's periodic timer work (vcpu_periodic_timer_work_locked): send
+    /// VIRQ_TIMER now if a period has passed since the last one, then arm
+    /// the timer for the next period.
+    fn periodic_work(&mut self, ctx: &mut PlatformCtx, v: u32) {
+        let Some(vx) = self.vcpus.get(v as usize) else { return };
+        let Some(period) = vx.periodic_ns else { return };
+        let mut next = vx.periodic_last.saturating_add(period);
+        if ctx.now_ns >= next {
+            self.vcpus[v as usize].periodic_last = ctx.now_ns;
+            next = ctx.now_ns.saturating_add(period);
+            self.timer_vcpu_time(ctx, v);
+        }
+        ctx.timers.schedule(timer::key(timer::PERIODIC, v), next);
+    }
+
+    pub(crate) fn periodic_fired(&mut self, ctx: &mut PlatformCtx, v: u32) {
+        self.periodic_work(ctx, v);
+    }
+
+    /// The machine took vCPU `v` offline (INIT) or started it (SIPI), as
+    /// Xen's vlapic INIT/SIPI handling sets and clears _VPF_down.
+    pub(crate) fn machine_set_online(&mut self, ctx: &mut PlatformCtx, v: u32, online: bool) {
+        let Some(vx) = self.vcpus.get_mut(v as usize) else { return };
+        if online {
+            vx.up = true;
+            vx.initialised = true;
+            self.pending_start.remove(&v);
+            self.set_runstate(ctx.mem, v, runstate::RUNNABLE, ctx.now_ns);
+        } else if vx.up {
+            vx.up = false;
+            vx.blocked = None;
+            for kind in [timer::SINGLESHOT, timer::PERIODIC, timer::POLL] {
+                ctx.timers.cancel(timer::key(kind, v));
+            }
+            self.set_runstate(ctx.mem, v, runstate::OFFLINE, ctx.now_ns);
+        }
+    }
+
+    /// Runstate accounting from the machine's round-robin: running during
+    /// its slice, runnable while it waits for the next one, blocked in HLT.
+    pub(crate) fn slice_event(&mut self, ctx: &mut PlatformCtx, v: u32, event: SliceEvent) {
+        let Some(vx) = self.vcpus.get(v as usize) else { return };
+        if !vx.up || vx.blocked.is_some() {
+            return;
+        }
+        let state = match event {
+            SliceEvent::Start => runstate::RUNNING,
+            SliceEvent::Preempted => runstate::RUNNABLE,
+            SliceEvent::Halted => runstate::BLOCKED,
+        };
+        self.set_runstate(ctx.mem, v, state, ctx.now_ns);
+    }
+
+    /// VCPUOP_register_vcpu_info: move vCPU `target`'s vcpu_info to guest
+    /// frame `gfn` + `offset`, carrying its contents over, then mark every
+    /// selector bit and the upcall pending so nothing is lost (the guest
+    /// sees one spurious upcall). The checks and their errors follow the
+    /// configured Xen version: map_vcpu_info up to 4.17, map_guest_area
+    /// from 4.18.
     fn register_vcpu_info(
         &mut self,
         ctx: &mut PlatformCtx,
@@ -165,14 +222,27 @@ impl XenPlatform {
         offset: u64,
     ) -> XenResult<()> {
         let t = target as usize;
-        if offset > 4096 - VCPU_INFO_SIZE {
-            return Err(Errno(ENXIO));
-        }
-        if matches!(self.vi[t], VcpuInfoAt::Guest(_)) {
-            return Err(Errno(EINVAL));
-        }
-        if caller != target && self.vcpus[t].up {
-            return Err(Errno(EINVAL));
+        // alignof(vcpu_info) follows xen_ulong_t: 8, or 4 with a 32-bit shared_info.
+        let align = if self.shinfo.compat() { 4 } else { 8 };
+        let registered = matches!(self.vi[t], VcpuInfoAt::Guest(_));
+        if self.cfg.version >= (4, 18) {
+            let gpa = gfn.checked_mul(4096).and_then(|b| b.checked_add(offset)).ok_or(Errno(EINVAL))?;
+            if gpa == u64::MAX || gpa >> 12 != gfn {
+                return Err(Errno(EINVAL));
+            }
+            if registered {
+                return Err(Errno(EBUSY));
+            }
+            if offset % 4096 + VCPU_INFO_SIZE > 4096 || offset % align != 0 {
+                return Err(Errno(ENXIO));
+            }
+        } else {
+            if offset > 4096 - VCPU_INFO_SIZE || offset % align != 0 {
+                return Err(Errno(ENXIO));
+            }
+            if registered || (caller != target && self.vcpus[t].up) {
+                return Err(Errno(EINVAL));
+            }
         }
         let gpa = gfn.checked_mul(4096).and_then(|b| b.checked_add(offset)).ok_or(Errno(EINVAL))?;
         if ctx.mem.backing(gpa) == Backing::Mmio || gfn >> 52 != 0 {

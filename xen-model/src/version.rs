@@ -28,7 +28,26 @@ pub mod feat {
     pub const HVM_SAFE_PVCLOCK: u32 = 9;
     pub const HVM_PIRQS: u32 = 10;
     pub const MEMORY_OP_VNODE_SUPPORTED: u32 = 13;
+    pub const NOT_DIRECT_MAPPED: u32 = 16;
 }
+
+/// XENVER_capabilities of an x86 Xen built without PV support
+/// (arch_get_xen_caps: one "hvm-3.0-<arch> " per HVM guest kind, in this
+/// order, each with its trailing space). The list is the host's, not the
+/// guest's.
+pub const CAPABILITIES: &str = "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 ";
+
+/// What XSM's default policy lets an unprivileged guest read of
+/// XENVER_commandline (xen_deny()).
+pub const DENIED: &str = "<denied>";
+
+/// XENVER_compile_info fields (compiler[64], compile_by[16],
+/// compile_domain[32], compile_date[32]): free text in Xen, fixed here so
+/// runs are reproducible.
+pub const COMPILER: &str = "rustc (xensim)";
+pub const COMPILE_BY: &str = "xensim";
+pub const COMPILE_DOMAIN: &str = "xensim.invalid";
+pub const COMPILE_DATE: &str = "Thu Jan  1 00:00:00 UTC 1970";
 
 /// HYPERVISOR_VIRT_START for 64-bit guests.
 const HYPERVISOR_VIRT_START: u64 = 0xffff_8000_0000_0000;
@@ -42,14 +61,16 @@ fn fixed(s: &str, len: usize) -> Vec<u8> {
 }
 
 impl XenPlatform {
-    /// XENFEAT submap 0 for an HVM/PVH guest.
+    /// XENFEAT submap 0 for an HVM/PVH guest (xen/common/kernel.c: a
+    /// translated, not direct-mapped, non-hardware domain).
     pub fn features(&self) -> u32 {
         use feat::*;
         let mut f = 1 << WRITABLE_PAGE_TABLES
             | 1 << AUTO_TRANSLATED_PHYSMAP
             | 1 << HVM_CALLBACK_VECTOR
             | 1 << HVM_SAFE_PVCLOCK
-            | 1 << MEMORY_OP_VNODE_SUPPORTED;
+            | 1 << MEMORY_OP_VNODE_SUPPORTED
+            | 1 << NOT_DIRECT_MAPPED;
         if self.cfg.pirqs {
             f |= 1 << HVM_PIRQS;
         }
@@ -64,16 +85,18 @@ impl XenPlatform {
             op::VERSION => return Ok(((major as i64) << 16) | minor as i64),
             op::EXTRAVERSION => g.write(arg, &fixed(&self.cfg.extraversion, 16))?,
             op::COMPILE_INFO => {
-                let mut b = fixed("rustc (xensim)", 64);
-                b.extend(fixed("xensim", 16));
-                b.extend(fixed("xensim.invalid", 32));
-                b.extend(fixed("Thu Jan  1 00:00:00 UTC 1970", 32));
+                let mut b = fixed(COMPILER, 64);
+                b.extend(fixed(COMPILE_BY, 16));
+                b.extend(fixed(COMPILE_DOMAIN, 32));
+                b.extend(fixed(COMPILE_DATE, 32));
                 g.write(arg, &b)?;
             }
-            op::CAPABILITIES => g.write(arg, &fixed("hvm-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p", 1024))?,
+            op::CAPABILITIES => g.write(arg, &fixed(CAPABILITIES, 1024))?,
             op::CHANGESET => g.write(arg, &fixed("xensim", 64))?,
             op::PLATFORM_PARAMETERS => {
                 if a.compat {
+                    // HYPERVISOR_COMPAT_VIRT_START(d): hv_compat_vstart,
+                    // which only 32-bit PV domains set; 0 for HVM.
                     g.write_u32(arg, 0)?;
                 } else {
                     g.write_u64(arg, HYPERVISOR_VIRT_START)?;
@@ -85,9 +108,13 @@ impl XenPlatform {
                 }
                 g.write_u32(arg + 4, self.features())?;
             }
-            op::PAGESIZE => return Ok(4096),
+            // Xen refuses a non-null handle.
+            op::PAGESIZE => return if arg != 0 { Err(Errno(EINVAL)) } else { Ok(4096) },
             op::GUEST_HANDLE => g.write(arg, &self.cfg.handle)?,
-            op::COMMANDLINE | op::BUILD_ID => return Err(Errno(EPERM)),
+            // XSM denies both to an unprivileged guest: the command line
+            // reads as "<denied>", build_id fails.
+            op::COMMANDLINE => g.write(arg, &fixed(DENIED, DENIED.len() + 1))?,
+            op::BUILD_ID => return Err(Errno(EPERM)),
             _ => return Err(Errno(ENOSYS)),
         }
         Ok(0)

@@ -9,7 +9,7 @@ use iced_x86::code_asm::CodeAssembler;
 use kvm_backend::KvmVm;
 use sim_core::cpuid::{CpuidTable, Vendor};
 use sim_core::memory::GuestMemory;
-use sim_core::vcpu::{Completion, Vcpu, VcpuExit};
+use sim_core::vcpu::{Completion, Vcpu, VcpuError, VcpuExit};
 
 /// The VM, or None after printing why KVM cannot be used here.
 pub fn kvm_or_skip(test: &str) -> Option<Arc<KvmVm>> {
@@ -42,9 +42,14 @@ pub struct Trace {
 /// Run `v` until Halt/Shutdown: OUT to 0xE9 is collected, IN reads
 /// `in_value`, MSR exits fault, MMIO reads return all ones.
 pub fn run_bare(v: &mut dyn Vcpu, mem: &GuestMemory, max_exits: usize) -> Trace {
+    try_run_bare(v, mem, max_exits).expect("run")
+}
+
+/// `run_bare` that returns the backend's failure instead of panicking.
+pub fn try_run_bare(v: &mut dyn Vcpu, mem: &GuestMemory, max_exits: usize) -> Result<Trace, VcpuError> {
     let mut t = Trace::default();
     for _ in 0..max_exits {
-        let exit = v.run(mem, 1_000_000).expect("run");
+        let exit = v.run(mem, 1_000_000)?;
         if !matches!(exit, VcpuExit::BudgetExhausted) {
             t.exits.push(exit);
         }
@@ -63,5 +68,5 @@ pub fn run_bare(v: &mut dyn Vcpu, mem: &GuestMemory, max_exits: usize) -> Trace 
             _ => {}
         }
     }
-    t
+    Ok(t)
 }

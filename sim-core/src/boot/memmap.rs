@@ -35,6 +35,26 @@ pub struct E820Entry {
 /// tables in it) `LEGACY_RESERVED_BASE..HIGH_MEMORY_BASE` cut out and
 /// reported reserved. Sorted by address, no overlaps.
 pub fn e820_map(mem: &GuestMemory) -> Vec<E820Entry> {
+    e820_map_with(mem, &[])
+}
+
+/// `e820_map` plus `reserved` (address, size) ranges outside RAM — pages a
+/// platform places in the MMIO hole, such as Xen's special pages — listed
+/// as reserved. Ranges that overlap RAM or each other are left out.
+pub fn e820_map_with(mem: &GuestMemory, reserved: &[(u64, u64)]) -> Vec<E820Entry> {
+    let mut map = ram_map(mem);
+    for &(addr, size) in reserved {
+        let end = addr.saturating_add(size);
+        let clear = size > 0 && map.iter().all(|e| end <= e.addr || addr >= e.addr.saturating_add(e.size));
+        if clear {
+            map.push(E820Entry { addr, size, kind: E820Kind::Reserved });
+        }
+    }
+    map.sort_by_key(|e| e.addr);
+    map
+}
+
+fn ram_map(mem: &GuestMemory) -> Vec<E820Entry> {
     let (hole_start, hole_end) = (LEGACY_RESERVED_BASE, HIGH_MEMORY_BASE);
     let mut map = Vec::new();
     let mut push = |addr: u64, end: u64, kind| {
@@ -100,5 +120,17 @@ mod tests {
         );
         assert_eq!(E820Kind::Ram.code(), 1);
         assert_eq!(E820Kind::Reserved.code(), 2);
+    }
+
+    #[test]
+    fn platform_pages_in_the_hole_are_reserved_in_address_order() {
+        let mem = GuestMemory::new(4096).unwrap();
+        let special = (0xfeff_8000, 0x8000);
+        let map = e820_map_with(&mem, &[special, (0x2000, 0x1000)]);
+        // The range inside RAM is refused; the hole range lands between the
+        // two RAM blocks.
+        assert_eq!(map.len(), 5);
+        assert_eq!(map[3], e(0xfeff_8000, 0x8000, E820Kind::Reserved));
+        assert_eq!(map[4].addr, 0x1_0000_0000);
     }
 }

@@ -17,7 +17,7 @@ mod multiboot;
 mod place;
 mod pvh;
 
-pub use memmap::{e820_map, E820Entry, E820Kind};
+pub use memmap::{e820_map, e820_map_with, E820Entry, E820Kind};
 
 use crate::memory::MemoryError;
 use crate::{ArchState, GuestMemory};
@@ -38,6 +38,9 @@ pub struct BootConfig {
     pub cmdline: String,
     /// Guest-physical address of the ACPI RSDP (0: none), passed to PVH.
     pub rsdp: u64,
+    /// Ranges outside RAM to list as reserved in the memory map (the
+    /// machine fills in its platform's, e.g. Xen's special pages).
+    pub reserved: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

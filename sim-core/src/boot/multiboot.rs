@@ -2,7 +2,7 @@
 //! by ELF program headers or the a.out kludge, and `multiboot_info`.
 
 use super::elf::{file_range, le, zero, Elf};
-use super::memmap::e820_map;
+use super::memmap::e820_map_with;
 use super::place::{place_modules, BootData, Ram, Record};
 use super::{BootConfig, BootError, BootInfo, BootProtocol};
 use crate::layout::{HIGH_MEMORY_BASE, LEGACY_RESERVED_BASE};
@@ -122,7 +122,7 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig, elf: Option<&Elf>, h: &Header) 
         mods.extend_from_slice(&r.0);
     }
     let mods_addr = if modules.is_empty() { 0 } else { data.put(&mods, "module list")? };
-    let map = e820_map(mem);
+    let map = e820_map_with(mem, &cfg.reserved);
     let mut mmap = Vec::with_capacity(map.len() * MMAP_ENTRY_SIZE);
     for e in &map {
         let mut r = Record::new(MMAP_ENTRY_SIZE);

@@ -2,7 +2,7 @@
 //! xen/include/public/arch-x86/hvm/start_info.h, version 1).
 
 use super::elf::Elf;
-use super::memmap::e820_map;
+use super::memmap::e820_map_with;
 use super::place::{place_modules, BootData, Ram, Record};
 use super::{BootConfig, BootError, BootInfo, BootProtocol};
 use crate::{ArchState, GuestMemory};
@@ -38,7 +38,7 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig, elf: &Elf, entry: u64) -> Resul
     }
     let modlist_paddr = if modules.is_empty() { 0 } else { data.put(&modlist, "module list")? };
 
-    let map = e820_map(mem);
+    let map = e820_map_with(mem, &cfg.reserved);
     let mut memmap = Vec::with_capacity(map.len() * MEMMAP_ENTRY_SIZE);
     for e in &map {
         let mut r = Record::new(MEMMAP_ENTRY_SIZE);

@@ -137,7 +137,13 @@ fn image(name: &str, bytes: Vec<u8>) -> BootImage {
 }
 
 fn config(kernel: Vec<u8>, modules: Vec<BootImage>, cmdline: &str) -> BootConfig {
-    BootConfig { kernel: image("kernel.elf", kernel), modules, cmdline: cmdline.into(), rsdp: 0xe0000 }
+    BootConfig {
+        kernel: image("kernel.elf", kernel),
+        modules,
+        cmdline: cmdline.into(),
+        rsdp: 0xe0000,
+        reserved: Vec::new(),
+    }
 }
 
 // Independent little readers of guest memory.

@@ -206,6 +206,13 @@ impl PortDevice for PciHost {
             _ => {}
         }
     }
+    fn save(&self) -> Vec<u8> {
+        crate::bus::save_serde(self)
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        *self = crate::bus::restore_serde(data)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

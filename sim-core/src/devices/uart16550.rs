@@ -263,6 +263,13 @@ impl PortDevice for Uart16550 {
     fn write(&mut self, port: u16, _size: u8, value: u32, ctx: &mut DeviceCtx) {
         self.write_reg(port.wrapping_sub(self.base) & 7, value as u8, ctx);
     }
+    fn save(&self) -> Vec<u8> {
+        crate::bus::save_serde(self)
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        *self = crate::bus::restore_serde(data)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ impl GrantError {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Mapping {
     refs: Vec<u32>,
     writable: bool,

@@ -9,10 +9,12 @@
 
 pub mod abi;
 mod backend;
+pub mod compat;
 mod copy;
 mod entry;
 mod ops;
 mod pin;
+mod snapshot;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +26,7 @@ use abi::{grant_to_status_frames, gtf, INITIAL_NR_GRANT_FRAMES, RESERVED_CONSOLE
 use backend::Mapping;
 pub use backend::{GrantError, MapHandle};
 use pin::Active;
+pub use snapshot::GrantTableState;
 
 /// The guest's grant table.
 #[derive(Debug)]

@@ -64,6 +64,20 @@ impl GrantTable {
     /// results go to each structure's status field; the return value is
     /// do_grant_table_op's (0, or a negative errno as `Err`).
     pub fn hypercall(&mut self, g: &GuestVirt, mem: &GuestMemory, cmd: u32, uop: u64, count: u32) -> XenResult<i64> {
+        self.hypercall_abi(g, mem, cmd, uop, count, false)
+    }
+
+    /// `hypercall` for a 64-bit (`compat` false) or 32-bit caller, whose
+    /// structures use the compat layouts (see `compat`).
+    pub fn hypercall_abi(
+        &mut self,
+        g: &GuestVirt,
+        mem: &GuestMemory,
+        cmd: u32,
+        uop: u64,
+        count: u32,
+        compat: bool,
+    ) -> XenResult<i64> {
         if (count as i32) < 0 {
             return Err(Errno(EINVAL));
         }
@@ -71,6 +85,30 @@ impl GrantTable {
         let cmd = cmd & GNTTABOP_CMD_MASK;
         if cmd != op::CACHE_FLUSH && opaque != 0 {
             return Err(Errno(EINVAL));
+        }
+        if compat {
+            use super::compat::{copy_to_native, layout as c, transfer_to_native};
+            match cmd {
+                op::SETUP_TABLE => return self.setup_table_compat(g, mem, uop, count),
+                op::GET_STATUS_FRAMES => return self.get_status_frames_compat(g, mem, uop, count),
+                op::TRANSFER => {
+                    return self.each_op_xlat(
+                        g,
+                        uop,
+                        count,
+                        c::TRANSFER_SIZE,
+                        c::TRANSFER_STATUS,
+                        transfer_to_native,
+                        |_, f| transfer_one(mem, f),
+                    )
+                }
+                op::COPY => {
+                    return self.each_op_xlat(g, uop, count, c::COPY_SIZE, c::COPY_STATUS, copy_to_native, |t, f| {
+                        t.copy_one(mem, f)
+                    })
+                }
+                _ => {}
+            }
         }
         match cmd {
             op::MAP_GRANT_REF => self.each_op(g, uop, count, l::MAP_SIZE, l::MAP_STATUS, |t, f| t.map_one(mem, f)),
@@ -109,13 +147,29 @@ impl GrantTable {
         count: u32,
         size: u64,
         status_off: u64,
+        f: impl FnMut(&mut Self, &Fields) -> i16,
+    ) -> XenResult<i64> {
+        self.each_op_xlat(g, uop, count, size, status_off, |b| b.to_vec(), f)
+    }
+
+    /// `each_op` over structures of another layout, each translated to the
+    /// native one by `xlat` before `f` sees it.
+    #[allow(clippy::too_many_arguments)]
+    fn each_op_xlat(
+        &mut self,
+        g: &GuestVirt,
+        uop: u64,
+        count: u32,
+        size: u64,
+        status_off: u64,
+        xlat: impl Fn(&[u8]) -> Vec<u8>,
         mut f: impl FnMut(&mut Self, &Fields) -> i16,
     ) -> XenResult<i64> {
         let mut buf = vec![0u8; size as usize];
         for i in 0..count as u64 {
             let at = uop.wrapping_add(i.wrapping_mul(size));
             g.read(at, &mut buf)?;
-            let status = f(self, &Fields(&buf));
+            let status = f(self, &Fields(&xlat(&buf)));
             g.write_u16(at.wrapping_add(status_off), status as u16)?;
         }
         Ok(0)
@@ -159,21 +213,12 @@ impl GrantTable {
         g.read(uop, &mut b)?;
         let f = Fields(&b);
         let (dom, nr, list) = (f.u16(0), f.u32(4), f.u64(16));
-        let status = match lookup(dom) {
-            Dom::Missing => st::BAD_DOMAIN,
-            Dom::Dom0 => st::PERMISSION_DENIED,
-            Dom::Guest if nr > self.max_frames => st::GENERAL_ERROR,
-            Dom::Guest => {
-                let short_of_status = self.version == 2 && grant_to_status_frames(nr) > self.nr_status_frames();
-                if nr > self.nr_frames() || short_of_status {
-                    self.grow(nr);
-                }
-                // An auto-translated guest gets the frames' GFNs (INVALID_GFN
-                // for a frame it has not placed with add_to_physmap).
+        let status = match self.setup_frames(mem, dom, nr) {
+            Err(s) => s,
+            Ok(frames) => {
                 let mut status = st::OKAY;
-                for (i, page) in self.shared.iter().take(nr as usize).enumerate() {
-                    let at = list.wrapping_add(8 * i as u64);
-                    if g.write_u64(at, Self::gfn_of(mem, page)).is_err() {
+                for (i, gfn) in frames.into_iter().enumerate() {
+                    if g.write_u64(list.wrapping_add(8 * i as u64), gfn).is_err() {
                         status = st::BAD_VIRT_ADDR;
                     }
                 }
@@ -182,6 +227,24 @@ impl GrantTable {
         };
         g.write_u16(uop.wrapping_add(l::SETUP_STATUS), status as u16)?;
         Ok(0)
+    }
+
+    /// setup_table's work for both ABIs: grow the table to `nr` frames and
+    /// list their GFNs (INVALID_GFN for a frame the auto-translated guest
+    /// has not placed with add_to_physmap), or the op's error status.
+    pub(super) fn setup_frames(&mut self, mem: &GuestMemory, dom: u16, nr: u32) -> Result<Vec<u64>, i16> {
+        match lookup(dom) {
+            Dom::Missing => Err(st::BAD_DOMAIN),
+            Dom::Dom0 => Err(st::PERMISSION_DENIED),
+            Dom::Guest if nr > self.max_frames => Err(st::GENERAL_ERROR),
+            Dom::Guest => {
+                let short_of_status = self.version == 2 && grant_to_status_frames(nr) > self.nr_status_frames();
+                if nr > self.nr_frames() || short_of_status {
+                    self.grow(nr);
+                }
+                Ok(self.shared.iter().take(nr as usize).map(|p| Self::gfn_of(mem, p)).collect())
+            }
+        }
     }
 
     fn query_size(&self, g: &GuestVirt, uop: u64, count: u32) -> XenResult<i64> {
@@ -277,7 +340,15 @@ impl GrantTable {
         g.read(uop, &mut b)?;
         let f = Fields(&b);
         let (nr, dom, list) = (f.u32(0), f.u16(4), f.u64(8));
-        let status = match lookup(dom) {
+        let status = self.write_status_frames(g, mem, dom, nr, list);
+        g.write_u16(uop.wrapping_add(l::STATUS_FRAMES_STATUS), status as u16)?;
+        Ok(0)
+    }
+
+    /// get_status_frames for both ABIs: the first `nr` status frames' GFNs
+    /// (uint64_t each) to `list`; the op's status.
+    pub(super) fn write_status_frames(&self, g: &GuestVirt, mem: &GuestMemory, dom: u16, nr: u32, list: u64) -> i16 {
+        match lookup(dom) {
             Dom::Missing => st::BAD_DOMAIN,
             Dom::Dom0 => st::PERMISSION_DENIED,
             Dom::Guest if nr > self.nr_status_frames() => st::GENERAL_ERROR,
@@ -290,9 +361,7 @@ impl GrantTable {
                 }
                 status
             }
-        };
-        g.write_u16(uop.wrapping_add(l::STATUS_FRAMES_STATUS), status as u16)?;
-        Ok(0)
+        }
     }
 
     fn get_version(&self, g: &GuestVirt, uop: u64) -> XenResult<i64> {

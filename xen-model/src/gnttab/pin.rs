@@ -10,7 +10,7 @@ use super::abi::{gtf, st};
 use super::GrantTable;
 
 /// Xen's active grant entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Active {
     /// The domain the pins belong to.
     pub domid: u16,

@@ -579,3 +579,95 @@ fn cache_flush_validates_its_arguments() {
     assert_eq!(flush(&mut e, cf, MMIO_GFN << 12, 0, 0, GNTTAB_CACHE_CLEAN), Ok(0), "nothing to flush");
     assert_eq!(flush(&mut e, cf | (1 << 12), DATA << 12, 0, 0, 0), Err(Errno(84)), "EILSEQ on a continuation");
 }
+
+// ---- 32-bit callers (compat layouts) ------------------------------------------
+
+impl Env {
+    fn call32(&mut self, cmd: u32, uop: u64, count: u32) -> XenResult<i64> {
+        let g = GuestVirt::with_paging(&self.mem, PagingMode::from_regs(cr0::PE, 0, 0, 0));
+        self.t.hypercall_abi(&g, &self.mem, cmd, uop, count, true)
+    }
+}
+
+#[test]
+fn compat_setup_table_lists_32_bit_frames() {
+    let mut e = env(4);
+    // compat gnttab_setup_table: dom u16 @0, nr_frames u32 @4, status i16 @8, frame_list u32 @12 (16 bytes).
+    let setup = |e: &mut Env, nr: u32| {
+        e.put(OP, &[0; 16]);
+        e.put(LIST, &[0xaa; 16]);
+        e.mem.write_u16(OP, DOMID_SELF).unwrap();
+        e.mem.write_u32(OP + 4, nr).unwrap();
+        e.mem.write_u32(OP + 12, LIST as u32).unwrap();
+        let r = e.call32(op::SETUP_TABLE, OP, 1);
+        (r, e.i16(OP + 8))
+    };
+    assert_eq!(setup(&mut e, 1), (Ok(0), st::OKAY));
+    assert_eq!(e.mem.read_u32(LIST).unwrap() as u64, GT_GFN, "a compat_pfn_t");
+    assert_eq!(e.mem.read_u32(LIST + 4).unwrap(), 0xaaaa_aaaa, "nothing beyond the 32-bit entry");
+    // Frame 1 is not in the physmap: INVALID_GFN does not fit a compat_pfn_t.
+    assert_eq!(setup(&mut e, 2), (Ok(0), st::ADDRESS_TOO_BIG));
+    assert_eq!(e.mem.read_u32(LIST).unwrap() as u64, GT_GFN, "frames before it are written");
+    assert_eq!(e.mem.read_u32(LIST + 4).unwrap(), 0xaaaa_aaaa);
+    assert_eq!(e.call32(op::SETUP_TABLE, OP, 0), Ok(0), "compat loop runs zero times");
+    assert_eq!(e.call32(op::SETUP_TABLE, OP, 2), Err(Errno(EINVAL)));
+}
+
+#[test]
+fn compat_get_status_frames_has_a_32_bit_handle_and_64_bit_frames() {
+    let mut e = env(4);
+    e.v2();
+    // compat gnttab_get_status_frames: nr u32 @0, dom u16 @4, status i16 @6, frame_list u32 @8 (12 bytes).
+    e.put(OP, &[0; 16]);
+    e.mem.write_u32(OP, 1).unwrap();
+    e.mem.write_u16(OP + 4, DOMID_SELF).unwrap();
+    e.mem.write_u32(OP + 8, LIST as u32).unwrap();
+    e.mem.write_u32(OP + 12, 0xdead_beef).unwrap(); // would be the native handle's high half
+    assert_eq!(e.call32(op::GET_STATUS_FRAMES, OP, 1), Ok(0));
+    assert_eq!(e.i16(OP + 6), st::OKAY);
+    assert_eq!(e.mem.read_u64(LIST).unwrap(), ST_GFN, "frames stay uint64_t");
+}
+
+#[test]
+fn compat_copy_and_transfer_use_32_bit_frames() {
+    let mut e = env(4);
+    let (a, b) = (DATA, DATA + 1);
+    e.put((a << 12) + 10, b"compat copy");
+    // Two compat gnttab_copy (24 bytes each): source {u32, domid, offset}, dest {...} @8, len @16, flags @18, status @20.
+    let put = |e: &Env, at: u64, src: (u32, u16, u16), dst: (u32, u16, u16), len: u16, flags: u16| {
+        e.put(at, &[0; 24]);
+        for (off, (u, dom, o)) in [(0, src), (8, dst)] {
+            e.mem.write_u32(at + off, u).unwrap();
+            e.mem.write_u16(at + off + 4, dom).unwrap();
+            e.mem.write_u16(at + off + 6, o).unwrap();
+        }
+        e.mem.write_u16(at + 16, len).unwrap();
+        e.mem.write_u16(at + 18, flags).unwrap();
+    };
+    e.grant_v1(20, gtf::PERMIT_ACCESS, GUEST_DOMID, b as u32);
+    put(&e, OP, (a as u32, DOMID_SELF, 10), (20, GUEST_DOMID, 100), 11, GNTCOPY_DEST_GREF);
+    put(&e, OP + 24, (a as u32, DOMID_SELF, 4000), (b as u32, DOMID_SELF, 0), 200, 0);
+    assert_eq!(e.call32(op::COPY, OP, 2), Ok(0));
+    assert_eq!((e.i16(OP + 20), e.i16(OP + 24 + 20)), (st::OKAY, st::BAD_COPY_ARG));
+    let mut buf = [0u8; 11];
+    e.mem.read((b << 12) + 100, &mut buf).unwrap();
+    assert_eq!(&buf, b"compat copy");
+
+    // compat gnttab_transfer (16 bytes): mfn u32, domid u16 @4, ref u32 @8, status i16 @12.
+    e.put(OP, &[0; 32]);
+    e.mem.write_u32(OP, a as u32).unwrap();
+    e.mem.write_u32(OP + 16, MMIO_GFN as u32).unwrap();
+    assert_eq!(e.call32(op::TRANSFER, OP, 2), Ok(0));
+    assert_eq!(e.i16(OP + 12), st::GENERAL_ERROR, "an HVM guest cannot give RAM away");
+    assert_eq!(e.i16(OP + 16 + 12), st::BAD_PAGE);
+}
+
+#[test]
+fn compat_callers_share_the_identical_layouts() {
+    let mut e = env(4);
+    // query_size is CHECKed identical: dom, nr_frames @4, max @8, status @12.
+    e.put(OP, &[0; 16]);
+    e.mem.write_u16(OP, DOMID_SELF).unwrap();
+    assert_eq!(e.call32(op::QUERY_SIZE, OP, 1), Ok(0));
+    assert_eq!((e.mem.read_u32(OP + 4).unwrap(), e.mem.read_u32(OP + 8).unwrap(), e.i16(OP + 12)), (1, 4, st::OKAY));
+}

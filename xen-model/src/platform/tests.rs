@@ -86,13 +86,14 @@ fn thirty_two_bit_callers_use_ebx_ecx_and_compat_layouts() {
     r.mem.write_u32(0x7000, 1).unwrap();
     assert_eq!(r.call(nr::XEN_VERSION, &[6, 0x7000]), -EINVAL);
     assert_eq!(r.call(nr::XEN_VERSION, &[7, 0]), 4096);
-    assert_eq!(r.call(nr::XEN_VERSION, &[9, 0x7000]), -EPERM);
     // compat add_to_physmap {domid, size, space, idx u32, gpfn u32}
     r.mem.write_u16(0xa000, DOMID_SELF).unwrap();
     r.mem.write_u32(0xa004, 0).unwrap();
     r.mem.write_u32(0xa008, 0).unwrap();
     r.mem.write_u32(0xa00c, 0xfeff0).unwrap();
     assert_eq!(r.call(nr::MEMORY_OP, &[7, 0xa000]), 0);
+    assert!(!r.p.shinfo.compat(), "Xen latches only at CALLBACK_IRQ and the hypercall page");
+    assert_eq!(r.set_param(0, 2 << 56 | 0xf3), 0);
     assert!(r.p.shinfo.compat(), "layout latched from the 32-bit caller");
     // Compat wallclock at 2304: sec, nsec of the configured epoch.
     let base = 0xfeff0u64 << 12;
@@ -488,6 +489,8 @@ fn runstate_area_tracks_block_and_wake() {
     r.now += 300;
     r.p.shinfo.write_u8(0, 1);
     assert!(r.p.wake(ctx!(r), 0));
+    assert_eq!(r.mem.read_u32(0x7800).unwrap(), 1, "runnable until its slice starts");
+    r.p.vcpu_slice(ctx!(r), 0, SliceEvent::Start);
     assert_eq!(r.mem.read_u32(0x7800).unwrap(), 0);
     assert_eq!(r.mem.read_u64(0x7810 + 16).unwrap(), 300, "300 ns blocked");
     assert_eq!(r.mem.read_u64(0x7810).unwrap(), t0, "running time since power-on");
@@ -590,3 +593,232 @@ mod fuzz {
         }
     }
 }
+
+// ---- dom0 backends: xenstore ring and PV console ----
+
+const XS: u64 = 0xfeffc << 12;
+const CONS: u64 = 0xfefff << 12;
+const SHINFO_GFN: u64 = 0xfeff0;
+
+/// A platform with the toolstack's rings, shared_info mapped and the callback vector set.
+fn pv_rig() -> Rig {
+    let mut r = Rig::new(XenConfig::default().with_pv_rings(), 1);
+    assert_eq!(r.map_shared_info(SHINFO_GFN), 0);
+    assert_eq!(r.set_param(0, 2 << 56 | 0xf3), 0);
+    r.sync();
+    r
+}
+
+fn port_pending(r: &Rig, port: u32) -> bool {
+    r.mem.read_u64((SHINFO_GFN << 12) + 2048).unwrap() & (1 << port) != 0
+}
+
+fn clear_pending(r: &Rig) {
+    r.mem.write_u64((SHINFO_GFN << 12) + 2048, 0).unwrap();
+}
+
+fn node(r: &Rig, path: &str) -> String {
+    let n = r.p.xenstore().tree().get(path).unwrap_or_else(|| panic!("{path} missing"));
+    String::from_utf8(n.value.clone()).unwrap()
+}
+
+#[test]
+fn the_toolstack_rings_are_at_the_special_pages_with_their_params_and_nodes() {
+    let mut r = pv_rig();
+    // HVM params as libxc sets them: special_pfn(4) and special_pfn(7), ports 1 and 2.
+    assert_eq!(r.get_param(1), Ok(0xfeffc));
+    assert_eq!(r.get_param(2), Ok(1));
+    assert_eq!(r.get_param(17), Ok(0xfefff));
+    assert_eq!(r.get_param(18), Ok(2));
+    for a in [XS, CONS] {
+        assert_eq!(r.mem.backing(a), sim_core::memory::Backing::Overlay);
+    }
+    assert_eq!(r.mem.read_u32(XS + 2064).unwrap(), 3, "reconnection | error");
+    // Both ports are bound by dom0 (interdomain to domain 0).
+    for p in [1, 2] {
+        let s = r.p.evtchn.status(p).unwrap();
+        assert_eq!((s.status, s.a, s.b), (stat::INTERDOMAIN, 0, p));
+    }
+    // The initial tree, with the ring details and the memory size (4 MiB = 4096 KiB).
+    assert_eq!(node(&r, "/local/domain/1/store/port"), "1");
+    assert_eq!(node(&r, "/local/domain/1/store/ring-ref"), (0xfeffcu64).to_string());
+    assert_eq!(node(&r, "/local/domain/1/console/port"), "2");
+    assert_eq!(node(&r, "/local/domain/1/console/ring-ref"), (0xfefffu64).to_string());
+    assert_eq!(node(&r, "/local/domain/1/console/type"), "xenconsoled");
+    assert_eq!(node(&r, "/local/domain/1/memory/target"), "4096");
+    assert!(r.p.xenstore().domain(1).is_some_and(|d| d.introduced));
+    // XENMEM_memory_map marks the special region reserved.
+    r.mem.write_u32(0x7000, 16).unwrap();
+    r.mem.write_u64(0x7008, 0x7100).unwrap();
+    assert_eq!(r.call(nr::MEMORY_OP, &[9, 0x7000]), 0);
+    let n = r.mem.read_u32(0x7000).unwrap() as u64;
+    let entries: Vec<(u64, u64, u32)> = (0..n)
+        .map(|i| {
+            let e = 0x7100 + i * 20;
+            (r.mem.read_u64(e).unwrap(), r.mem.read_u64(e + 8).unwrap(), r.mem.read_u32(e + 16).unwrap())
+        })
+        .collect();
+    assert!(entries.contains(&(0xfeff8000, 0x8000, 2)), "{entries:x?}");
+    assert!(entries.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "sorted, disjoint: {entries:x?}");
+}
+
+/// The guest's half of a request: bytes into req[], req_prod, EVTCHNOP_send.
+fn guest_xs_request(r: &mut Rig, ty: u32, req_id: u32, payload: &[u8]) {
+    let mut m = Vec::new();
+    for w in [ty, req_id, 0, payload.len() as u32] {
+        m.extend_from_slice(&w.to_le_bytes());
+    }
+    m.extend_from_slice(payload);
+    let mut prod = r.mem.read_u32(XS + 2052).unwrap();
+    for b in m {
+        r.mem.write_u8(XS + (prod % 1024) as u64, b).unwrap();
+        prod = prod.wrapping_add(1);
+    }
+    r.mem.write_u32(XS + 2052, prod).unwrap();
+    assert_eq!(r.evtchn(4, &[1]), 0);
+}
+
+fn guest_xs_replies(r: &mut Rig) -> Vec<u8> {
+    let (mut cons, prod) = (r.mem.read_u32(XS + 2056).unwrap(), r.mem.read_u32(XS + 2060).unwrap());
+    let mut v = Vec::new();
+    while cons != prod {
+        v.push(r.mem.read_u8(XS + 1024 + (cons % 1024) as u64).unwrap());
+        cons = cons.wrapping_add(1);
+    }
+    r.mem.write_u32(XS + 2056, cons).unwrap();
+    v
+}
+
+#[test]
+fn a_guest_request_is_answered_in_the_sync_after_its_notification_with_an_event() {
+    let mut r = pv_rig();
+    clear_pending(&r);
+    guest_xs_request(&mut r, 2, 9, b"domid\0");
+    r.sync();
+    let mut want = Vec::new();
+    for w in [2u32, 9, 0, 1] {
+        want.extend_from_slice(&w.to_le_bytes());
+    }
+    want.push(b'1');
+    assert_eq!(guest_xs_replies(&mut r), want);
+    assert!(port_pending(&r, 1), "the xenstore port was signalled");
+    assert_eq!(r.p.pending_vector(&r.mem, 0), Some(0xf3), "callback vector offered");
+}
+
+#[test]
+fn console_output_reaches_the_console_and_input_reaches_the_in_ring() {
+    let mut r = pv_rig();
+    clear_pending(&r);
+    for (i, b) in b"hvc0 says hi\n".iter().enumerate() {
+        r.mem.write_u8(CONS + 1024 + i as u64, *b).unwrap();
+    }
+    r.mem.write_u32(CONS + 3084, 13).unwrap();
+    assert_eq!(r.evtchn(4, &[2]), 0);
+    r.sync();
+    assert_eq!(r.console, b"hvc0 says hi\n");
+    assert_eq!(r.mem.read_u32(CONS + 3080).unwrap(), 13, "out_cons caught up");
+    assert!(port_pending(&r, 2));
+    clear_pending(&r);
+    r.input.extend(b"ls\n");
+    r.sync();
+    assert!(r.input.is_empty());
+    assert_eq!(r.mem.read_u32(CONS + 3076).unwrap(), 3, "in_prod");
+    let got: Vec<u8> = (0..3).map(|i| r.mem.read_u8(CONS + i).unwrap()).collect();
+    assert_eq!(got, b"ls\n");
+    assert!(port_pending(&r, 2), "input is signalled");
+}
+
+#[test]
+fn soft_reset_rebinds_fresh_ports_and_restarts_the_xenstore_ring() {
+    let mut r = pv_rig();
+    guest_xs_request(&mut r, 4, 1, b"data\0tok\0");
+    r.sync();
+    let conn = r.p.xenstore().domain(1).and_then(|d| d.conn).unwrap();
+    assert_eq!(r.p.xenstore().connection(conn).unwrap().watches.len(), 1);
+    r.mem.write_u32(0x7000, 5).unwrap();
+    assert_eq!(r.call_on(0, nr::SCHED_OP, &[2, 0x7000]), (0, PlatformEffect::None));
+    // Straight after the reset the ports are unbound for dom0 ...
+    assert_eq!(r.p.evtchn.status(1).unwrap().status, stat::UNBOUND);
+    r.sync();
+    // ... and dom0 has bound them again at the next platform call.
+    for p in [1, 2] {
+        assert_eq!(r.p.evtchn.status(p).unwrap().status, stat::INTERDOMAIN);
+    }
+    assert_eq!(r.mem.read_u32(XS + 2060).unwrap(), 0, "empty queues");
+    assert_eq!(r.mem.read_u32(XS + 2064).unwrap(), 3);
+    assert!(r.p.xenstore().connection(conn).unwrap().watches.is_empty(), "watches dropped");
+    assert_eq!(r.mem.backing(XS), sim_core::memory::Backing::Overlay, "ring page still mapped");
+}
+
+/// Collects what the platform sends socket clients.
+#[derive(Clone, Default)]
+struct SinkLog(std::sync::Arc<std::sync::Mutex<Sent>>);
+
+/// (client, bytes) in the order sent.
+type Sent = Vec<(u32, Vec<u8>)>;
+
+impl crate::dom0::XenstoreSink for SinkLog {
+    fn send(&mut self, client: u32, bytes: &[u8]) {
+        self.0.lock().unwrap().push((client, bytes.to_vec()));
+    }
+    fn hang_up(&mut self, client: u32) {
+        self.0.lock().unwrap().push((client, b"HANGUP".to_vec()));
+    }
+}
+
+fn wire(ty: u32, req_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    for w in [ty, req_id, 0, payload.len() as u32] {
+        m.extend_from_slice(&w.to_le_bytes());
+    }
+    m.extend_from_slice(payload);
+    m
+}
+
+#[test]
+fn socket_clients_from_the_door_reach_the_store_and_see_guest_writes() {
+    use sim_core::door::Input;
+    let mut r = pv_rig();
+    let sink = SinkLog::default();
+    r.p.set_xenstore_sink(Box::new(sink.clone()));
+    r.p.input(ctx!(r), &Input::XenstoreClient { client: 7, connected: true });
+    // A watch on the guest's data/ directory, sent in two pieces.
+    let w = wire(4, 1, b"/local/domain/1/data\0t\0");
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: w[..5].to_vec() });
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: w[5..].to_vec() });
+    let mut want = wire(4, 1, b"OK\0");
+    want.extend(wire(15, 0, b"/local/domain/1/data\0t\0"));
+    assert_eq!(sink.0.lock().unwrap().concat_for(7), want);
+    // The guest writes data/x over its ring: the client sees the event.
+    guest_xs_request(&mut r, 11, 2, b"data/x\0v");
+    r.sync();
+    assert_eq!(sink.0.lock().unwrap().concat_for(7)[want.len()..], wire(15, 0, b"/local/domain/1/data/x\0t\0"));
+    // The client writes a node; the guest reads it.
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: wire(11, 3, b"/local/domain/1/data/y\0from-dom0") });
+    guest_xs_replies(&mut r);
+    guest_xs_request(&mut r, 2, 4, b"data/y\0");
+    r.sync();
+    let replies = guest_xs_replies(&mut r);
+    assert_eq!(&replies[16..], b"from-dom0");
+    // Garbage (length 5000) drops that client only.
+    let mut bad = wire(2, 5, b"");
+    bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 7, bytes: bad });
+    assert_eq!(sink.0.lock().unwrap().last().unwrap(), &(7, b"HANGUP".to_vec()));
+    guest_xs_request(&mut r, 2, 6, b"domid\0");
+    r.sync();
+    assert_eq!(&guest_xs_replies(&mut r)[16..], b"1");
+}
+
+trait ConcatFor {
+    fn concat_for(&self, client: u32) -> Vec<u8>;
+}
+
+impl ConcatFor for Sent {
+    fn concat_for(&self, client: u32) -> Vec<u8> {
+        self.iter().filter(|(c, _)| *c == client).flat_map(|(_, b)| b.clone()).collect()
+    }
+}
+
+// Declared last: it uses the `ctx!` macro above.
+mod xen_source;

@@ -164,6 +164,39 @@ impl SocketTransport {
         Ok(inputs)
     }
 
+    /// Applies one input gathered by [`SocketTransport::poll_inputs`] to `store`, with this
+    /// transport's client-to-connection map (the door between gathering and applying).
+    pub fn apply(&mut self, store: &mut Store, input: &SocketInput) -> Option<ConnId> {
+        apply_input(store, &mut self.conns, input)
+    }
+
+    /// Queues `bytes` for client `id` and writes what its socket takes now. A client that
+    /// is gone or hopelessly behind is closed (false).
+    pub fn send(&mut self, id: ClientId, bytes: &[u8]) -> bool {
+        let Some(c) = self.clients.get_mut(&id) else { return false };
+        c.out.extend_from_slice(bytes);
+        if write_pending(c) {
+            return true;
+        }
+        self.close(id);
+        false
+    }
+
+    /// Writes what earlier `send`s left pending; returns the clients this closed.
+    pub fn write_pending(&mut self) -> Vec<ClientId> {
+        let dead: Vec<ClientId> =
+            self.clients.iter_mut().filter_map(|(&id, c)| (!write_pending(c)).then_some(id)).collect();
+        for &id in &dead {
+            self.close(id);
+        }
+        dead
+    }
+
+    /// Hangs up on client `id` (it sent something that is not the protocol).
+    pub fn hang_up(&mut self, id: ClientId) {
+        self.close(id);
+    }
+
     /// Socket I/O only: accepts clients and reads complete requests.
     pub fn poll_inputs(&mut self, timeout: Option<Duration>) -> io::Result<Vec<SocketInput>> {
         match self.poll.poll(&mut self.events, timeout) {

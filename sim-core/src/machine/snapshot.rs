@@ -1,0 +1,383 @@
+//! The machine's whole state as data: for snapshots (save, restore) and for
+//! the state hashes that replay checkpoints compare.
+//!
+//! Taken at round boundaries only, where no exit waits for a completion, no
+//! platform effect is queued and console output is flushed. Hashes are
+//! BLAKE3 (a fixed algorithm, unlike std's `DefaultHasher`) over rmp-serde
+//! encodings of the state types, so the same state hashes the same on every
+//! build of the same format.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Machine, RunState};
+use crate::devices::ioapic::IoApic;
+use crate::devices::lapic::Lapic;
+use crate::devices::pic8259::Pic8259Pair;
+use crate::irq::GsiLines;
+use crate::memory::{PAGE_SHIFT, PAGE_SIZE};
+use crate::platform::{PlatformCtx, TimerKey};
+use crate::state::ArchState;
+use crate::timer_queue::TimerQueue;
+
+pub type Hash = [u8; 32];
+
+/// RAM is hashed in regions of this many bytes, so a divergence report can
+/// say where memory differs without logging a hash per page.
+pub const RAM_REGION: u64 = 2 << 20;
+
+pub fn hash_bytes(bytes: &[u8]) -> Hash {
+    *blake3::hash(bytes).as_bytes()
+}
+
+/// Hash of `value`'s rmp-serde encoding.
+pub fn hash_of<T: Serialize>(value: &T) -> Hash {
+    hash_bytes(&rmp_serde::to_vec(value).unwrap_or_default())
+}
+
+/// Lower-case hex of the first `n` bytes of a hash.
+pub fn hex(hash: &Hash, n: usize) -> String {
+    hash.iter().take(n).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One vCPU as the machine sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub arch: ArchState,
+    pub run_state: RunState,
+    /// Owed an 8259 INTA (IOAPIC ExtINT message).
+    pub extint_pending: bool,
+}
+
+/// Everything but RAM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineState {
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub now_ns: u64,
+    pub retired: u64,
+    pub wall_clock_ns: Option<u64>,
+    pub vcpus: Vec<VcpuState>,
+    pub lapics: Vec<Lapic>,
+    pub ioapic: IoApic,
+    pub pic: Pic8259Pair,
+    pub gsi: GsiLines,
+    pub timers: TimerQueue<TimerKey>,
+    pub console_input: Vec<u8>,
+    /// Bus devices by position ("port 0x3f8").
+    pub devices: Vec<(String, Vec<u8>)>,
+    pub platform: Vec<u8>,
+    /// Overlay frames and their contents.
+    pub overlays: Vec<(u64, Vec<u8>)>,
+}
+
+/// RAM pages by frame number. A full image lists every non-zero page; a
+/// delta lists the pages written since the image it follows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamImage {
+    pub full: bool,
+    pub pages: Vec<(u64, Vec<u8>)>,
+}
+
+/// The hashes of one moment, by component, plus the vCPUs' registers so a
+/// divergence report can show which fields differ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    pub icount: u64,
+    pub now_ns: u64,
+    /// ("vcpu0", ...), ("lapic0", ...), "ioapic", "pic", "gsi", "timers",
+    /// "time", "console-input", devices ("port 0x3f8"), "platform", "overlays".
+    pub components: Vec<(String, Hash)>,
+    /// (region start, hash) for each `RAM_REGION` of RAM.
+    pub ram: Vec<(u64, Hash)>,
+    pub vcpus: Vec<ArchState>,
+}
+
+impl StateDigest {
+    /// One hash for the whole state.
+    pub fn hash(&self) -> Hash {
+        hash_of(&(&self.components, &self.ram))
+    }
+
+    /// How `actual` differs from `self` (the expected state), one line per
+    /// difference; empty when the states hash the same.
+    pub fn differences(&self, actual: &StateDigest) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (e, a)) in self.vcpus.iter().zip(&actual.vcpus).enumerate() {
+            for d in arch_differences(e, a) {
+                out.push(format!("vcpu{i} {d}"));
+            }
+        }
+        for ((name, e), (aname, a)) in self.components.iter().zip(&actual.components) {
+            if name != aname {
+                out.push(format!("component list differs: {name} vs {aname}"));
+            } else if e != a && !(name.starts_with("vcpu") && out.iter().any(|l| l.starts_with(name.as_str()))) {
+                out.push(format!("{name}: state hash {} != {}", hex(e, 8), hex(a, 8)));
+            }
+        }
+        if self.components.len() != actual.components.len() {
+            out.push(format!("{} components expected, {} found", self.components.len(), actual.components.len()));
+        }
+        for ((start, e), (_, a)) in self.ram.iter().zip(&actual.ram) {
+            if e != a {
+                out.push(format!("RAM {:#x}..{:#x} differs", start, start + RAM_REGION - 1));
+            }
+        }
+        if self.ram.len() != actual.ram.len() {
+            out.push(format!("{} RAM regions expected, {} found", self.ram.len(), actual.ram.len()));
+        }
+        out
+    }
+}
+
+/// Field-by-field differences of two register states ("rip 0x10 != 0x12").
+pub fn arch_differences(e: &ArchState, a: &ArchState) -> Vec<String> {
+    const GPR: [&str; 16] =
+        ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+    let mut out = Vec::new();
+    for (i, name) in GPR.iter().enumerate() {
+        if e.gpr[i] != a.gpr[i] {
+            out.push(format!("{name} {:#x} != {:#x}", e.gpr[i], a.gpr[i]));
+        }
+    }
+    macro_rules! hex_fields {
+        ($($f:ident),*) => {$(
+            if e.$f != a.$f {
+                out.push(format!("{} {:#x} != {:#x}", stringify!($f), e.$f, a.$f));
+            }
+        )*};
+    }
+    hex_fields!(rip, rflags, cr0, cr2, cr3, cr4, cr8, efer, xcr0, tsc);
+    macro_rules! debug_fields {
+        ($($f:ident),*) => {$(
+            if e.$f != a.$f {
+                out.push(format!("{} {:?} != {:?}", stringify!($f), e.$f, a.$f));
+            }
+        )*};
+    }
+    debug_fields!(seg, ldtr, tr, gdtr, idtr, dr, msrs, fpu, events);
+    out
+}
+
+impl Machine {
+    /// Everything but RAM, at a round boundary.
+    pub fn save_state(&self) -> MachineState {
+        let overlays = self
+            .mem
+            .overlays()
+            .map(|(gfn, page)| {
+                let mut b = vec![0; PAGE_SIZE as usize];
+                page.read(0, &mut b);
+                (gfn, b)
+            })
+            .collect();
+        MachineState {
+            cpus: self.config.cpus,
+            memory_mib: self.config.memory_mib,
+            now_ns: self.now_ns,
+            retired: self.retired,
+            wall_clock_ns: self.wall_clock_ns,
+            vcpus: (0..self.vcpus.len())
+                .map(|i| VcpuState {
+                    arch: self.vcpus[i].state(),
+                    run_state: self.run_state[i],
+                    extint_pending: self.extint_pending[i],
+                })
+                .collect(),
+            lapics: self.lapics.clone(),
+            ioapic: self.ioapic.clone(),
+            pic: self.pic.clone(),
+            gsi: self.gsi.clone(),
+            timers: self.timers.clone(),
+            console_input: self.console_input.iter().copied().collect(),
+            devices: self.bus.save_devices(),
+            platform: self.platform.as_ref().map(|p| p.save()).unwrap_or_default(),
+            overlays,
+        }
+    }
+
+    /// Make this machine (built with the same configuration) what `s` says.
+    pub fn restore_state(&mut self, s: &MachineState) -> Result<(), String> {
+        if s.cpus != self.config.cpus || s.memory_mib != self.config.memory_mib {
+            return Err(format!(
+                "state of a {}-vCPU, {} MiB machine does not fit this {}-vCPU, {} MiB one",
+                s.cpus, s.memory_mib, self.config.cpus, self.config.memory_mib
+            ));
+        }
+        let n = self.vcpus.len();
+        if s.vcpus.len() != n || s.lapics.len() != n {
+            return Err(format!("state lists {} vCPUs and {} LAPICs for {n} vCPUs", s.vcpus.len(), s.lapics.len()));
+        }
+        self.bus.restore_devices(&s.devices)?;
+        let now = s.now_ns;
+        if let Some(p) = self.platform.as_mut() {
+            p.restore(&mut platform_ctx!(self, now), &s.platform).map_err(|e| format!("platform: {e}"))?;
+        } else if !s.platform.is_empty() {
+            return Err("state has a platform's state but this machine has no platform".into());
+        }
+        for (gfn, bytes) in &s.overlays {
+            match self.mem.overlay_at(*gfn) {
+                Some(page) if bytes.len() == PAGE_SIZE as usize => page.write(0, bytes),
+                _ => return Err(format!("overlay page at frame {gfn:#x} was not re-created by the platform")),
+            }
+        }
+        for (i, v) in s.vcpus.iter().enumerate() {
+            self.vcpus[i].set_state(&v.arch);
+            self.vcpus[i].set_tsc(v.arch.tsc);
+            self.run_state[i] = v.run_state;
+            self.extint_pending[i] = v.extint_pending;
+        }
+        self.lapics = s.lapics.clone();
+        self.ioapic = s.ioapic.clone();
+        self.pic = s.pic.clone();
+        self.gsi = s.gsi.clone();
+        self.timers = s.timers.clone();
+        self.console_input = s.console_input.iter().copied().collect();
+        self.now_ns = s.now_ns;
+        self.retired = s.retired;
+        self.wall_clock_ns = s.wall_clock_ns;
+        self.effects.clear();
+        self.console.clear();
+        Ok(())
+    }
+
+    /// Every non-zero RAM page.
+    pub fn save_ram(&self) -> RamImage {
+        let mut pages = Vec::new();
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        for &(start, len) in self.mem.ram_ranges() {
+            for gpa in (start..start + len).step_by(PAGE_SIZE as usize) {
+                if self.mem.read(gpa, &mut buf).is_ok() && buf.iter().any(|&b| b != 0) {
+                    pages.push((gpa >> PAGE_SHIFT, buf.clone()));
+                }
+            }
+        }
+        RamImage { full: true, pages }
+    }
+
+    /// Whether the dirty bitmap sees every RAM write: true when every vCPU
+    /// is the interpreter (its stores mark pages); KVM writes RAM behind it.
+    pub fn dirty_tracking_exact(&self) -> bool {
+        self.vcpus.iter().all(|v| v.retired_instructions().is_some())
+    }
+
+    /// RAM for a snapshot that follows the previous one (`delta`), or a full
+    /// image; either way the dirty bitmap starts over. A delta lists every
+    /// page written since the last snapshot or restore; without exact dirty
+    /// tracking the image is full.
+    pub fn snapshot_ram(&mut self, delta: bool) -> RamImage {
+        let exact = self.dirty_tracking_exact();
+        let dirty = self.mem.take_dirty();
+        if !delta || !exact {
+            return self.save_ram();
+        }
+        let mut pages = Vec::with_capacity(dirty.len());
+        for gfn in dirty {
+            let mut buf = vec![0u8; PAGE_SIZE as usize];
+            if self.mem.read(gfn << PAGE_SHIFT, &mut buf).is_ok() {
+                pages.push((gfn, buf));
+            }
+        }
+        RamImage { full: false, pages }
+    }
+
+    /// RAM frames written since the last snapshot or restore.
+    pub fn dirty_frames(&self) -> Vec<u64> {
+        self.mem.dirty_frames()
+    }
+
+    /// Write the given RAM pages (`None`: zero) and start the dirty bitmap
+    /// over: RAM is now a known state. For seeking, where only the pages
+    /// that differ from the target need rewriting.
+    pub fn restore_ram_pages<'a>(
+        &mut self,
+        pages: impl IntoIterator<Item = (u64, Option<&'a [u8]>)>,
+    ) -> Result<u64, String> {
+        let zero = [0u8; PAGE_SIZE as usize];
+        let mut n = 0;
+        for (gfn, bytes) in pages {
+            let bytes = bytes.unwrap_or(&zero);
+            let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == gfn && self.mem.is_ram(g));
+            match gpa {
+                Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
+                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                }
+                _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
+            }
+            n += 1;
+        }
+        self.mem.take_dirty();
+        Ok(n)
+    }
+
+    /// Load `image` into RAM; a full image also clears every page it does
+    /// not list.
+    pub fn restore_ram(&mut self, image: &RamImage) -> Result<(), String> {
+        if image.full {
+            let zero = vec![0u8; RAM_REGION as usize];
+            for &(start, len) in self.mem.ram_ranges() {
+                let mut gpa = start;
+                while gpa < start + len {
+                    let n = RAM_REGION.min(start + len - gpa) as usize;
+                    self.mem.write(gpa, &zero[..n]).map_err(|e| e.to_string())?;
+                    gpa += n as u64;
+                }
+            }
+        }
+        for (gfn, bytes) in &image.pages {
+            let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == *gfn && self.mem.is_ram(g));
+            match gpa {
+                Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
+                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                }
+                _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
+            }
+        }
+        // RAM is now the image's: later deltas start from here.
+        self.mem.take_dirty();
+        Ok(())
+    }
+
+    /// The state's hashes, by component.
+    pub fn digest(&self) -> StateDigest {
+        let s = self.save_state();
+        let mut components = Vec::new();
+        for (i, v) in s.vcpus.iter().enumerate() {
+            components.push((format!("vcpu{i}"), hash_of(v)));
+        }
+        for (i, l) in s.lapics.iter().enumerate() {
+            components.push((format!("lapic{i}"), hash_of(l)));
+        }
+        components.push(("ioapic".into(), hash_of(&s.ioapic)));
+        components.push(("pic".into(), hash_of(&s.pic)));
+        components.push(("gsi".into(), hash_of(&s.gsi)));
+        components.push(("timers".into(), hash_of(&s.timers)));
+        components.push(("time".into(), hash_of(&(s.now_ns, s.retired, s.wall_clock_ns))));
+        components.push(("console-input".into(), hash_bytes(&s.console_input)));
+        for (name, data) in &s.devices {
+            components.push((name.clone(), hash_bytes(data)));
+        }
+        components.push(("platform".into(), hash_bytes(&s.platform)));
+        components.push(("overlays".into(), hash_of(&s.overlays)));
+        let mut ram = Vec::new();
+        let mut buf = vec![0u8; RAM_REGION as usize];
+        for &(start, len) in self.mem.ram_ranges() {
+            let mut gpa = start;
+            while gpa < start + len {
+                let n = RAM_REGION.min(start + len - gpa) as usize;
+                let h = match self.mem.read(gpa, &mut buf[..n]) {
+                    Ok(()) => hash_bytes(&buf[..n]),
+                    Err(_) => [0; 32],
+                };
+                ram.push((gpa, h));
+                gpa += n as u64;
+            }
+        }
+        StateDigest {
+            icount: s.retired,
+            now_ns: s.now_ns,
+            components,
+            ram,
+            vcpus: s.vcpus.into_iter().map(|v| v.arch).collect(),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! A guest using the toolstack's rings on the interpreter: xenstore over its ring,
+//! output on hvc0 (the PV console ring), console input through the door; and socket
+//! clients (a Rust one and Debian's xenstore-write/read) next to it.
+
+use sim_core::boot::{BootConfig, BootImage};
+use sim_core::door::{Input, ScriptDoor};
+use sim_core::machine::{Machine, MachineConfig, StopReason};
+use xen_model::{XenConfig, XenPlatform};
+use xensim::guest::xenstore;
+use xensim_tests::Capture;
+
+fn machine(platform: XenPlatform) -> (Machine, Capture) {
+    let config = MachineConfig { memory_mib: 64, max_instructions: Some(200_000_000), ..Default::default() };
+    let mut m = Machine::with_platform(config, Some(Box::new(platform)), &mut |id, n, cpuid| {
+        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
+    })
+    .expect("machine");
+    let cap = Capture::default();
+    m.set_console(Box::new(cap.clone()));
+    m.boot(BootConfig {
+        kernel: BootImage { name: "guest".into(), bytes: xenstore::xenstore_guest().unwrap() },
+        modules: Vec::new(),
+        cmdline: String::new(),
+        rsdp: 0,
+        reserved: Vec::new(),
+    })
+    .expect("boot");
+    (m, cap)
+}
+
+#[test]
+fn guest_talks_xenstore_over_its_ring_and_prints_on_hvc0_and_echoes_console_input() {
+    let platform = XenPlatform::new(XenConfig::default().with_pv_rings(), 1);
+    let (mut m, cap) = machine(platform);
+    // The line arrives well after the guest starts waiting for it.
+    m.set_door(Box::new(ScriptDoor::new(vec![(3_000_000, Input::Console(b"hello ring\n".to_vec()))])));
+    let stop = m.run().expect("run");
+    assert_eq!(cap.text(), xenstore::xenstore_guest_expected("hello ring\n"));
+    assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
+}
+
+#[test]
+fn a_real_xenstore_client_on_the_socket_sees_the_guest_tree_while_it_runs() {
+    use xen_model::xenstore::socket_door::{SharedSocket, SocketDoor};
+    if std::process::Command::new("xenstore-read").arg("--help").output().is_err() {
+        eprintln!("xenstore-utils not installed; skipped");
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("xensim-xs-{}.sock", std::process::id()));
+    let sock = SharedSocket::bind(&path).expect("bind");
+    let mut platform = XenPlatform::new(XenConfig::default().with_pv_rings(), 1);
+    platform.set_xenstore_sink(Box::new(sock.clone()));
+    let (mut m, cap) = machine(platform);
+    // The guest waits for its line until well after the client is done.
+    let script = ScriptDoor::new(vec![(60_000_000, Input::Console(b"bye\n".to_vec()))]);
+    m.set_door(Box::new(SocketDoor::new(Box::new(script), sock)));
+    let p = path.clone();
+    let client = std::thread::spawn(move || {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("timeout")
+                .arg("20")
+                .args(args)
+                .env("XENSTORED_PATH", &p)
+                .output()
+                .expect("spawn");
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let name = run(&["xenstore-read", "/local/domain/1/name"]);
+        let wrote = run(&["xenstore-write", "/local/domain/1/data/from-host", "hi"]);
+        let back = run(&["xenstore-read", "/local/domain/1/data/from-host"]);
+        (name, wrote, back)
+    });
+    let stop = m.run().expect("run");
+    let (name, wrote, back) = client.join().unwrap();
+    assert_eq!(name, (true, "guest".to_owned()));
+    assert!(wrote.0);
+    assert_eq!(back, (true, "hi".to_owned()));
+    assert_eq!(cap.text(), xenstore::xenstore_guest_expected("bye\n"));
+    assert_eq!(stop, StopReason::DebugExit(1));
+}
+
+/// Run to the end, one round at a time, calling `at_round` at each boundary.
+fn run_rounds(m: &mut Machine, mut at_round: impl FnMut(&mut Machine)) -> StopReason {
+    loop {
+        if let Some(stop) = m.run_round().expect("round") {
+            return stop;
+        }
+        at_round(m);
+    }
+}
+
+#[test]
+fn snapshot_mid_run_with_live_rings_restores_to_the_same_end() {
+    let input = || Box::new(ScriptDoor::new(vec![(3_000_000, Input::Console(b"hello ring\n".to_vec()))]));
+    let fresh = || {
+        let (mut m, cap) = machine(XenPlatform::new(XenConfig::default().with_pv_rings(), 1));
+        m.set_door(input());
+        (m, cap)
+    };
+    // The uninterrupted run, and a snapshot taken once the guest has been
+    // talking to xenstore for a while (the rings are attached, the store has
+    // its writes, the console ring has output in it).
+    let (mut m, cap) = fresh();
+    let mut snap = None;
+    let stop = run_rounds(&mut m, |m| {
+        if snap.is_none() && m.retired_instructions() >= 1_500_000 {
+            snap = Some((m.save_state(), m.save_ram(), m.retired_instructions()));
+        }
+    });
+    let (whole_out, whole_hash) = (cap.text(), m.digest().hash());
+    assert_eq!(stop, StopReason::DebugExit(1));
+    let (state, ram, at) = snap.expect("the guest runs past 1.5M instructions");
+
+    // A fresh machine restored from it finishes the same way.
+    let (mut r, cap) = fresh();
+    r.restore_ram(&ram).unwrap();
+    r.restore_state(&state).unwrap();
+    assert_eq!(r.retired_instructions(), at);
+    let stop = run_rounds(&mut r, |_| {});
+    assert_eq!(stop, StopReason::DebugExit(1));
+    assert!(whole_out.ends_with(&cap.text()), "restored output is the tail of the whole run's: {:?}", cap.text());
+    assert!(cap.text().contains("hello ring"), "console input still reaches the restored guest");
+    assert_eq!(r.digest().hash(), whole_hash, "{:?}", r.digest().differences(&m.digest()));
+}

@@ -1,0 +1,346 @@
+//! dom0's backends for the guest, as a toolstack, xenstored and xenconsoled provide them:
+//! the store with the guest's initial tree, its ring to the guest, its Unix socket for host
+//! tools, and the primary console ring.
+//!
+//! Everything runs inside the machine's platform hooks: the rings are served in `sync`
+//! after the guest signals (every guest notification is a hypercall exit); socket clients'
+//! traffic and console input arrive through the machine's door (`Platform::input`, at round
+//! boundaries). Only output leaves directly: to the console, and to a [`XenstoreSink`].
+
+use std::collections::BTreeMap;
+
+use sim_core::door::Input;
+use sim_core::platform::PlatformCtx;
+use sim_core::OverlayPage;
+
+use crate::platform::{Ring, XenConfig, XenPlatform};
+use crate::pv_console;
+use crate::xenstore::ring::RingServer;
+use crate::xenstore::{ConnId, GuestSpec, PacketAssembler, Store};
+use crate::{DOM0, GUEST_DOMID};
+
+/// Xen's HVM special-page region (X86_HVM_END_SPECIAL_REGION 0xff000, 8 pages below it):
+/// in the MMIO hole below 4 GiB whatever the RAM size, never RAM. Reserved in the memory
+/// map the guest gets from XENMEM_memory_map.
+pub const SPECIAL_REGION: (u64, u64) = (0xfeff8 << 12, 8 << 12);
+/// special_pfn(SPECIALPAGE_XENSTORE = 4) and special_pfn(SPECIALPAGE_CONSOLE = 7), as
+/// libxc places them for HVM guests.
+pub const XENSTORE_PFN: u64 = 0xfeffc;
+pub const CONSOLE_PFN: u64 = 0xfefff;
+/// The toolstack allocates the xenstore port first, then the console's.
+pub const XENSTORE_PORT: u32 = 1;
+pub const CONSOLE_PORT: u32 = 2;
+
+impl XenConfig {
+    /// The toolstack's rings: xenstore and the primary console at their special frames.
+    pub fn with_pv_rings(mut self) -> Self {
+        self.store = Some(Ring { pfn: XENSTORE_PFN, evtchn: XENSTORE_PORT });
+        self.console = Some(Ring { pfn: CONSOLE_PFN, evtchn: CONSOLE_PORT });
+        self
+    }
+}
+
+/// Where replies and watch events for xenstore socket clients go: the live socket, or
+/// nowhere on replay (the store's state is the same either way).
+pub trait XenstoreSink: Send {
+    fn send(&mut self, client: u32, bytes: &[u8]);
+    /// The client broke the protocol: hang up on it.
+    fn hang_up(&mut self, client: u32);
+}
+
+/// A socket client as the store sees it: its connection and its partial packet.
+struct SocketClient {
+    conn: ConnId,
+    asm: PacketAssembler,
+}
+
+/// One backend ring: its page (mapped at `pfn` while attached) and dom0's port.
+struct RingPage {
+    page: OverlayPage,
+    pfn: u64,
+    port: u32,
+}
+
+/// dom0's side of the guest.
+pub struct Dom0 {
+    store: Store,
+    xs: Option<(RingPage, RingServer)>,
+    console: Option<RingPage>,
+    /// Socket clients by the door's client number.
+    clients: BTreeMap<u32, SocketClient>,
+    sink: Option<Box<dyn XenstoreSink>>,
+    /// The initial tree is written and the pages mapped (at the first platform call).
+    attached: bool,
+    resets_seen: u32,
+}
+
+impl Dom0 {
+    pub fn new() -> Self {
+        Dom0 {
+            store: Store::new(),
+            xs: None,
+            console: None,
+            clients: BTreeMap::new(),
+            sink: None,
+            attached: false,
+            resets_seen: 0,
+        }
+    }
+}
+
+impl Default for Dom0 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl XenPlatform {
+    /// Where socket clients' replies go (the live socket; see `xenstore::socket_door`).
+    pub fn set_xenstore_sink(&mut self, sink: Box<dyn XenstoreSink>) {
+        self.dom0.sink = Some(sink);
+    }
+
+    /// The store (inspection, snapshots).
+    pub fn xenstore(&self) -> &Store {
+        &self.dom0.store
+    }
+
+    pub fn xenstore_mut(&mut self) -> &mut Store {
+        &mut self.dom0.store
+    }
+
+    /// The first platform call with memory at hand: write the guest's initial tree,
+    /// introduce it, map the ring pages, bind dom0's ends, and start gathering host input.
+    fn attach_backends(&mut self, ctx: &mut PlatformCtx) {
+        self.dom0.attached = true;
+        self.dom0.resets_seen = self.soft_resets;
+        let (store, console) = (self.cfg.store, self.cfg.console);
+        let spec = GuestSpec {
+            vcpus: self.nr_vcpus,
+            memory_kb: ctx.mem.ram_size() / 1024,
+            ..GuestSpec::domain1(
+                store.map_or(0, |r| r.pfn),
+                store.map_or(0, |r| r.evtchn),
+                console.map_or(0, |r| r.pfn),
+                console.map_or(0, |r| r.evtchn),
+            )
+        };
+        if let Err(e) = self.dom0.store.create_guest_nodes(&spec) {
+            tracing::error!(error = ?e, "xenstore: writing the guest's initial tree failed");
+        }
+        if let Some(r) = store {
+            let conn = self.dom0.store.introduce_domain(GUEST_DOMID, r.pfn, r.evtchn);
+            let rp = RingPage { page: OverlayPage::new(), pfn: r.pfn, port: r.evtchn };
+            RingServer::init_page(&rp.page);
+            ctx.mem.map_overlay(rp.pfn, rp.page.clone());
+            self.dom0.xs = Some((rp, RingServer::new(conn)));
+        }
+        if let Some(r) = console {
+            let rp = RingPage { page: OverlayPage::new(), pfn: r.pfn, port: r.evtchn };
+            ctx.mem.map_overlay(rp.pfn, rp.page.clone());
+            self.dom0.console = Some(rp);
+        }
+        self.bind_backend_ports();
+    }
+
+    fn bind_backend_ports(&mut self) {
+        let ports = [self.dom0.xs.as_ref().map(|x| x.0.port), self.dom0.console.as_ref().map(|c| c.port)];
+        for port in ports.into_iter().flatten() {
+            if let Err(e) = self.evtchn.backend_bind(port) {
+                tracing::warn!(port, error = ?e, "dom0 could not bind a backend port");
+            }
+        }
+    }
+
+    /// SCHEDOP_shutdown(soft_reset) left fresh unbound ports: bind them again and start the
+    /// rings over (empty queues; the guest's watches and transactions are gone).
+    fn soft_reset_backends(&mut self) {
+        self.dom0.resets_seen = self.soft_resets;
+        if let Some((rp, server)) = &mut self.dom0.xs {
+            RingServer::init_page(&rp.page);
+            self.dom0.store.reset_connection(server.conn());
+            *server = RingServer::new(server.conn());
+        }
+        if let Some(rp) = &self.dom0.console {
+            rp.page.write(0, &[0u8; sim_core::memory::PAGE_SIZE as usize]);
+        }
+        self.bind_backend_ports();
+    }
+
+    /// Serves both rings if the guest signalled them (or console input waits), then
+    /// writes socket clients their output. Called after every exit.
+    pub(crate) fn service_backends(&mut self, ctx: &mut PlatformCtx) {
+        if !self.dom0.attached {
+            self.attach_backends(ctx);
+        }
+        if self.dom0.resets_seen != self.soft_resets {
+            self.soft_reset_backends();
+        }
+        let xs_port = self.dom0.xs.as_ref().map(|x| x.0.port);
+        if xs_port.is_some_and(|p| self.evtchn.backend_pending(p)) {
+            self.service_xenstore(ctx);
+        }
+        if let Some(port) = self.dom0.console.as_ref().map(|c| c.port) {
+            if self.evtchn.backend_pending(port) || !ctx.console_input.is_empty() {
+                self.service_console(ctx);
+            }
+        }
+    }
+
+    fn service_xenstore(&mut self, ctx: &mut PlatformCtx) {
+        let Some((rp, server)) = &mut self.dom0.xs else { return };
+        let port = rp.port;
+        if server.service(&mut self.dom0.store, &rp.page) {
+            let _ = self.backend_notify(ctx.mem, port);
+        }
+        // A guest write may have fired socket clients' watches.
+        self.flush_socket_clients();
+    }
+
+    /// Moves socket clients' replies and events out of the store, to the sink if any.
+    fn flush_socket_clients(&mut self) {
+        for (&client, c) in &self.dom0.clients {
+            let mut bytes = Vec::new();
+            while let Some(p) = self.dom0.store.pop_output(c.conn) {
+                p.encode_into(&mut bytes);
+            }
+            if let (false, Some(sink)) = (bytes.is_empty(), self.dom0.sink.as_mut()) {
+                sink.send(client, &bytes);
+            }
+        }
+    }
+
+    fn service_console(&mut self, ctx: &mut PlatformCtx) {
+        let Some(rp) = &self.dom0.console else { return };
+        let port = rp.port;
+        if pv_console::service(&rp.page, ctx.console, ctx.console_input) {
+            let _ = self.backend_notify(ctx.mem, port);
+        }
+    }
+
+    /// A value from the door: socket clients' traffic for the store, console input
+    /// (already queued on `ctx.console_input`) for the console ring.
+    pub(crate) fn host_input(&mut self, ctx: &mut PlatformCtx, input: &Input) {
+        if !self.dom0.attached {
+            self.attach_backends(ctx);
+        }
+        match input {
+            Input::XenstoreClient { client, connected: true } => {
+                let conn = self.dom0.store.connect(DOM0);
+                if let Some(old) = self.dom0.clients.insert(*client, SocketClient { conn, asm: PacketAssembler::new() })
+                {
+                    self.dom0.store.disconnect(old.conn);
+                }
+            }
+            Input::XenstoreClient { client, connected: false } => {
+                if let Some(c) = self.dom0.clients.remove(client) {
+                    self.dom0.store.disconnect(c.conn);
+                }
+            }
+            Input::XenstoreSocket { client, bytes } => self.socket_bytes(*client, bytes),
+            Input::Console(_) => self.service_console(ctx),
+            _ => return,
+        }
+        self.service_xenstore(ctx);
+        self.flush_upcalls(ctx);
+    }
+
+    fn socket_bytes(&mut self, client: u32, bytes: &[u8]) {
+        let Some(c) = self.dom0.clients.get_mut(&client) else {
+            tracing::warn!(client, "xenstore bytes from a client that is not connected: dropped");
+            return;
+        };
+        match c.asm.push(bytes) {
+            Ok(packets) => {
+                for p in packets {
+                    self.dom0.store.handle(c.conn, &p);
+                }
+            }
+            Err(e) => {
+                // Garbage: the client goes, the guest and other clients carry on.
+                tracing::warn!(client, error = %e, "xenstore socket client dropped");
+                let conn = c.conn;
+                self.dom0.clients.remove(&client);
+                self.dom0.store.disconnect(conn);
+                if let Some(sink) = self.dom0.sink.as_mut() {
+                    sink.hang_up(client);
+                }
+            }
+        }
+    }
+}
+
+/// dom0's state in a snapshot: the store, the rings' pages (contents and
+/// frame) and server state, socket clients' partial packets. The live socket
+/// sink is not state: it is attached again by whoever restores.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Dom0State {
+    store: Store,
+    xs: Option<(RingPageState, RingServer)>,
+    console: Option<RingPageState>,
+    clients: BTreeMap<u32, (ConnId, PacketAssembler)>,
+    attached: bool,
+    resets_seen: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RingPageState {
+    contents: Vec<u8>,
+    pfn: u64,
+    port: u32,
+}
+
+impl RingPage {
+    fn save(&self) -> RingPageState {
+        let mut contents = vec![0u8; 4096];
+        self.page.read(0, &mut contents);
+        RingPageState { contents, pfn: self.pfn, port: self.port }
+    }
+
+    /// A page with the saved contents, mapped at its frame while attached.
+    fn restore(s: &RingPageState, mem: &mut sim_core::GuestMemory, attached: bool) -> Result<Self, String> {
+        if s.contents.len() != 4096 {
+            return Err(format!("Xen state: ring page at frame {:#x} is not one page", s.pfn));
+        }
+        let page = OverlayPage::new();
+        page.write(0, &s.contents);
+        if attached {
+            mem.map_overlay(s.pfn, page.clone());
+        }
+        Ok(RingPage { page, pfn: s.pfn, port: s.port })
+    }
+}
+
+impl Dom0 {
+    pub(crate) fn save_state(&self) -> Dom0State {
+        // Destructured so that a new field fails to compile until it is saved.
+        let Dom0 { store, xs, console, clients, sink: _, attached, resets_seen } = self;
+        Dom0State {
+            store: store.clone(),
+            xs: xs.as_ref().map(|(p, s)| (p.save(), s.clone())),
+            console: console.as_ref().map(RingPage::save),
+            clients: clients.iter().map(|(&n, c)| (n, (c.conn, c.asm.clone()))).collect(),
+            attached: *attached,
+            resets_seen: *resets_seen,
+        }
+    }
+
+    /// Restore into guest memory whose overlays were cleared; the sink stays.
+    pub(crate) fn restore_state(&mut self, s: Dom0State, mem: &mut sim_core::GuestMemory) -> Result<(), String> {
+        let xs = match &s.xs {
+            Some((p, server)) => Some((RingPage::restore(p, mem, s.attached)?, server.clone())),
+            None => None,
+        };
+        let console = match &s.console {
+            Some(p) => Some(RingPage::restore(p, mem, s.attached)?),
+            None => None,
+        };
+        self.store = s.store;
+        self.xs = xs;
+        self.console = console;
+        self.clients = s.clients.into_iter().map(|(n, (conn, asm))| (n, SocketClient { conn, asm })).collect();
+        self.attached = s.attached;
+        self.resets_seen = s.resets_seen;
+        Ok(())
+    }
+}
