@@ -3,7 +3,7 @@
 //! cargo-fuzz saved, with the decoded operation sequence.
 
 /// Every fuzz target (fuzz/fuzz_targets/NAME.rs).
-pub const TARGETS: &[&str] = &["hypercall", "xenstore_wire", "evtchn", "gnttab", "interp"];
+pub const TARGETS: &[&str] = &["hypercall", "xenstore_wire", "evtchn", "gnttab", "interp", "replay_log", "snapshot"];
 
 /// One input through one target.
 #[derive(Debug)]
@@ -26,6 +26,13 @@ pub fn run(target: &str, data: &[u8]) -> Option<Repro> {
             let (d, r) = x86_interp::fuzzing::run_bytes(data);
             *decoded.borrow_mut() = d;
             r
+        } else if target == "replay_log" || target == "snapshot" {
+            *decoded.borrow_mut() = format!("{} raw bytes", data.len());
+            if target == "replay_log" {
+                replay::fuzzing::log(data)
+            } else {
+                replay::fuzzing::snapshot(data)
+            }
         } else {
             match xen_model::fuzzing::run_target(target, data) {
                 Some(o) => {

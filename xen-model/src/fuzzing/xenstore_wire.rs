@@ -1,9 +1,9 @@
 //! `xenstore_wire`: raw bytes as a guest's ring traffic and as Unix-socket
 //! clients' traffic, split wherever the input splits them, reassembled by
 //! `PacketAssembler` and handled by a `Store` with domain 1 introduced.
-//! There is no guest ring transport in xen-model yet, so "ring" here is the
-//! domain-1 connection fed in chunks as a ring consumer would read them (a
-//! framing error is a ring reset); socket clients follow `socket.rs`
+//! "Ring" here is the domain-1 connection fed in chunks as a ring consumer
+//! reads them (a framing error is a ring reset), not `xenstore::ring` over a
+//! ring page (that transport landed after this target was written); socket clients follow `socket.rs`
 //! (`SocketInput`, a framing error closes the client). After every step:
 //! tree accounting, connection counters and quotas; at the end: a
 //! serialize/deserialize round trip is identical, and every connection still
