@@ -58,6 +58,10 @@ enum Command {
     Replay(ReplayArgs),
     /// Print a log's header and records.
     Inspect(InspectArgs),
+    /// Replay fuzz inputs (files saved by cargo fuzz, or a corpus directory)
+    /// through a fuzz target on stable Rust; prints each decoded operation
+    /// sequence and whether an invariant broke. Exit status 1 if one did.
+    FuzzRepro(FuzzReproArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +99,18 @@ struct InspectArgs {
     /// Only records at or before this instruction count.
     #[arg(long)]
     to: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct FuzzReproArgs {
+    /// hypercall, xenstore_wire, evtchn, gnttab or interp.
+    target: String,
+    /// Input files or directories of them.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Print only failures (not every decoded input).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -261,6 +277,53 @@ fn main() -> ExitCode {
         Command::Xenstore(args) => xenstore(args),
         Command::Replay(args) => replay_cmd(args),
         Command::Inspect(args) => inspect(args),
+        Command::FuzzRepro(args) => fuzz_repro(args),
+    }
+}
+
+fn fuzz_repro(args: FuzzReproArgs) -> ExitCode {
+    if !xensim::fuzz::TARGETS.contains(&args.target.as_str()) {
+        return fail(2, format!("no fuzz target {:?} (targets: {})", args.target, xensim::fuzz::TARGETS.join(", ")));
+    }
+    let mut files = Vec::new();
+    for p in &args.inputs {
+        match std::fs::read_dir(p) {
+            Ok(dir) => {
+                let mut v: Vec<PathBuf> =
+                    dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+                v.sort();
+                files.extend(v);
+            }
+            Err(_) => files.push(p.clone()),
+        }
+    }
+    let mut failed = 0;
+    for f in &files {
+        let data = match std::fs::read(f) {
+            Ok(d) => d,
+            Err(e) => return fail(status::USER_ERROR, format!("{}: {}", f.display(), io_reason(&e))),
+        };
+        let Some(r) = xensim::fuzz::run(&args.target, &data) else { return ExitCode::from(2) };
+        if !args.quiet || r.result.is_err() {
+            println!("== {} ({} bytes)\n{}", f.display(), data.len(), r.decoded);
+        }
+        match r.result {
+            Ok(()) => {
+                if !args.quiet {
+                    println!("ok");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED: {e}");
+            }
+        }
+    }
+    println!("{} input(s), {failed} failed", files.len());
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -3,6 +3,7 @@
 //! snapshot files and in-memory snapshots for seeking.
 
 pub mod drive;
+pub mod fuzzing;
 pub mod log;
 pub mod seek;
 pub mod snapfile;

@@ -316,7 +316,9 @@ impl Interpreter {
             }
             self.s.gpr[gpr::RSP] = self.sp_after(3 * size as u64);
             let keep = rflags::VM | rflags::VIF | rflags::VIP;
-            let fl = if size == 2 { (self.s.rflags & !0xffff) | fl } else { fl };
+            // SDM IRET, real-address mode: tempEFLAGS AND 257FD5H (the
+            // reserved bits 3, 5, 15 and 22-63 never load; bit 1 reads 1).
+            let fl = if size == 2 { (self.s.rflags & !0xffff) | (fl & 0x7fd5) } else { fl & 0x25_7fd5 };
             self.s.rflags = (fl & !keep) | (self.s.rflags & keep) | rflags::FIXED1;
             let d = &mut self.s.seg[sreg::CS];
             d.selector = cs;

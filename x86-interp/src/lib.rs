@@ -48,3 +48,6 @@ mod system;
 mod tlb;
 
 pub use interp::Interpreter;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;

@@ -34,6 +34,28 @@ fn real_mode_interrupt_through_the_ivt() {
 }
 
 #[test]
+fn real_mode_iret_never_loads_reserved_flag_bits() {
+    // Found by the `interp` fuzz target. SDM IRET (real-address mode):
+    // EFLAGS <- tempEFLAGS AND 257FD5H; bits 3, 5 and 15 stay 0, bit 1 is 1.
+    // Every bit set in the image but TF (which would single-step the HLT).
+    for (operand32, image, want) in [(false, 0xfeffu64, 0x7ed7u64), (true, 0xffff_feff, 0x25_7ed7)] {
+        let mut r = Rig::real();
+        // The frame at SS:SP (SS=0x2000): IP, CS, FLAGS; then IRET to a HLT.
+        let (sz, top) = if operand32 { (4u64, 0xfff0u64) } else { (2, 0xfff8) };
+        let frame = 0x20000 + top;
+        for (i, v) in [0x0010u64, 0x1000, image].iter().enumerate() {
+            r.mem.write(frame + i as u64 * sz, &v.to_le_bytes()[..sz as usize]).unwrap();
+        }
+        r.load(0x10010, &[0xf4]);
+        let iret: &[u8] = if operand32 { &[0x66, 0xcf] } else { &[0xcf] };
+        r.load(0x10000, iret);
+        r.edit(|s| s.gpr[gpr::RSP] = top);
+        r.run_to_halt();
+        assert_eq!(r.state().rflags, want, "operand size 32: {operand32}");
+    }
+}
+
+#[test]
 fn real_mode_rep_movsb_wraps_si_di_at_64k() {
     let mut r = Rig::real();
     // DS=ES=0x3000: copy 4 bytes from DS:0xfffe (wrapping to 0x0000) to ES:0x1000.

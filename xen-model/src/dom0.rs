@@ -100,6 +100,13 @@ impl XenPlatform {
         self.dom0.sink = Some(sink);
     }
 
+    /// The xenstore and console ring pages dom0 mapped into the guest (for
+    /// the fuzz targets' overlay accounting).
+    pub(crate) fn ring_pages(&self) -> impl Iterator<Item = &OverlayPage> {
+        let d = &self.dom0;
+        d.xs.as_ref().map(|x| &x.0.page).into_iter().chain(d.console.as_ref().map(|c| &c.page))
+    }
+
     /// The store (inspection, snapshots).
     pub fn xenstore(&self) -> &Store {
         &self.dom0.store

@@ -306,7 +306,9 @@ impl EventChannels {
             ChanState::Free | ChanState::Reserved => return Err(Errno(EINVAL)),
             ChanState::Unbound { .. } | ChanState::Ipi => {}
             ChanState::Virq(v) => {
-                self.virqs.remove(&(c.vcpu, v));
+                // Global VIRQs are keyed on vCPU 0 wherever bind_vcpu moved them.
+                let key = if virq_is_per_vcpu(v) { (c.vcpu, v) } else { (0, v) };
+                self.virqs.remove(&key);
             }
             ChanState::Pirq(p) => {
                 self.pirqs.remove(&p);
@@ -506,6 +508,85 @@ impl EventChannels {
     /// Forget every dom0 port (soft reset).
     pub fn backend_reset(&mut self) {
         self.backend.clear();
+    }
+
+    /// Structural consistency of the port table (for fuzzing and tests):
+    /// port 0 reserved, whole buckets, both ends of every interdomain
+    /// channel agree, the VIRQ and PIRQ maps match the ports, vCPUs exist.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.chans.first().map(|c| c.state) != Some(ChanState::Reserved) {
+            return Err("port 0 is not reserved".into());
+        }
+        if self.chans.len() % BUCKET as usize != 0 || self.chans.len() > 4096 {
+            return Err(format!("port table of {} entries", self.chans.len()));
+        }
+        for (p, c) in (0u32..).zip(&self.chans) {
+            if c.vcpu >= self.nr_vcpus {
+                return Err(format!("port {p} notifies vCPU {} of {}", c.vcpu, self.nr_vcpus));
+            }
+            match c.state {
+                ChanState::Reserved if p != 0 => return Err(format!("port {p} reserved")),
+                ChanState::Interdomain { remote_dom: GUEST_DOMID, remote_port } => {
+                    let want = ChanState::Interdomain { remote_dom: GUEST_DOMID, remote_port: p };
+                    if self.state(remote_port) != Some(want) || remote_port == p {
+                        return Err(format!(
+                            "loopback port {p} -> {remote_port}, whose state is {:?}",
+                            self.state(remote_port)
+                        ));
+                    }
+                }
+                ChanState::Interdomain { remote_dom: DOM0, remote_port }
+                    if self.backend.get(&remote_port).and_then(|b| b.guest_port) != Some(p) =>
+                {
+                    return Err(format!("port {p} bound to dom0 port {remote_port}, which does not point back"));
+                }
+                ChanState::Interdomain { remote_dom: DOM0, .. } => {}
+                ChanState::Interdomain { remote_dom, .. } => {
+                    return Err(format!("port {p} bound to absent domain {remote_dom}"))
+                }
+                ChanState::Virq(v) => {
+                    let key = if virq_is_per_vcpu(v) { (c.vcpu, v) } else { (0, v) };
+                    if self.virqs.get(&key) != Some(&p) {
+                        return Err(format!("VIRQ port {p} ({key:?}) missing from the VIRQ map"));
+                    }
+                }
+                ChanState::Pirq(q) if self.pirqs.get(&q) != Some(&p) => {
+                    return Err(format!("PIRQ port {p} (pirq {q}) missing from the PIRQ map"));
+                }
+                _ => {}
+            }
+        }
+        for (&(v, virq), &p) in &self.virqs {
+            if self.state(p) != Some(ChanState::Virq(virq))
+                || (virq_is_per_vcpu(virq) && self.chans[p as usize].vcpu != v)
+            {
+                return Err(format!("VIRQ map ({v}, {virq}) -> port {p} in state {:?}", self.state(p)));
+            }
+        }
+        for (&q, &p) in &self.pirqs {
+            if self.state(p) != Some(ChanState::Pirq(q)) {
+                return Err(format!("PIRQ map {q} -> port {p} in state {:?}", self.state(p)));
+            }
+        }
+        for (&local, b) in &self.backend {
+            if let Some(g) = b.guest_port {
+                let want = ChanState::Interdomain { remote_dom: DOM0, remote_port: local };
+                if self.state(g) != Some(want) {
+                    return Err(format!("dom0 port {local} -> guest port {g} in state {:?}", self.state(g)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ports in the allocated buckets.
+    pub fn state_len(&self) -> u32 {
+        self.chans.len() as u32
+    }
+
+    /// The number of vCPUs ports may notify.
+    pub fn nr_vcpus(&self) -> u32 {
+        self.nr_vcpus
     }
 
     // ---- the hypercall ----

@@ -25,6 +25,12 @@ pub mod version;
 
 pub mod xenstore;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 pub use platform::{Ring, XenConfig, XenPlatform};
 
 /// The simulator's own domain (the toolstack and backends).

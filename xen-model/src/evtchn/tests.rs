@@ -169,6 +169,22 @@ fn global_virq_follows_bind_vcpu() {
 }
 
 #[test]
+fn closing_a_moved_global_virq_unbinds_it() {
+    // Found by the evtchn fuzz target: a global VIRQ moved by bind_vcpu is
+    // still VIRQ-bound on vCPU 0 in Xen's terms (virq_to_evtchn of vCPU 0),
+    // so closing its port must unbind it there; it can then be bound again
+    // and raising it no longer touches the freed port.
+    let (r, mut e) = Rig::new(2);
+    let p = e.bind_virq(&r.shinfo, VIRQ_CONSOLE, 0).unwrap();
+    e.bind_vcpu(p, 1).unwrap();
+    e.close(&r.shinfo, p).unwrap();
+    assert!(!e.send_virq(&r.dl(), VIRQ_CONSOLE, 0), "unbound after close");
+    assert!(!r.shinfo.port_pending(p));
+    assert_eq!(e.bind_virq(&r.shinfo, VIRQ_CONSOLE, 0), Ok(p), "bindable again");
+    e.check_invariants().unwrap();
+}
+
+#[test]
 fn backend_binds_to_the_guest_port_and_notifies_both_ways() {
     let (r, mut e) = Rig::new(1);
     let gp = e.reserve_unbound(&r.shinfo, 2, DOM0).unwrap();

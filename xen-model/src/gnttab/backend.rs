@@ -91,6 +91,22 @@ impl GrantTable {
         Ok(MapHandle(h))
     }
 
+    /// (readers, writers) dom0's live mappings hold on each reference.
+    pub(super) fn dom0_pins(&self) -> std::collections::BTreeMap<u32, (u32, u32)> {
+        let mut pins = std::collections::BTreeMap::new();
+        for m in self.maps.values() {
+            for &gref in &m.refs {
+                let e: &mut (u32, u32) = pins.entry(gref).or_default();
+                if m.writable {
+                    e.1 += 1;
+                } else {
+                    e.0 += 1;
+                }
+            }
+        }
+        pins
+    }
+
     /// Drop a mapping; references whose last mapping this was lose their
     /// access flags.
     pub fn unmap(&mut self, handle: MapHandle) -> Result<(), GrantError> {

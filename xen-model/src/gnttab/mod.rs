@@ -111,6 +111,64 @@ impl GrantTable {
         self.shared.get(idx as usize).cloned().ok_or(Errno(EINVAL))
     }
 
+    /// The page backing shared (or v2 status) frame `idx`, if allocated;
+    /// unlike `frame`, never grows the table.
+    pub fn frame_page(&self, idx: u32, status: bool) -> Option<&OverlayPage> {
+        if status {
+            self.status.get(idx as usize)
+        } else {
+            self.shared.get(idx as usize)
+        }
+    }
+
+    /// Consistency of pins, dom0 mappings and the guest-visible access flags
+    /// (for fuzzing and tests; assumes the guest has not edited the access
+    /// bits behind Xen's back): every pinned entry has GTF_reading, and
+    /// GTF_writing exactly while it has writers; unpinned entries have
+    /// neither; dom0's pins are exactly what its live mappings account for.
+    /// `scan_unpinned` also reads every unpinned entry (slow on big tables).
+    pub fn check_invariants(&self, scan_unpinned: bool) -> Result<(), String> {
+        let dom0 = self.dom0_pins();
+        for (&gref, a) in &self.active {
+            if gref >= self.nr_entries() {
+                return Err(format!("pinned gref {gref} beyond the table ({} entries)", self.nr_entries()));
+            }
+            if a.readers == 0 && a.writers == 0 {
+                return Err(format!("gref {gref} active with no pins"));
+            }
+            let f = self.access_flags(gref);
+            let want = gtf::READING | if a.writers > 0 { gtf::WRITING } else { 0 };
+            if f != want {
+                return Err(format!("gref {gref} pinned {a:?} has access flags {f:#x}, want {want:#x}"));
+            }
+            if a.domid == DOM0 && dom0.get(&gref) != Some(&(a.readers, a.writers)) {
+                return Err(format!("gref {gref} dom0 pins {a:?}, mappings account for {:?}", dom0.get(&gref)));
+            }
+        }
+        for (&gref, &pins) in &dom0 {
+            if self.pins(gref, DOM0) != pins {
+                return Err(format!("dom0 maps gref {gref} {pins:?} times but it is not pinned so"));
+            }
+        }
+        if scan_unpinned {
+            // Page by page: the access bits live in the entries (v1) or the
+            // status frames (v2), one u16 per entry at `stride` bytes.
+            let (pages, stride) = if self.version == 2 { (&self.status, 2) } else { (&self.shared, 8) };
+            let mut buf = [0u8; 4096];
+            for (i, page) in pages.iter().enumerate() {
+                page.read(0, &mut buf);
+                for (j, e) in buf.chunks_exact(stride).enumerate() {
+                    let gref = (i * 4096 / stride + j) as u32;
+                    let bits = u16::from_le_bytes([e[0], e[1]]) & (gtf::READING | gtf::WRITING);
+                    if bits != 0 && gref < self.nr_entries() && !self.active.contains_key(&gref) {
+                        return Err(format!("unpinned gref {gref} has access flags {bits:#x}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Soft reset: back to v1 with every entry cleared and every dom0
     /// mapping dropped. Shared frames stay allocated (and mapped where the
     /// guest put them); v2 status frames are released.

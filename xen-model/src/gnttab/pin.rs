@@ -101,7 +101,11 @@ impl GrantTable {
         }
         let upgrading = !readonly && act.is_some_and(|a| a.writers == 0);
         let first = act.is_none() || upgrading;
-        if self.version == 2 && self.header(gref).0 & gtf::TYPE_MASK == gtf::TRANSITIVE {
+        // Xen looks at the entry's type only when it (re)validates the entry:
+        // a map on the first pin, a copy on the first pin or an upgrade.
+        // Later pins of a pinned entry just count, whatever it says now.
+        let transitive = self.version == 2 && self.header(gref).0 & gtf::TYPE_MASK == gtf::TRANSITIVE;
+        if transitive && (act.is_none() || (!map && first)) {
             // Xen follows the chain into trans_domid's table. Self-reference
             // is refused and no other domain here has a table, so the chain
             // always fails, after which Xen clears the flags it set. Maps
@@ -118,11 +122,13 @@ impl GrantTable {
         if first {
             self.set_status(gref, readonly, map, ldom, act.is_some(), false)?;
             let (fresh, sub_page) = self.entry_frame(gref, map);
-            if let Err(e) = check_frame(mem, fresh.gfn) {
-                self.undo_status(gref, readonly);
-                return Err(e);
-            }
             if act.is_none() {
+                // The frame is looked up (and captured) at the first pin
+                // only; an upgrade keeps the captured one.
+                if let Err(e) = check_frame(mem, fresh.gfn) {
+                    self.undo_status(gref, readonly);
+                    return Err(e);
+                }
                 let a = Active {
                     domid: ldom,
                     readers: 0,

@@ -302,6 +302,30 @@ fn mapping_uses_the_status_frame_in_v2() {
 }
 
 #[test]
+fn further_pins_of_a_pinned_entry_do_not_revalidate_it() {
+    // Found by the gnttab fuzz target. Xen's map_grant_ref calls _set_status
+    // (type and domid check) only for the first pin or a first writable pin,
+    // and then checks only GTF_readonly; the frame is captured at the first
+    // pin. So once pinned, an entry the guest rewrote still maps.
+    let mut e = env(4);
+    e.v2();
+    e.grant_v2(12, gtf::PERMIT_ACCESS, 0, 0, 0, DATA);
+    let h1 = e.t.map(&e.mem, &[12], false).unwrap();
+    // The guest turns it transitive and points it at MMIO.
+    e.grant_v2(12, gtf::TRANSITIVE, 0, 1, 0, MMIO_GFN);
+    let h2 = e.t.map(&e.mem, &[12], false).expect("a further read-only pin just counts");
+    let h3 = e.t.map(&e.mem, &[12], true).expect("an upgrade checks only GTF_readonly");
+    assert_eq!(e.t.mapped_gfn(h3, 0), Ok(DATA), "the frame captured at the first pin");
+    assert_eq!(e.status_v2(12), RW);
+    for h in [h1, h2, h3] {
+        e.t.unmap(h).unwrap();
+    }
+    assert_eq!(e.status_v2(12), 0);
+    // A fresh pin validates again.
+    assert_eq!(e.t.map(&e.mem, &[12], false), Err(GrantError::Transitive(12)));
+}
+
+#[test]
 fn refused_mappings_change_nothing() {
     let mut e = env(4);
     e.grant_v1(10, gtf::PERMIT_ACCESS | gtf::READONLY, 0, DATA as u32);

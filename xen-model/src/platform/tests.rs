@@ -1,142 +1,22 @@
 //! XenPlatform through the `Platform` trait, with a register-only vCPU and
 //! paging off (guest virtual = physical), against the ABI's numbers.
 
-use std::collections::VecDeque;
-
-use sim_core::devices::lapic::Lapic;
-use sim_core::irq::GsiLines;
 use sim_core::platform::ShutdownReason;
-use sim_core::state::{cr0, efer, gpr, seg_attr, sreg, ArchState};
-use sim_core::timer_queue::TimerQueue;
-use sim_core::vcpu::{Completion, VcpuError, VcpuExit};
+use sim_core::state::{cr0, efer, sreg};
 
 use super::*;
 use crate::errno::*;
 use crate::evtchn::stat;
 
-struct FakeVcpu {
-    s: ArchState,
-}
-
-impl FakeVcpu {
-    /// CPL 0, 64-bit code segment, paging off so arguments are physical.
-    fn long() -> Self {
-        let mut s = ArchState::reset();
-        s.cr0 = cr0::PE;
-        s.efer = efer::LME | efer::LMA;
-        s.seg[sreg::CS].selector = 0x08;
-        s.seg[sreg::CS].attr = seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::L;
-        FakeVcpu { s }
-    }
-    fn prot32() -> Self {
-        let mut s = ArchState::reset();
-        s.cr0 = cr0::PE;
-        s.seg[sreg::CS].selector = 0x08;
-        s.seg[sreg::CS].attr = seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::DB;
-        FakeVcpu { s }
-    }
-}
-
-impl Vcpu for FakeVcpu {
-    fn id(&self) -> u32 {
-        0
-    }
-    fn run(&mut self, _: &GuestMemory, _: u64) -> Result<VcpuExit, VcpuError> {
-        Ok(VcpuExit::BudgetExhausted)
-    }
-    fn complete(&mut self, _: Completion) {}
-    fn state(&self) -> ArchState {
-        self.s.clone()
-    }
-    fn set_state(&mut self, s: &ArchState) {
-        self.s = s.clone();
-    }
-    fn gprs(&self) -> [u64; 16] {
-        self.s.gpr
-    }
-    fn set_gprs(&mut self, g: &[u64; 16]) {
-        self.s.gpr = *g;
-    }
-    fn interrupt_ready(&self) -> bool {
-        true
-    }
-    fn inject_interrupt(&mut self, _: u8) {}
-    fn request_interrupt_window(&mut self, _: bool) {}
-    fn retired_instructions(&self) -> Option<u64> {
-        None
-    }
-    fn tsc(&self) -> u64 {
-        0
-    }
-    fn set_tsc(&mut self, _: u64) {}
-}
-
-struct Rig {
-    mem: GuestMemory,
-    timers: TimerQueue<TimerKey>,
-    lapics: Vec<Lapic>,
-    gsi: GsiLines,
-    console: Vec<u8>,
-    input: VecDeque<u8>,
-    effects: Vec<PlatformEffect>,
-    now: u64,
-    p: XenPlatform,
-    cpu: FakeVcpu,
-}
+use crate::testing::{FakeVcpu, Rig};
 
 macro_rules! ctx {
     ($r:expr) => {
-        &mut PlatformCtx {
-            mem: &mut $r.mem,
-            now_ns: $r.now,
-            timers: &mut $r.timers,
-            lapics: &mut $r.lapics,
-            gsi: &mut $r.gsi,
-            console: &mut $r.console,
-            console_input: &mut $r.input,
-            effects: &mut $r.effects,
-        }
+        crate::rig_ctx!($r)
     };
 }
 
 impl Rig {
-    fn new(cfg: XenConfig, vcpus: u32) -> Rig {
-        let mut p = XenPlatform::new(cfg, vcpus);
-        let mut t = CpuidTable::baseline(Vendor::Intel);
-        p.configure_cpuid(&mut t, vcpus);
-        Rig {
-            mem: GuestMemory::new(4).unwrap(),
-            timers: TimerQueue::new(),
-            lapics: (0..vcpus).map(|i| Lapic::new(i, i == 0)).collect(),
-            gsi: GsiLines::new(),
-            console: Vec::new(),
-            input: VecDeque::new(),
-            effects: Vec::new(),
-            now: 1_000_000,
-            p,
-            cpu: FakeVcpu::long(),
-        }
-    }
-
-    /// Make hypercall `nr` from vCPU `v` with 64-bit (or 32-bit) arguments.
-    fn call_on(&mut self, v: u32, nr: impl Into<u64>, args: &[u64]) -> (i64, PlatformEffect) {
-        let compat = self.cpu.s.efer & efer::LMA == 0;
-        let regs = if compat {
-            [gpr::RBX, gpr::RCX, gpr::RDX, gpr::RSI, gpr::RDI, gpr::RBP]
-        } else {
-            [gpr::RDI, gpr::RSI, gpr::RDX, gpr::R10, gpr::R8, gpr::R9]
-        };
-        self.cpu.s.gpr[gpr::RAX] = nr.into();
-        for (i, a) in args.iter().enumerate() {
-            self.cpu.s.gpr[regs[i]] = *a;
-        }
-        let e = self.p.hypercall(ctx!(self), v, &mut self.cpu);
-        let rax = self.cpu.s.gpr[gpr::RAX];
-        (if compat { rax as u32 as i32 as i64 } else { rax as i64 }, e)
-    }
-    fn call(&mut self, nr: impl Into<u64>, args: &[u64]) -> i64 {
-        self.call_on(0, nr, args).0
-    }
     fn evtchn(&mut self, cmd: u32, words: &[u32]) -> i64 {
         for (i, w) in words.iter().enumerate() {
             self.mem.write_u32(0x8000 + i as u64 * 4, *w).unwrap();
@@ -169,9 +49,6 @@ impl Rig {
     }
     fn upcall_pending(&self, v: u32) -> bool {
         self.p.shinfo.upcall_pending(&self.mem, self.p.vi[v as usize])
-    }
-    fn sync(&mut self) {
-        self.p.sync(ctx!(self));
     }
 }
 

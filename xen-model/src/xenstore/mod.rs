@@ -32,3 +32,5 @@ pub use wire::{MsgType, Packet, PacketAssembler};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tx_props;

@@ -200,12 +200,11 @@ impl<'a> View<'a> {
                 if let Some(o) = old_owner {
                     *tx.node_delta.entry(o).or_insert(0) -= 1;
                 }
-                if self.tree.contains(path) {
-                    tx.overlay.insert(path.to_owned(), None);
-                } else {
-                    // Created and deleted inside the transaction: nothing to commit.
-                    tx.overlay.remove(path);
-                }
+                // A tombstone even for a node created inside the transaction:
+                // without it, later reads in the transaction would see a node
+                // created outside meanwhile. Committing it removes nothing
+                // unless the node appeared, and then the read set conflicts.
+                tx.overlay.insert(path.to_owned(), None);
             }
         }
     }

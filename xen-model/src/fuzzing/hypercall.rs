@@ -1,0 +1,400 @@
+//! `hypercall`: a sequence of hypercalls with arguments and guest-memory
+//! contents against a fresh `XenPlatform` over 2 MiB of guest RAM, without a
+//! CPU. Besides hypercalls, a step may be what a guest or dom0 does between
+//! them (write memory, handle an upcall, mask a port, fill a grant entry, a
+//! backend mapping grants or signalling). After every step the platform's
+//! invariants are checked (`check`).
+
+use arbitrary::Arbitrary;
+use sim_core::state::efer;
+
+use crate::gnttab::abi::gtf;
+use crate::gnttab::MapHandle;
+use crate::hvm::Callback;
+use crate::hypercall::nr;
+use crate::shared_info::{vcpu_info, VcpuInfoAt};
+use crate::testing::{FakeVcpu, Rig};
+use crate::{Ring, XenConfig};
+
+/// Guest-physical window that pointer arguments and pokes land in.
+pub const WINDOW: u64 = 0x10000;
+pub const WINDOW_LEN: u64 = 0x10000;
+/// Ring frames when `rings` is set (the toolstack's store and console).
+const STORE_PFN: u64 = 0x30;
+const CONSOLE_PFN: u64 = 0x31;
+
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Input {
+    /// 1..=4 vCPUs.
+    pub vcpus: u8,
+    /// A 32-bit (compat) caller.
+    pub compat: bool,
+    /// Toolstack rings configured (store port 1, console port 2).
+    pub rings: bool,
+    pub steps: Vec<Step>,
+}
+
+/// A hypercall argument.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Arg {
+    /// A pointer into the window: `WINDOW + off % WINDOW_LEN`.
+    Ptr(u16),
+    /// A small number (a port, a count, a vCPU).
+    Imm(u8),
+    Raw(u64),
+}
+
+impl Arg {
+    pub fn value(self) -> u64 {
+        match self {
+            Arg::Ptr(o) => WINDOW + u64::from(o) % WINDOW_LEN,
+            Arg::Imm(v) => u64::from(v),
+            Arg::Raw(v) => v,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Hypercall {
+    SetTimerOp,
+    MemoryOp,
+    XenVersion,
+    ConsoleIo,
+    GrantTableOp,
+    VmAssist,
+    VcpuOp,
+    SchedOp,
+    EventChannelOp,
+    PhysdevOp,
+    HvmOp,
+    Other(u64),
+}
+
+impl Hypercall {
+    pub fn number(self) -> u64 {
+        u64::from(match self {
+            Hypercall::SetTimerOp => nr::SET_TIMER_OP,
+            Hypercall::MemoryOp => nr::MEMORY_OP,
+            Hypercall::XenVersion => nr::XEN_VERSION,
+            Hypercall::ConsoleIo => nr::CONSOLE_IO,
+            Hypercall::GrantTableOp => nr::GRANT_TABLE_OP,
+            Hypercall::VmAssist => nr::VM_ASSIST,
+            Hypercall::VcpuOp => nr::VCPU_OP,
+            Hypercall::SchedOp => nr::SCHED_OP,
+            Hypercall::EventChannelOp => nr::EVENT_CHANNEL_OP,
+            Hypercall::PhysdevOp => nr::PHYSDEV_OP,
+            Hypercall::HvmOp => nr::HVM_OP,
+            Hypercall::Other(n) => return n,
+        })
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Step {
+    /// `hc(sub, args...)` from vCPU `vcpu % vcpus`.
+    Call {
+        vcpu: u8,
+        hc: Hypercall,
+        sub: u8,
+        args: [Arg; 3],
+    },
+    /// The guest writes `bytes` at `WINDOW + at` (RAM only: bytes that would
+    /// land on an overlay page are dropped, see `check`).
+    Poke {
+        at: u16,
+        bytes: Vec<u8>,
+    },
+    /// A platform timer fires (singleshot 1, periodic 2, poll 3).
+    Timer {
+        kind: u8,
+        vcpu: u8,
+    },
+    /// Machine time advances.
+    Advance(u32),
+    Wake(u8),
+    Sync,
+    /// The guest's upcall handler on `vcpu` (Linux's 2-level loop): clear
+    /// upcall_pending, take the selector, consume pending unmasked ports.
+    Ack(u8),
+    /// The guest masks a port, or unmasks it as Linux does (EVTCHNOP_unmask
+    /// if it is pending, else clear the bit).
+    Mask {
+        port: u16,
+        masked: bool,
+    },
+    /// The guest writes grant entry `gref` (its access bits are Xen's and
+    /// stay as they are).
+    Grant {
+        gref: u8,
+        flags: u16,
+        domid: u16,
+        frame: u32,
+    },
+    BackendBind(u16),
+    BackendAllocUnbound,
+    BackendNotify(u16),
+    BackendPending(u16),
+    BackendUnbind(u16),
+    BackendMap {
+        refs: Vec<u8>,
+        writable: bool,
+    },
+    BackendUnmap(u8),
+}
+
+/// Execute one input on a fresh platform.
+pub fn run(input: &Input) -> Result<(), String> {
+    let vcpus = u32::from(input.vcpus % 4) + 1;
+    let mut cfg = XenConfig::default();
+    if input.rings {
+        cfg.store = Some(Ring { pfn: STORE_PFN, evtchn: 1 });
+        cfg.console = Some(Ring { pfn: CONSOLE_PFN, evtchn: 2 });
+    }
+    let mut r = Rig::with_memory(cfg, vcpus, 2);
+    if input.compat {
+        r.cpu = FakeVcpu::prot32();
+    }
+    let mut handles = Vec::new();
+    let compat0 = r.p.shinfo.compat();
+    let mut tainted = false;
+    for (i, step) in input.steps.iter().take(super::MAX_STEPS).enumerate() {
+        apply(&mut r, step, vcpus, &mut handles);
+        // Once the guest can reach shared_info or a vcpu_info through memory
+        // (or switched layouts), it may legitimately clear bits Xen set.
+        tainted |= r.p.shinfo.gfn.is_some()
+            || r.p.vi.iter().any(|v| matches!(v, VcpuInfoAt::Guest(_)))
+            || r.p.shinfo.compat() != compat0;
+        check(&r, tainted, false).map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
+    }
+    check(&r, tainted, true).map_err(|e| format!("at the end: {e}"))
+}
+
+fn apply(r: &mut Rig, step: &Step, vcpus: u32, handles: &mut Vec<MapHandle>) {
+    match step {
+        Step::Call { vcpu, hc, sub, args } => {
+            let v = u32::from(*vcpu) % vcpus;
+            let mut a = [u64::from(*sub), args[0].value(), args[1].value(), args[2].value()];
+            if matches!(hc, Hypercall::GrantTableOp | Hypercall::ConsoleIo) && (a[2] as i32) >= 0 {
+                // The batch count (bytes for console_io): more than 64 only
+                // repeats the same per-entry work and slows every execution
+                // (Xen would preempt such a batch with a continuation).
+                // Negative counts stay (the EINVAL path).
+                a[2] %= 65;
+            }
+            r.call_on(v, hc.number(), &a);
+        }
+        Step::Poke { at, bytes } => {
+            for (i, b) in bytes.iter().enumerate() {
+                let gpa = WINDOW + (u64::from(*at) + i as u64) % WINDOW_LEN;
+                if r.mem.overlay_at(gpa >> 12).is_none() {
+                    let _ = r.mem.write_u8(gpa, *b);
+                }
+            }
+        }
+        Step::Timer { kind, vcpu } => {
+            let key = u64::from(*kind % 4) << 32 | u64::from(u32::from(*vcpu) % vcpus);
+            r.fire_timer(key);
+        }
+        Step::Advance(ns) => r.now = r.now.saturating_add(u64::from(*ns)),
+        Step::Wake(v) => {
+            r.wake(u32::from(*v) % vcpus);
+        }
+        Step::Sync => r.sync(),
+        Step::Ack(v) => guest_ack(r, u32::from(*v) % vcpus),
+        Step::Mask { port, masked } => {
+            let port = u32::from(*port) % 4096;
+            let sh = &r.p.shinfo;
+            if *masked {
+                sh.set_mask(port);
+            } else if sh.port_pending(port) {
+                let _ = r.mem.write_u32(WINDOW, port);
+                let arg = [u64::from(crate::evtchn::op::UNMASK), WINDOW];
+                r.call_on(0, nr::EVENT_CHANNEL_OP, &arg);
+            } else {
+                sh.test_and_clear_mask(port);
+            }
+        }
+        Step::Grant { gref, flags, domid, frame } => guest_grant(r, u32::from(*gref), *flags, *domid, *frame),
+        Step::BackendBind(p) => {
+            let _ = r.p.backend_bind(u32::from(*p));
+        }
+        Step::BackendAllocUnbound => {
+            r.p.backend_alloc_unbound();
+        }
+        Step::BackendNotify(p) => {
+            let _ = r.p.backend_notify(&r.mem, u32::from(*p));
+            r.sync();
+        }
+        Step::BackendPending(p) => {
+            r.p.backend_pending(u32::from(*p));
+        }
+        Step::BackendUnbind(p) => {
+            let _ = r.p.backend_unbind(u32::from(*p));
+        }
+        Step::BackendMap { refs, writable } => {
+            let refs: Vec<u32> = refs.iter().take(8).map(|&g| u32::from(g)).collect();
+            if let Ok(h) = r.p.gnttab.map(&r.mem, &refs, *writable) {
+                handles.push(h);
+            }
+        }
+        Step::BackendUnmap(i) => {
+            if !handles.is_empty() {
+                let h = handles.remove(usize::from(*i) % handles.len());
+                let _ = r.p.gnttab.unmap(h);
+            }
+        }
+    }
+}
+
+/// Linux's 2-level upcall loop on `v`, run to completion.
+fn guest_ack(r: &mut Rig, v: u32) {
+    let sh = &r.p.shinfo;
+    let at = r.p.vi[v as usize];
+    let (sel_off, sel_len) = if sh.compat() { (vcpu_info::PENDING_SEL_32, 4) } else { (vcpu_info::PENDING_SEL_64, 8) };
+    sh.vi_write(&r.mem, at, vcpu_info::UPCALL_PENDING, &[0]);
+    let mut sel = [0u8; 8];
+    sh.vi_read(&r.mem, at, sel_off, &mut sel[..sel_len]);
+    sh.vi_write(&r.mem, at, sel_off, &[0u8; 8][..sel_len]);
+    let bits = sh.word_bits();
+    for word in 0..bits {
+        if sel[(word / 8) as usize] & (1 << (word % 8)) == 0 {
+            continue;
+        }
+        for port in word * bits..(word + 1) * bits {
+            if sh.port_pending(port) && !sh.port_masked(port) {
+                sh.clear_pending(port);
+            }
+        }
+    }
+    r.sync();
+}
+
+/// Write grant entry `gref` in the current version's layout, keeping the
+/// access bits (GTF_reading/writing) as Xen left them.
+fn guest_grant(r: &mut Rig, gref: u32, flags: u16, domid: u16, frame: u32) {
+    let access = gtf::READING | gtf::WRITING;
+    let v2 = r.p.gnttab.version() == 2;
+    let size = if v2 { 16 } else { 8 };
+    let (idx, off) = (gref * size / 4096, (gref * size % 4096) as usize);
+    let Some(page) = r.p.gnttab.frame_page(idx, false) else { return };
+    let mut old = [0u8; 2];
+    page.read(off, &mut old);
+    let keep = if v2 { 0 } else { u16::from_le_bytes(old) & access };
+    let flags = flags & !access | keep;
+    let mut e = [0u8; 16];
+    e[0..2].copy_from_slice(&flags.to_le_bytes());
+    e[2..4].copy_from_slice(&domid.to_le_bytes());
+    if v2 {
+        e[8..12].copy_from_slice(&frame.to_le_bytes());
+    } else {
+        e[4..8].copy_from_slice(&frame.to_le_bytes());
+    }
+    // Flags last, as a guest publishes an entry.
+    page.write(off + 2, &e[2..size as usize]);
+    page.write(off, &e[0..2]);
+}
+
+/// The platform's invariants. `tainted`: the guest could have edited the
+/// event-channel bits directly, so only structural checks apply to them.
+/// `full`: also scan every grant entry (once per input: it is slow).
+pub fn check(r: &Rig, tainted: bool, full: bool) -> Result<(), String> {
+    let p = &r.p;
+    p.evtchn.check_invariants()?;
+    if !tainted {
+        check_delivery(r)?;
+    }
+    if p.grant_maps.is_empty() {
+        // No table frame is in the guest's physmap, so nobody but Xen wrote
+        // the access bits.
+        p.gnttab.check_invariants(full)?;
+    }
+    check_overlays(r)?;
+    if let Callback::Vector(v) = p.callback {
+        if v < 0x10 {
+            return Err(format!("callback vector {v:#x} below 0x10"));
+        }
+    }
+    if r.cpu.s.efer & efer::LMA == 0 && r.cpu.s.gpr[0] >> 32 != 0 {
+        return Err(format!("32-bit caller got RAX {:#x}", r.cpu.s.gpr[0]));
+    }
+    Ok(())
+}
+
+/// The 2-level delivery chain: a pending unmasked port has its selector bit
+/// set on some vCPU, and a vCPU with selector bits has upcall_pending.
+fn check_delivery(r: &Rig) -> Result<(), String> {
+    let sh = &r.p.shinfo;
+    let bits = sh.word_bits() as usize;
+    let (sel_off, sel_len) = if sh.compat() { (vcpu_info::PENDING_SEL_32, 4) } else { (vcpu_info::PENDING_SEL_64, 8) };
+    let mut any_sel = 0u64;
+    for (v, &at) in r.p.vi.iter().enumerate() {
+        let mut sel = [0u8; 8];
+        sh.vi_read(&r.mem, at, sel_off, &mut sel[..sel_len]);
+        let sel = u64::from_le_bytes(sel);
+        if sel != 0 && !sh.upcall_pending(&r.mem, at) {
+            return Err(format!("vCPU {v} has selector {sel:#x} without upcall_pending"));
+        }
+        any_sel |= sel;
+    }
+    // The bit arrays in one read each (bit n = bit n % 8 of byte n / 8).
+    let n = bits * bits / 8;
+    let (mut pending, mut mask) = ([0u8; 512], [0u8; 512]);
+    sh.page().read(crate::shared_info::layout::EVTCHN_PENDING as usize, &mut pending[..n]);
+    sh.page().read(sh.mask_offset() as usize, &mut mask[..n]);
+    for (i, (p, m)) in pending[..n].iter().zip(&mask[..n]).enumerate() {
+        let live = p & !m;
+        if live != 0 {
+            let port = i * 8 + live.trailing_zeros() as usize;
+            let word = port / bits;
+            if any_sel & (1 << word) == 0 {
+                return Err(format!("port {port} pending and unmasked, selector bit {word} clear on every vCPU"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every overlay mapped in guest-physical space is shared_info, a grant
+/// frame or a dom0 ring page where the platform put it, each page at one
+/// place only.
+fn check_overlays(r: &Rig) -> Result<(), String> {
+    let p = &r.p;
+    let overlays: Vec<_> = r.mem.overlays().collect();
+    for (i, (gfn, page)) in overlays.iter().enumerate() {
+        if let Some((other, _)) = overlays[i + 1..].iter().find(|(_, q)| q.same_page(page)) {
+            return Err(format!("one page mapped at gfns {gfn:#x} and {other:#x}"));
+        }
+        let expected = if p.shinfo.gfn == Some(*gfn) {
+            Some(p.shinfo.page())
+        } else if let Some(&(idx, status)) = p.grant_maps.get(gfn) {
+            match p.gnttab.frame_page(idx, status) {
+                Some(f) => Some(f),
+                None => {
+                    return Err(format!(
+                        "gfn {gfn:#x} still maps grant {} frame {idx}, which the table no longer has",
+                        if status { "status" } else { "shared" }
+                    ))
+                }
+            }
+        } else {
+            // dom0's ring pages, where the toolstack put them.
+            p.ring_pages().find(|q| q.same_page(page))
+        };
+        match expected {
+            Some(want) if want.same_page(page) => {}
+            Some(_) => return Err(format!("gfn {gfn:#x} maps a different page than the platform recorded")),
+            None => return Err(format!("gfn {gfn:#x} maps an overlay the platform does not account for")),
+        }
+    }
+    if let Some(g) = p.shinfo.gfn {
+        if !r.mem.overlay_at(g).is_some_and(|q| q.same_page(p.shinfo.page())) {
+            return Err(format!("shared_info recorded at gfn {g:#x} but not mapped there"));
+        }
+    }
+    for &gfn in p.grant_maps.keys() {
+        if r.mem.overlay_at(gfn).is_none() {
+            return Err(format!("grant frame recorded at gfn {gfn:#x} but nothing is mapped there"));
+        }
+    }
+    Ok(())
+}
