@@ -56,22 +56,7 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Mov if reg0 && ins.op_kind(1) == OpKind::Memory => mov_load,
         M::Mov if ins.op_kind(0) == OpKind::Memory && gpr_or_imm(1) && ins.op_kind(1) != OpKind::Memory => mov_store,
         M::Mov if gpr_or_imm(0) && gpr_or_imm(1) => mov,
-        M::Jo
-        | M::Jno
-        | M::Jb
-        | M::Jae
-        | M::Je
-        | M::Jne
-        | M::Jbe
-        | M::Ja
-        | M::Js
-        | M::Jns
-        | M::Jp
-        | M::Jnp
-        | M::Jl
-        | M::Jge
-        | M::Jle
-        | M::Jg => jcc_for(ins.condition_code()),
+        _ if ins.is_jcc_short_or_near() => jcc_for(ins.condition_code()),
         M::Jmp if is_near(ins.op_kind(0)) => jmp_rel,
         M::Nop | M::Pause => nop,
         M::Call => call,
@@ -217,28 +202,37 @@ fn mov_store(cpu: &mut Interpreter, m: &GuestMemory, c: &Cached) -> R<()> {
     cpu.wr_mem(m, s, o, size, v)
 }
 
+/// A match from a ConditionCode to `$jcc::<CC>` monomorphised per condition,
+/// and `$jmp` for no condition: one table for every Jcc handler family.
+macro_rules! per_condition {
+    ($cc:expr, $jcc:ident, $jmp:expr) => {{
+        use iced_x86::ConditionCode as C;
+        match $cc {
+            C::o => $jcc::<{ C::o as u8 }>,
+            C::no => $jcc::<{ C::no as u8 }>,
+            C::b => $jcc::<{ C::b as u8 }>,
+            C::ae => $jcc::<{ C::ae as u8 }>,
+            C::e => $jcc::<{ C::e as u8 }>,
+            C::ne => $jcc::<{ C::ne as u8 }>,
+            C::be => $jcc::<{ C::be as u8 }>,
+            C::a => $jcc::<{ C::a as u8 }>,
+            C::s => $jcc::<{ C::s as u8 }>,
+            C::ns => $jcc::<{ C::ns as u8 }>,
+            C::p => $jcc::<{ C::p as u8 }>,
+            C::np => $jcc::<{ C::np as u8 }>,
+            C::l => $jcc::<{ C::l as u8 }>,
+            C::ge => $jcc::<{ C::ge as u8 }>,
+            C::le => $jcc::<{ C::le as u8 }>,
+            C::g => $jcc::<{ C::g as u8 }>,
+            C::None => $jmp,
+        }
+    }};
+}
+pub(crate) use per_condition;
+
 /// A Jcc handler with its condition fixed at compile time.
 fn jcc_for(cc: ConditionCode) -> Handler {
-    use ConditionCode as C;
-    match cc {
-        C::o => jcc::<{ C::o as u8 }>,
-        C::no => jcc::<{ C::no as u8 }>,
-        C::b => jcc::<{ C::b as u8 }>,
-        C::ae => jcc::<{ C::ae as u8 }>,
-        C::e => jcc::<{ C::e as u8 }>,
-        C::ne => jcc::<{ C::ne as u8 }>,
-        C::be => jcc::<{ C::be as u8 }>,
-        C::a => jcc::<{ C::a as u8 }>,
-        C::s => jcc::<{ C::s as u8 }>,
-        C::ns => jcc::<{ C::ns as u8 }>,
-        C::p => jcc::<{ C::p as u8 }>,
-        C::np => jcc::<{ C::np as u8 }>,
-        C::l => jcc::<{ C::l as u8 }>,
-        C::ge => jcc::<{ C::ge as u8 }>,
-        C::le => jcc::<{ C::le as u8 }>,
-        C::g => jcc::<{ C::g as u8 }>,
-        C::None => jmp_rel,
-    }
+    per_condition!(cc, jcc, jmp_rel)
 }
 
 /// ConditionCode by discriminant (for the const parameter above).

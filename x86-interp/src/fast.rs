@@ -458,26 +458,7 @@ fn branch_target(cpu: &Interpreter, p: &Pre) -> u64 {
 }
 
 fn jcc_fast(cc: ConditionCode) -> Handler {
-    use ConditionCode as C;
-    match cc {
-        C::o => jcc::<{ C::o as u8 }>,
-        C::no => jcc::<{ C::no as u8 }>,
-        C::b => jcc::<{ C::b as u8 }>,
-        C::ae => jcc::<{ C::ae as u8 }>,
-        C::e => jcc::<{ C::e as u8 }>,
-        C::ne => jcc::<{ C::ne as u8 }>,
-        C::be => jcc::<{ C::be as u8 }>,
-        C::a => jcc::<{ C::a as u8 }>,
-        C::s => jcc::<{ C::s as u8 }>,
-        C::ns => jcc::<{ C::ns as u8 }>,
-        C::p => jcc::<{ C::p as u8 }>,
-        C::np => jcc::<{ C::np as u8 }>,
-        C::l => jcc::<{ C::l as u8 }>,
-        C::ge => jcc::<{ C::ge as u8 }>,
-        C::le => jcc::<{ C::le as u8 }>,
-        C::g => jcc::<{ C::g as u8 }>,
-        C::None => jmp_rel,
-    }
+    crate::dispatch::per_condition!(cc, jcc, jmp_rel)
 }
 
 /// A condition evaluated from lazily recorded flags where that is direct:

@@ -83,22 +83,7 @@ impl Interpreter {
     pub(crate) fn exec_flow(&mut self, m: &GuestMemory, ins: &Instruction) -> Option<R<()>> {
         use Mnemonic as M;
         Some(match ins.mnemonic() {
-            M::Jo
-            | M::Jno
-            | M::Jb
-            | M::Jae
-            | M::Je
-            | M::Jne
-            | M::Jbe
-            | M::Ja
-            | M::Js
-            | M::Jns
-            | M::Jp
-            | M::Jnp
-            | M::Jl
-            | M::Jge
-            | M::Jle
-            | M::Jg => {
+            _ if ins.is_jcc_short_or_near() => {
                 if alu::cond(ins.condition_code(), self.s.rflags) {
                     let t = self.rel_target(ins);
                     self.jump(t)
