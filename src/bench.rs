@@ -432,7 +432,7 @@ fn timed_seek(image: &[u8], log_path: &std::path::Path, dir: &std::path::Path, u
     let log = replay::Log::read(log_path).map_err(|e| e.to_string())?;
     let mut m = bench_machine(image)?;
     let stem = crate::file_stem(log_path);
-    let start = crate::snapshots::seek(&mut m, dir, &stem, until, &log.header.config, &log.header.images)?
+    let start = xensim::snapshots::seek(&mut m, dir, &stem, until, &log.header.config, &log.header.images)?
         .map(|(_, start)| start);
     if start.is_none() {
         return Err(format!("no snapshot to seek from for icount {until}"));
@@ -470,7 +470,7 @@ fn seek_ms() -> Result<f64, String> {
     };
     let stem = crate::file_stem(&log_path);
     let mut snapper =
-        crate::snapshots::Snapshotter::new(dir.0.clone(), stem, Some(SEEK_SNAPSHOT_EVERY), Vec::new(), base, 0);
+        xensim::snapshots::Snapshotter::new(dir.0.clone(), stem, Some(SEEK_SNAPSHOT_EVERY), Vec::new(), base, 0);
     replay::replay_from(&mut m, &log, None, None, &mut |_| {}, &mut |m, n| {
         snapper.as_mut().map_or(Ok(()), |s| s.round(m, Some(n)))
     })

@@ -13,7 +13,7 @@ use xen_model::xenstore::socket_door::{SharedSocket, SocketDoor};
 
 mod bench;
 mod progress;
-mod snapshots;
+use xensim::snapshots;
 
 /// Exit statuses of `xensim run` besides the guest's own isa-debug-exit
 /// status (which is always odd, as QEMU makes it).
