@@ -124,7 +124,9 @@ impl XenPlatform {
             ctx.mem.map_overlay(gfn, page);
         }
         self.dom0.restore_state(s.dom0, ctx.mem)?;
+        let skip_free = self.evtchn.skip_free;
         self.evtchn = s.evtchn;
+        self.evtchn.skip_free = skip_free;
         self.vi = s.vi;
         self.vcpus = s.vcpus;
         self.callback = s.callback;
