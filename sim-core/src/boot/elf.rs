@@ -9,6 +9,7 @@ use crate::GuestMemory;
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
 const SHT_NOTE: u32 = 7;
 const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
@@ -18,6 +19,8 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProgramHeader {
     pub p_type: u32,
+    /// p_flags: PF_X (1), PF_W (2), PF_R (4).
+    pub flags: u32,
     pub offset: u64,
     pub vaddr: u64,
     pub paddr: u64,
@@ -118,6 +121,14 @@ impl<'a> Elf<'a> {
         self.phdrs.iter().filter(|p| p.p_type == PT_LOAD)
     }
 
+    /// The loaded segments with PF_X set, as the boot information lists them.
+    pub fn exec_segments(&self) -> Vec<super::ExecSegment> {
+        self.loads()
+            .filter(|p| p.flags & PF_X != 0 && p.filesz != 0)
+            .map(|p| super::ExecSegment { vaddr: p.vaddr, paddr: p.paddr, len: p.filesz })
+            .collect()
+    }
+
     /// The PVH entry point from a Xen PHYS32_ENTRY note, looked for in the
     /// PT_NOTE segments and, failing that, in SHT_NOTE sections.
     pub fn xen_phys32_entry(&self) -> Result<Option<u64>, String> {
@@ -211,6 +222,7 @@ fn read_phdr(b: &[u8], at: u64, class64: bool) -> Result<ProgramHeader, String> 
     Ok(if class64 {
         ProgramHeader {
             p_type: le(b, at, 4)? as u32,
+            flags: le(b, at + 4, 4)? as u32,
             offset: le(b, at + 8, 8)?,
             vaddr: le(b, at + 16, 8)?,
             paddr: le(b, at + 24, 8)?,
@@ -221,6 +233,7 @@ fn read_phdr(b: &[u8], at: u64, class64: bool) -> Result<ProgramHeader, String> 
     } else {
         ProgramHeader {
             p_type: le(b, at, 4)? as u32,
+            flags: le(b, at + 24, 4)? as u32,
             offset: le(b, at + 4, 4)?,
             vaddr: le(b, at + 8, 4)?,
             paddr: le(b, at + 12, 4)?,

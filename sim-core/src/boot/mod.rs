@@ -56,6 +56,19 @@ pub struct BootInfo {
     pub entry: ArchState,
     /// One past the highest guest-physical byte of the loaded kernel.
     pub kernel_end: u64,
+    /// The kernel's executable code as loaded (ELF PT_LOAD with PF_X; the
+    /// whole image for the Multiboot a.out kludge), for backends that look
+    /// for instruction sites in it (KVM's VMCALL breakpoints).
+    pub exec_segments: Vec<ExecSegment>,
+}
+
+/// One range of loaded kernel code: `len` bytes at guest-physical `paddr`,
+/// linked to run at `vaddr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecSegment {
+    pub vaddr: u64,
+    pub paddr: u64,
+    pub len: u64,
 }
 
 /// Why an image cannot be booted. Every message is one line that names the

@@ -12,10 +12,12 @@ struct Seg {
     vaddr: u64,
     data: Vec<u8>,
     memsz: u64,
+    /// p_flags (PF_X 1, PF_W 2, PF_R 4).
+    flags: u32,
 }
 
 fn seg(paddr: u64, data: &[u8], memsz: u64) -> Seg {
-    Seg { paddr, vaddr: paddr, data: data.to_vec(), memsz }
+    Seg { paddr, vaddr: paddr, data: data.to_vec(), memsz, flags: 0 }
 }
 
 /// An ELF note: namesz, descsz, type, name and desc each padded to 4.
@@ -78,10 +80,11 @@ fn elf(class64: bool, entry: u64, segs: &[Seg], notes: NotePlace) -> Vec<u8> {
     put(&mut f, b + 4, phnum as u64, 2);
     put(&mut f, b + 6, shsize as u64, 2);
     put(&mut f, b + 8, if shoff != 0 { 2 } else { 0 }, 2);
-    let phdr = |f: &mut Vec<u8>, ty: u32, off: usize, vaddr: u64, paddr: u64, filesz: u64, memsz: u64| {
+    let phdr = |f: &mut Vec<u8>, ty: u32, flags: u32, off: usize, vaddr: u64, paddr: u64, filesz: u64, memsz: u64| {
         let at = f.len();
         f.resize(at + phsize, 0);
         put(f, at, ty as u64, 4);
+        put(f, at + if class64 { 4 } else { 24 }, flags as u64, 4);
         if class64 {
             put(f, at + 8, off as u64, 8);
             put(f, at + 16, vaddr, 8);
@@ -99,10 +102,10 @@ fn elf(class64: bool, entry: u64, segs: &[Seg], notes: NotePlace) -> Vec<u8> {
         }
     };
     for (s, &off) in segs.iter().zip(&offsets) {
-        phdr(&mut f, 1, off, s.vaddr, s.paddr, s.data.len() as u64, s.memsz);
+        phdr(&mut f, 1, s.flags, off, s.vaddr, s.paddr, s.data.len() as u64, s.memsz);
     }
     if let NotePlace::Segment(n) = &notes {
-        phdr(&mut f, 4, note_off, 0, 0, n.len() as u64, 0);
+        phdr(&mut f, 4, 4, note_off, 0, 0, n.len() as u64, 0);
     }
     f.extend_from_slice(&note_bytes);
     for s in segs {
@@ -452,5 +455,18 @@ mod fuzz {
             img.truncate(cut);
             try_load(&mem, img);
         }
+    }
+}
+
+#[test]
+fn executable_segments_are_listed_for_both_elf_classes() {
+    for class64 in [false, true] {
+        let mem = dirty_mem(64);
+        let code = Seg { vaddr: 0xc010_0000, flags: 5, ..seg(0x100000, &[0x90; 0x40], 0x1000) };
+        let data = Seg { flags: 6, ..seg(0x200000, b"data", 0x10) };
+        let k = elf(class64, 0xc010_0000, &[code, data], NotePlace::Segment(phys32_note(0x100000, 4)));
+        let info = load(&mem, &config(k, Vec::new(), "")).unwrap();
+        // Only the R+X segment, with its file size (the bss part holds no code).
+        assert_eq!(info.exec_segments, [ExecSegment { vaddr: 0xc010_0000, paddr: 0x100000, len: 0x40 }]);
     }
 }
