@@ -21,16 +21,24 @@ pub const INSN_LEN: u64 = 3;
 /// DR0-DR3.
 pub const MAX_SITES: usize = 4;
 
+/// Both instructions.
+pub const BOTH: [[u8; 3]; 2] = [VMCALL, VMMCALL];
+
 /// Offsets in `code` where VMCALL or VMMCALL bytes start.
 pub fn scan(code: &[u8]) -> Vec<u64> {
-    code.windows(3).enumerate().filter(|(_, w)| *w == VMCALL || *w == VMMCALL).map(|(i, _)| i as u64).collect()
+    scan_for(code, &BOTH)
 }
 
-/// The linear addresses a VMCALL/VMMCALL in `segments` may execute at,
+/// Offsets in `code` where one of `insns` starts.
+pub fn scan_for(code: &[u8], insns: &[[u8; 3]]) -> Vec<u64> {
+    code.windows(3).enumerate().filter(|(_, w)| insns.iter().any(|i| i == w)).map(|(i, _)| i as u64).collect()
+}
+
+/// The linear addresses one of `insns` in `segments` may execute at,
 /// read from guest memory where the loader put them: the linked address,
 /// and also the physical one when they differ (a kernel's early code runs
 /// identity-mapped before it jumps to its link address). Sorted, deduplicated.
-pub fn find_sites(mem: &GuestMemory, segments: &[ExecSegment]) -> Vec<u64> {
+pub fn find_sites(mem: &GuestMemory, segments: &[ExecSegment], insns: &[[u8; 3]]) -> Vec<u64> {
     let mut sites = Vec::new();
     for s in segments {
         let Ok(len) = usize::try_from(s.len) else { continue };
@@ -38,7 +46,7 @@ pub fn find_sites(mem: &GuestMemory, segments: &[ExecSegment]) -> Vec<u64> {
         if mem.read(s.paddr, &mut code).is_err() {
             continue;
         }
-        for off in scan(&code) {
+        for off in scan_for(&code, insns) {
             sites.push(s.vaddr.wrapping_add(off));
             if s.paddr != s.vaddr {
                 sites.push(s.paddr.wrapping_add(off));
@@ -79,6 +87,50 @@ pub fn guest_debug(sites: &[u64]) -> Result<kvm_guest_debug, TooManySites> {
     Ok(d)
 }
 
+/// What arming the breakpoints for a kernel came to; one line for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Armed {
+    /// KVM intercepts every VMCALL itself (strategy 1): nothing to arm.
+    NotNeeded,
+    /// The kernel's code has no VMCALL/VMMCALL: it uses the hypercall page.
+    NoSites,
+    /// Breakpoints on these linear addresses.
+    Sites(Vec<u64>),
+    /// More sites than debug registers (even for the guest vendor's instruction).
+    TooMany(usize),
+    /// Sites found, but KVM cannot debug guests.
+    NoGuestDebug(usize),
+}
+
+impl Armed {
+    /// True when such a guest's direct hypercalls cannot reach the platform.
+    pub fn is_loss(&self) -> bool {
+        matches!(self, Armed::TooMany(_) | Armed::NoGuestDebug(_))
+    }
+}
+
+impl std::fmt::Display for Armed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Armed::NotNeeded => write!(f, "direct VMCALL/VMMCALL exits as KVM_EXIT_XEN; no breakpoints needed"),
+            Armed::NoSites => {
+                write!(f, "no VMCALL/VMMCALL in the kernel's code: hypercalls go through the hypercall page")
+            }
+            Armed::Sites(s) => write!(f, "hardware breakpoints on the kernel's VMCALL/VMMCALL sites {s:#x?}"),
+            Armed::TooMany(n) => write!(
+                f,
+                "the kernel has {n} VMCALL/VMMCALL sites but there are only {MAX_SITES} hardware breakpoints: \
+                 this guest cannot make direct hypercalls on this host"
+            ),
+            Armed::NoGuestDebug(n) => write!(
+                f,
+                "the kernel has {n} VMCALL/VMMCALL sites but this host's KVM has neither Xen support nor \
+                 guest debugging: this guest cannot make direct hypercalls on this host"
+            ),
+        }
+    }
+}
+
 /// Whether a debug exit (#DB, vector 1, at linear address `pc` with `dr6`)
 /// is one of our breakpoints: B0..B3 in DR6 (bits 0-3) name the register
 /// that matched; `pc` must be that register's site.
@@ -106,11 +158,12 @@ mod tests {
         mem.write(0x20_0000, &[0x0f, 0x01, 0xd9]).unwrap();
         let identity = ExecSegment { vaddr: 0x10_0000, paddr: 0x10_0000, len: 5 };
         let high = ExecSegment { vaddr: 0xffff_ffff_8120_0000, paddr: 0x20_0000, len: 3 };
-        assert_eq!(find_sites(&mem, &[identity]), [0x10_0001]);
-        assert_eq!(find_sites(&mem, &[identity, high]), [0x10_0001, 0x20_0000, 0xffff_ffff_8120_0000]);
+        assert_eq!(find_sites(&mem, &[identity], &BOTH), [0x10_0001]);
+        assert_eq!(find_sites(&mem, &[identity, high], &BOTH), [0x10_0001, 0x20_0000, 0xffff_ffff_8120_0000]);
+        assert_eq!(find_sites(&mem, &[identity, high], &[VMMCALL]), [0x20_0000, 0xffff_ffff_8120_0000]);
         // A segment outside RAM is skipped, not a panic.
         let outside = ExecSegment { vaddr: 0, paddr: 0x1_0000_0000, len: 16 };
-        assert!(find_sites(&mem, &[outside]).is_empty());
+        assert!(find_sites(&mem, &[outside], &BOTH).is_empty());
     }
 
     #[test]

@@ -9,14 +9,15 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
-use sim_core::cpuid::CpuidTable;
+use sim_core::boot::ExecSegment;
+use sim_core::cpuid::{CpuidTable, Vendor};
 use sim_core::memory::GuestMemory;
 use sim_core::msr::{self, MsrOwner};
 use sim_core::vcpu::{Vcpu, VcpuError};
 
 use crate::caps::KvmCaps;
 use crate::error::KvmError;
-use crate::guest_debug;
+use crate::guest_debug::{self, Armed};
 use crate::hypercall::{DirectCalls, HypercallStrategy};
 use crate::slots::{self, SlotTable};
 use crate::vcpu::KvmVcpu;
@@ -92,6 +93,31 @@ impl KvmVm {
         let mut s = self.hypercall_sites.lock().unwrap_or_else(|p| p.into_inner());
         *s = (s.0 + 1, Arc::new(sites.to_vec()));
         Ok(())
+    }
+
+    /// Find the VMCALL/VMMCALL sites in a loaded kernel's `code` and arm a
+    /// breakpoint on each (strategy 3). With more than four, only the
+    /// instruction of the guest's CPU `vendor` is kept (Linux picks its
+    /// hypercall function by vendor).
+    pub fn arm_direct_calls(&self, mem: &GuestMemory, code: &[ExecSegment], vendor: Vendor) -> Armed {
+        if self.direct_calls() == DirectCalls::Intercepted {
+            return Armed::NotNeeded;
+        }
+        let mut sites = guest_debug::find_sites(mem, code, &guest_debug::BOTH);
+        if sites.len() > guest_debug::MAX_SITES {
+            let own = if vendor == Vendor::Amd { guest_debug::VMMCALL } else { guest_debug::VMCALL };
+            sites = guest_debug::find_sites(mem, code, &[own]);
+        }
+        if sites.is_empty() {
+            return Armed::NoSites;
+        }
+        if self.direct_calls() == DirectCalls::Lost {
+            return Armed::NoGuestDebug(sites.len());
+        }
+        match self.set_hypercall_sites(&sites) {
+            Ok(()) => Armed::Sites(sites),
+            Err(e) => Armed::TooMany(e.0),
+        }
     }
 
     /// The breakpoint sites and their generation.
