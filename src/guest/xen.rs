@@ -410,3 +410,88 @@ pub fn xen_gsi_upcalls_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError>
     g.exit(0)?;
     g.build(Boot::Pvh)
 }
+
+/// What `xen_two_vcpus_via` prints when the platform behaves.
+pub const XEN_TWO_VCPUS_EXPECTED: &str = "vcpu 0: shared_info mapped\nvcpu 0: starting vcpu 1\nvcpu 1: up\n\
+vcpu 1: vcpu 0 is up\nvcpu 0: vcpu 1 reported in\n";
+
+/// VCPUOP_* used by the two-vCPU guest (xen/include/public/vcpu.h).
+const VCPUOP_INITIALISE: u64 = 0;
+const VCPUOP_UP: u64 = 1;
+const VCPUOP_IS_UP: u64 = 3;
+
+/// Two vCPUs (PVH, long mode; run it on a 2-vCPU machine): vCPU 0 maps
+/// shared_info (vcpu_info must exist before VCPUOP_initialise), starts
+/// vCPU 1 with VCPUOP_initialise (a 64-bit `vcpu_hvm_context`: its own
+/// CR0/CR3/CR4/EFER, a stack of its own, RIP at the AP's code) and
+/// VCPUOP_up, then yields until vCPU 1 sets a flag in shared memory. vCPU 1
+/// prints, makes a hypercall of its own (VCPUOP_is_up for vCPU 0), sets the
+/// flag and stops. See `XEN_TWO_VCPUS_EXPECTED`.
+pub fn xen_two_vcpus_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let via = Via::setup(&mut g, entry)?;
+    let args = g.scratch(64, 64);
+    let flag = g.scratch(4, 4);
+    let ctx = g.scratch(256, 64);
+    let ap_stack = g.scratch(4096, 4096) + 4096;
+    let (mut ap, mut main) = (g.a.create_label(), g.a.create_label());
+    g.a.jmp(main)?;
+
+    // vCPU 1 starts here, in long mode with a flat CS and its own stack.
+    g.a.set_label(&mut ap)?;
+    g.print("vcpu 1: up\n")?;
+    hypercall(&mut g, via, 24, VCPUOP_IS_UP, 0, 0)?;
+    expect(&mut g, 1, "vcpu 1: is_up(0)")?;
+    g.print("vcpu 1: vcpu 0 is up\n")?;
+    g.a.mov(dword_ptr(flag), 1u32)?;
+    g.halt()?;
+
+    g.a.set_label(&mut main)?;
+    // XENMEM_add_to_physmap {DOMID_SELF, 0, XENMAPSPACE_shared_info, idx 0, gpfn}
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(qword_ptr(args + 8), 0i32)?;
+    g.a.mov(rax, SHARED_INFO_GFN)?;
+    g.a.mov(qword_ptr(args + 16), rax)?;
+    hypercall(&mut g, via, 12, 7, args, 0)?;
+    expect(&mut g, 0, "add_to_physmap")?;
+    g.print("vcpu 0: shared_info mapped\n")?;
+
+    // struct vcpu_hvm_context: mode (VCPU_HVM_MODE_64B = 1), pad, then
+    // x86_64 regs: rax rcx rdx rbx rsp rbp rsi rdi at 8..72, rip 72,
+    // rflags 80, cr0 88, cr3 96, cr4 104, efer 112.
+    g.a.mov(dword_ptr(ctx), 1u32)?;
+    g.a.mov(rax, ap_stack)?;
+    g.a.mov(qword_ptr(ctx + 8 + 4 * 8), rax)?;
+    g.a.lea(rax, ptr(ap))?;
+    g.a.mov(qword_ptr(ctx + 72), rax)?;
+    g.a.mov(qword_ptr(ctx + 80), 2i32)?;
+    g.a.mov(rax, cr0)?;
+    g.a.mov(qword_ptr(ctx + 88), rax)?;
+    g.a.mov(rax, cr3)?;
+    g.a.mov(qword_ptr(ctx + 96), rax)?;
+    g.a.mov(rax, cr4)?;
+    g.a.mov(qword_ptr(ctx + 104), rax)?;
+    g.a.mov(ecx, 0xc000_0080u32)?; // IA32_EFER
+    g.a.rdmsr()?;
+    g.a.shl(rdx, 32)?;
+    g.a.or(rax, rdx)?;
+    g.a.mov(qword_ptr(ctx + 112), rax)?;
+    g.print("vcpu 0: starting vcpu 1\n")?;
+    hypercall(&mut g, via, 24, VCPUOP_INITIALISE, 1, ctx)?;
+    expect(&mut g, 0, "initialise")?;
+    hypercall(&mut g, via, 24, VCPUOP_UP, 1, 0)?;
+    expect(&mut g, 0, "up")?;
+
+    // Wait for vCPU 1, giving it the CPU with SCHEDOP_yield.
+    let (mut wait, mut done) = (g.a.create_label(), g.a.create_label());
+    g.a.set_label(&mut wait)?;
+    g.a.cmp(dword_ptr(flag), 1)?;
+    g.a.je(done)?;
+    hypercall(&mut g, via, 29, 0, 0, 0)?;
+    g.a.jmp(wait)?;
+    g.a.set_label(&mut done)?;
+    g.print("vcpu 0: vcpu 1 reported in\n")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
