@@ -119,6 +119,17 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig) -> Result<BootInfo, BootError> 
     }
 }
 
+/// The link address and size of each of `names` in `kernel`'s ELF symbol
+/// table (.symtab), for backends that look for code by name (KVM's VMCALL
+/// breakpoints in Linux's xen_hypercall_intel). Empty for images that are
+/// not ELF, have no symbols or a malformed table; names not found are left out.
+pub fn kernel_symbols(kernel: &[u8], names: &[&str]) -> Vec<(String, u64, u64)> {
+    match elf::Elf::parse(kernel) {
+        Ok(Some(e)) => e.symbols(names).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 fn malformed(file: &str, format: &'static str, what: String) -> BootError {
     BootError::Malformed { file: file.to_string(), format, what }
 }
