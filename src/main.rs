@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kvm_backend::HypercallStrategy;
+use kvm_backend::{guest_debug, HypercallStrategy};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
 use sim_core::platform::ShutdownReason;
@@ -385,12 +385,17 @@ fn build_machine(
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
     let (mut machine, vm) = cpus.machine_and_vm(config, sink)?;
+    let funcs = match vm {
+        Some(_) => sim_core::boot::kernel_symbols(&kernel.bytes, &guest_debug::LINUX_HYPERCALL_FUNCTIONS),
+        None => Vec::new(),
+    };
     let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
     if let Some(vm) = vm {
         // Strategy 3: the kernel's own VMCALL/VMMCALL sites, if any.
-        let armed = vm.arm_direct_calls(&machine.mem, &info.exec_segments, machine.cpuid().vendor());
+        let code = guest_debug::hypercall_code(&info.exec_segments, &funcs);
+        let armed = vm.arm_direct_calls(&machine.mem, &code, machine.cpuid().vendor());
         if armed.is_loss() {
             tracing::warn!("KVM: {armed}");
         } else {

@@ -24,6 +24,29 @@ pub const MAX_SITES: usize = 4;
 /// Both instructions.
 pub const BOTH: [[u8; 3]; 2] = [VMCALL, VMMCALL];
 
+/// Linux's hypercall functions since XSA-466 (arch/x86/xen/xen-head.S):
+/// where its VMCALL and VMMCALL are, when the kernel has a symbol table.
+pub const LINUX_HYPERCALL_FUNCTIONS: [&str; 2] = ["xen_hypercall_intel", "xen_hypercall_amd"];
+
+/// The code to scan for sites: with named hypercall functions `funcs`
+/// (link address, size), only those functions (in the executable segment
+/// that holds each); without, all of `code`. A kernel's whole text holds
+/// other VMCALLs (KVM's and VMware's paravirt calls) and stray 0F 01 C1
+/// bytes inside other instructions, more than the four breakpoints.
+pub fn hypercall_code(code: &[ExecSegment], funcs: &[(String, u64, u64)]) -> Vec<ExecSegment> {
+    if funcs.is_empty() {
+        return code.to_vec();
+    }
+    funcs
+        .iter()
+        .filter_map(|&(_, at, size)| {
+            let s = code.iter().find(|s| at >= s.vaddr && at - s.vaddr < s.len)?;
+            let off = at - s.vaddr;
+            Some(ExecSegment { vaddr: at, paddr: s.paddr.wrapping_add(off), len: size.min(s.len - off) })
+        })
+        .collect()
+}
+
 /// Offsets in `code` where VMCALL or VMMCALL bytes start.
 pub fn scan(code: &[u8]) -> Vec<u64> {
     scan_for(code, &BOTH)
@@ -164,6 +187,25 @@ mod tests {
         // A segment outside RAM is skipped, not a panic.
         let outside = ExecSegment { vaddr: 0, paddr: 0x1_0000_0000, len: 16 };
         assert!(find_sites(&mem, &[outside], &BOTH).is_empty());
+    }
+
+    #[test]
+    fn named_functions_narrow_the_scan_to_their_bytes() {
+        let text = ExecSegment { vaddr: 0xffff_ffff_8100_0000, paddr: 0x100_0000, len: 0x10_0000 };
+        let all = [text];
+        assert_eq!(hypercall_code(&all, &[]), all);
+        let funcs = [
+            ("xen_hypercall_intel".to_string(), 0xffff_ffff_8100_2000, 0xc),
+            ("xen_hypercall_amd".to_string(), 0xffff_ffff_810f_fff8, 0x20), // runs past the segment: clipped
+            ("elsewhere".to_string(), 0x1000, 0x10),                        // in no segment: dropped
+        ];
+        assert_eq!(
+            hypercall_code(&all, &funcs),
+            [
+                ExecSegment { vaddr: 0xffff_ffff_8100_2000, paddr: 0x100_2000, len: 0xc },
+                ExecSegment { vaddr: 0xffff_ffff_810f_fff8, paddr: 0x10f_fff8, len: 8 },
+            ]
+        );
     }
 
     #[test]

@@ -151,9 +151,11 @@ pub fn xen_machine(
     .expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
+    let funcs = sim_core::boot::kernel_symbols(&kernel, &kvm_backend::guest_debug::LINUX_HYPERCALL_FUNCTIONS);
     let info = m.boot(boot_config(kernel, &Run::default())).expect("boot");
     if let Cpu::Kvm(vm) = cpu {
-        let armed = vm.arm_direct_calls(&m.mem, &info.exec_segments, m.cpuid().vendor());
+        let code = kvm_backend::guest_debug::hypercall_code(&info.exec_segments, &funcs);
+        let armed = vm.arm_direct_calls(&m.mem, &code, m.cpuid().vendor());
         assert!(!armed.is_loss(), "{armed}");
     }
     (m, cap)
