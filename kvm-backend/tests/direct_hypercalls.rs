@@ -129,3 +129,24 @@ fn the_guests_own_single_step_is_not_a_hypercall() {
     assert_eq!(t.exits, [VcpuExit::Halt]);
     assert_eq!(v.gprs()[gpr::RDX], 0xdb, "the guest's #DB handler ran");
 }
+
+/// A call the platform never answers (no `set_gprs`) still completes when
+/// the vCPU runs on: RAX = -ENOSYS, RIP past the VMCALL, no second exit.
+#[test]
+fn an_unanswered_call_completes_with_enosys() {
+    let Some(vm) = kvm_or_skip("an_unanswered_call_completes_with_enosys") else { return };
+    if vm.direct_calls() != DirectCalls::Breakpoints {
+        return;
+    }
+    let (mem, s, site) = guest(false);
+    vm.set_hypercall_sites(&[site]).unwrap();
+    let mut v = KvmVm::create_vcpu(&vm, 0, 1, cpuid()).unwrap();
+    v.set_state(&s);
+    if v.run(&mem, 1_000_000).unwrap() != VcpuExit::Hypercall {
+        eprintln!("skipping: no KVM_EXIT_DEBUG on this host");
+        return;
+    }
+    let t = run_bare(v.as_mut(), &mem, 5);
+    assert_eq!(t.exits, [VcpuExit::Halt]);
+    assert_eq!(v.gprs()[gpr::RCX] as u32, (-38i32) as u32);
+}
