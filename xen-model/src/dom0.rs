@@ -304,17 +304,22 @@ impl RingPage {
         RingPageState { contents, pfn: self.pfn, port: self.port }
     }
 
-    /// A page with the saved contents, mapped at its frame while attached.
-    fn restore(s: &RingPageState, mem: &mut sim_core::GuestMemory, attached: bool) -> Result<Self, String> {
+    fn check(s: &RingPageState) -> Result<(), String> {
         if s.contents.len() != 4096 {
             return Err(format!("Xen state: ring page at frame {:#x} is not one page", s.pfn));
         }
-        let page = OverlayPage::new();
+        Ok(())
+    }
+
+    /// A page with the saved contents (`old`'s page if any: its mappings
+    /// were dropped), mapped at its frame while attached.
+    fn restore(s: &RingPageState, mem: &mut sim_core::GuestMemory, attached: bool, old: Option<Self>) -> Self {
+        let page = old.map(|o| o.page).unwrap_or_default();
         page.write(0, &s.contents);
         if attached {
             mem.map_overlay(s.pfn, page.clone());
         }
-        Ok(RingPage { page, pfn: s.pfn, port: s.port })
+        RingPage { page, pfn: s.pfn, port: s.port }
     }
 }
 
@@ -334,14 +339,12 @@ impl Dom0 {
 
     /// Restore into guest memory whose overlays were cleared; the sink stays.
     pub(crate) fn restore_state(&mut self, s: Dom0State, mem: &mut sim_core::GuestMemory) -> Result<(), String> {
-        let xs = match &s.xs {
-            Some((p, server)) => Some((RingPage::restore(p, mem, s.attached)?, server.clone())),
-            None => None,
-        };
-        let console = match &s.console {
-            Some(p) => Some(RingPage::restore(p, mem, s.attached)?),
-            None => None,
-        };
+        for p in s.xs.iter().map(|x| &x.0).chain(&s.console) {
+            RingPage::check(p)?;
+        }
+        let old_xs = self.xs.take().map(|x| x.0);
+        let xs = s.xs.as_ref().map(|(p, server)| (RingPage::restore(p, mem, s.attached, old_xs), server.clone()));
+        let console = s.console.as_ref().map(|p| RingPage::restore(p, mem, s.attached, self.console.take()));
         self.store = s.store;
         self.xs = xs;
         self.console = console;

@@ -4,6 +4,11 @@
 //! table with its frames and where they are mapped. Restoring re-creates
 //! the overlay pages and maps them into guest memory where the guest had
 //! them. Timers are the machine's (its queue is in its own state).
+//!
+//! A `Checkpoint` is the same state kept in memory, for callers that reset
+//! one platform many times (the fuzz targets): restoring it skips encoding,
+//! and both restores write into the overlay pages the platform already has
+//! instead of allocating new ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +22,7 @@ use crate::gnttab::GrantTableState;
 use crate::hvm::{Callback, HVM_NR_PARAMS};
 use crate::shared_info::VcpuInfoAt;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct XenState {
     nr_vcpus: u32,
     dom0: crate::dom0::Dom0State,
@@ -41,8 +46,33 @@ struct XenState {
     pending_start: BTreeMap<u32, Box<sim_core::ArchState>>,
 }
 
+/// The platform's state held in memory (see the module comment).
+#[derive(Clone)]
+pub struct Checkpoint(XenState);
+
 impl XenPlatform {
     pub(super) fn save_snapshot(&self) -> Vec<u8> {
+        rmp_serde::to_vec(&self.state()).unwrap_or_default()
+    }
+
+    pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
+        let s: XenState = rmp_serde::from_slice(data).map_err(|e| format!("undecodable Xen state ({e})"))?;
+        self.restore_state(ctx, s)
+    }
+
+    /// The whole state, as `Platform::save` has it, without encoding.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint(self.state())
+    }
+
+    /// Back to `cp`, exactly as `Platform::restore` of the same state would
+    /// do: every overlay in guest memory is dropped and the platform's pages
+    /// are mapped again where `cp` had them. Guest RAM is the caller's.
+    pub fn restore_checkpoint(&mut self, ctx: &mut PlatformCtx, cp: &Checkpoint) -> Result<(), String> {
+        self.restore_state(ctx, cp.0.clone())
+    }
+
+    fn state(&self) -> XenState {
         // Destructured so that a new field fails to compile until it is
         // saved here (or named as configuration / transient).
         let XenPlatform {
@@ -70,7 +100,7 @@ impl XenPlatform {
         } = self;
         let mut shinfo_page = vec![0u8; 4096];
         shinfo.page().read(0, &mut shinfo_page);
-        let state = XenState {
+        XenState {
             nr_vcpus: *nr_vcpus,
             dom0: dom0.save_state(),
             shinfo_page,
@@ -91,12 +121,10 @@ impl XenPlatform {
             pirq_level: pirq_level.clone(),
             soft_resets: *soft_resets,
             pending_start: pending_start.clone(),
-        };
-        rmp_serde::to_vec(&state).unwrap_or_default()
+        }
     }
 
-    pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
-        let s: XenState = rmp_serde::from_slice(data).map_err(|e| format!("undecodable Xen state ({e})"))?;
+    fn restore_state(&mut self, ctx: &mut PlatformCtx, s: XenState) -> Result<(), String> {
         let n = self.nr_vcpus;
         if s.nr_vcpus != n || s.vi.len() != n as usize || s.vcpus.len() != n as usize {
             return Err(format!("Xen state for {} vCPUs, this platform has {n}", s.nr_vcpus));
