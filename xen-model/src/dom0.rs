@@ -338,17 +338,22 @@ impl Dom0 {
     }
 
     /// Restore into guest memory whose overlays were cleared; the sink stays.
-    pub(crate) fn restore_state(&mut self, s: Dom0State, mem: &mut sim_core::GuestMemory) -> Result<(), String> {
+    pub(crate) fn restore_state(&mut self, s: &Dom0State, mem: &mut sim_core::GuestMemory) -> Result<(), String> {
         for p in s.xs.iter().map(|x| &x.0).chain(&s.console) {
             RingPage::check(p)?;
         }
         let old_xs = self.xs.take().map(|x| x.0);
         let xs = s.xs.as_ref().map(|(p, server)| (RingPage::restore(p, mem, s.attached, old_xs), server.clone()));
         let console = s.console.as_ref().map(|p| RingPage::restore(p, mem, s.attached, self.console.take()));
-        self.store = s.store;
+        // Resetting to a checkpoint often finds the store untouched: comparing
+        // is much cheaper than rebuilding the tree.
+        if self.store != s.store {
+            self.store = s.store.clone();
+        }
         self.xs = xs;
         self.console = console;
-        self.clients = s.clients.into_iter().map(|(n, (conn, asm))| (n, SocketClient { conn, asm })).collect();
+        self.clients =
+            s.clients.iter().map(|(&n, (conn, asm))| (n, SocketClient { conn: *conn, asm: asm.clone() })).collect();
         self.attached = s.attached;
         self.resets_seen = s.resets_seen;
         Ok(())

@@ -57,7 +57,7 @@ impl XenPlatform {
 
     pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
         let s: XenState = rmp_serde::from_slice(data).map_err(|e| format!("undecodable Xen state ({e})"))?;
-        self.restore_state(ctx, s)
+        self.restore_state(ctx, &s)
     }
 
     /// The whole state, as `Platform::save` has it, without encoding.
@@ -69,7 +69,7 @@ impl XenPlatform {
     /// do: every overlay in guest memory is dropped and the platform's pages
     /// are mapped again where `cp` had them. Guest RAM is the caller's.
     pub fn restore_checkpoint(&mut self, ctx: &mut PlatformCtx, cp: &Checkpoint) -> Result<(), String> {
-        self.restore_state(ctx, cp.0.clone())
+        self.restore_state(ctx, &cp.0)
     }
 
     fn state(&self) -> XenState {
@@ -124,7 +124,7 @@ impl XenPlatform {
         }
     }
 
-    fn restore_state(&mut self, ctx: &mut PlatformCtx, s: XenState) -> Result<(), String> {
+    fn restore_state(&mut self, ctx: &mut PlatformCtx, s: &XenState) -> Result<(), String> {
         let n = self.nr_vcpus;
         if s.nr_vcpus != n || s.vi.len() != n as usize || s.vcpus.len() != n as usize {
             return Err(format!("Xen state for {} vCPUs, this platform has {n}", s.nr_vcpus));
@@ -151,21 +151,21 @@ impl XenPlatform {
             let page = self.gnttab.existing_frame(idx, status).cloned().unwrap_or_else(OverlayPage::new);
             ctx.mem.map_overlay(gfn, page);
         }
-        self.dom0.restore_state(s.dom0, ctx.mem)?;
-        self.evtchn = s.evtchn;
-        self.vi = s.vi;
-        self.vcpus = s.vcpus;
+        self.dom0.restore_state(&s.dom0, ctx.mem)?;
+        self.evtchn.clone_from(&s.evtchn);
+        self.vi.clone_from(&s.vi);
+        self.vcpus.clone_from(&s.vcpus);
         self.callback = s.callback;
         self.callback_gsi_high = s.callback_gsi_high;
         self.params.copy_from_slice(&s.params);
-        self.grant_maps = s.grant_maps;
-        self.warned = s.warned;
+        self.grant_maps.clone_from(&s.grant_maps);
+        self.warned.clone_from(&s.warned);
         self.shutdown_code = s.shutdown_code;
         self.vm_assist = s.vm_assist;
-        self.pirq_gsi = s.pirq_gsi;
-        self.pirq_level = s.pirq_level;
+        self.pirq_gsi.clone_from(&s.pirq_gsi);
+        self.pirq_level.clone_from(&s.pirq_level);
         self.soft_resets = s.soft_resets;
-        self.pending_start = s.pending_start;
+        self.pending_start.clone_from(&s.pending_start);
         self.effect = PlatformEffect::None;
         Ok(())
     }
