@@ -11,6 +11,7 @@
 //! instead of allocating new ones.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sim_core::platform::{PlatformCtx, PlatformEffect};
@@ -46,9 +47,15 @@ struct XenState {
     pending_start: BTreeMap<u32, Box<sim_core::ArchState>>,
 }
 
-/// The platform's state held in memory (see the module comment).
+/// The platform's state held in memory (see the module comment), with a
+/// number no other checkpoint has.
 #[derive(Clone)]
-pub struct Checkpoint(XenState);
+pub struct Checkpoint {
+    state: XenState,
+    id: u64,
+}
+
+static NEXT_CHECKPOINT: AtomicU64 = AtomicU64::new(0);
 
 impl XenPlatform {
     pub(super) fn save_snapshot(&self) -> Vec<u8> {
@@ -57,19 +64,19 @@ impl XenPlatform {
 
     pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
         let s: XenState = rmp_serde::from_slice(data).map_err(|e| format!("undecodable Xen state ({e})"))?;
-        self.restore_state(ctx, &s)
+        self.restore_state(ctx, &s, None)
     }
 
     /// The whole state, as `Platform::save` has it, without encoding.
     pub fn checkpoint(&self) -> Checkpoint {
-        Checkpoint(self.state())
+        Checkpoint { state: self.state(), id: NEXT_CHECKPOINT.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// Back to `cp`, exactly as `Platform::restore` of the same state would
     /// do: every overlay in guest memory is dropped and the platform's pages
     /// are mapped again where `cp` had them. Guest RAM is the caller's.
     pub fn restore_checkpoint(&mut self, ctx: &mut PlatformCtx, cp: &Checkpoint) -> Result<(), String> {
-        self.restore_state(ctx, &cp.0)
+        self.restore_state(ctx, &cp.state, Some(cp.id))
     }
 
     fn state(&self) -> XenState {
@@ -124,7 +131,7 @@ impl XenPlatform {
         }
     }
 
-    fn restore_state(&mut self, ctx: &mut PlatformCtx, s: &XenState) -> Result<(), String> {
+    fn restore_state(&mut self, ctx: &mut PlatformCtx, s: &XenState, checkpoint: Option<u64>) -> Result<(), String> {
         let n = self.nr_vcpus;
         if s.nr_vcpus != n || s.vi.len() != n as usize || s.vcpus.len() != n as usize {
             return Err(format!("Xen state for {} vCPUs, this platform has {n}", s.nr_vcpus));
@@ -151,7 +158,7 @@ impl XenPlatform {
             let page = self.gnttab.existing_frame(idx, status).cloned().unwrap_or_else(OverlayPage::new);
             ctx.mem.map_overlay(gfn, page);
         }
-        self.dom0.restore_state(&s.dom0, ctx.mem)?;
+        self.dom0.restore_state(&s.dom0, ctx.mem, checkpoint)?;
         self.evtchn.clone_from(&s.evtchn);
         self.vi.clone_from(&s.vi);
         self.vcpus.clone_from(&s.vcpus);

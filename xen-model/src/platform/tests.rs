@@ -854,6 +854,14 @@ fn a_checkpoint_restores_the_platform_and_its_overlays_in_place() {
     guest_xs_request(&mut r, 2, 9, b"domid\0");
     r.sync();
     assert_eq!(&guest_xs_replies(&mut r)[16..], b"1");
+    // Restored again after a store change, and again with none.
+    guest_xs_request(&mut r, 11, 2, b"data/z\0w");
+    r.sync();
+    r.p.restore_checkpoint(ctx!(r), &cp).unwrap();
+    assert!(r.p.xenstore().tree().get("/local/domain/1/data/z").is_none());
+    assert_eq!(r.p.save(), saved);
+    r.p.restore_checkpoint(ctx!(r), &cp).unwrap();
+    assert_eq!(r.p.save(), saved);
 }
 
 trait ConcatFor {
