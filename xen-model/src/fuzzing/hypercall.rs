@@ -270,9 +270,9 @@ fn execute(r: &mut Rig, input: &Input, mut trace: Option<&mut Trace>) -> Result<
         tainted |= r.p.shinfo.gfn.is_some()
             || r.p.vi.iter().any(|v| matches!(v, VcpuInfoAt::Guest(_)))
             || r.p.shinfo.compat() != compat0;
-        check(r, tainted, false).map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
+        check(r, tainted, Checks::after(step)).map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
     }
-    check(r, tainted, true).map_err(|e| format!("at the end: {e}"))
+    check(r, tainted, Checks::ALL).map_err(|e| format!("at the end: {e}"))
 }
 
 /// One platform per shape, built once per thread and reset before each
@@ -496,24 +496,64 @@ fn guest_grant(r: &mut Rig, gref: u32, flags: u16, domid: u16, frame: u32) {
     page.write(off, &e[0..2]);
 }
 
-/// The platform's invariants. `tainted`: the guest could have edited the
-/// event-channel bits directly, so only structural checks apply to them.
-/// `full`: also scan every grant entry (once per input: it is slow).
-pub fn check(r: &Rig, tainted: bool, full: bool) -> Result<(), String> {
-    let p = &r.p;
-    p.evtchn.check_invariants()?;
-    if !tainted {
-        check_delivery(r)?;
+/// Which invariants to check: after a step, those over the state the step
+/// can change (the rest cannot have broken); at the end, all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// Event-channel tables and the 2-level delivery chain.
+    pub evtchn: bool,
+    /// Grant-table bookkeeping; `full` also scans every entry (slow).
+    pub gnttab: bool,
+    pub full: bool,
+    /// Overlays, the callback, Xen's registers.
+    pub platform: bool,
+}
+
+impl Checks {
+    pub const ALL: Checks = Checks { evtchn: true, gnttab: true, full: true, platform: true };
+
+    /// What `step` can reach. A hypercall, a platform call (`sync` and
+    /// everything that calls it) or a timer can change anything; the rest
+    /// touch one model each, or only guest RAM and the clock (a guest RAM
+    /// write can break no invariant: overlay pages are not written, and
+    /// once event bits live in guest RAM the delivery check is off).
+    pub fn after(step: &Step) -> Checks {
+        let none = Checks { evtchn: false, gnttab: false, full: false, platform: false };
+        match step {
+            Step::Poke { .. } | Step::Advance(_) => none,
+            Step::Grant { .. } | Step::BackendMap { .. } | Step::BackendUnmap(_) => Checks { gnttab: true, ..none },
+            Step::Mask { masked: true, .. }
+            | Step::BackendBind(_)
+            | Step::BackendAllocUnbound
+            | Step::BackendPending(_)
+            | Step::BackendUnbind(_) => Checks { evtchn: true, ..none },
+            _ => Checks { full: false, ..Checks::ALL },
+        }
     }
-    if p.grant_maps.is_empty() {
+}
+
+/// The platform's invariants (those `which` names). `tainted`: the guest
+/// could have edited the event-channel bits directly, so only structural
+/// checks apply to them.
+pub fn check(r: &Rig, tainted: bool, which: Checks) -> Result<(), String> {
+    let p = &r.p;
+    if which.evtchn {
+        p.evtchn.check_invariants()?;
+        if !tainted {
+            check_delivery(r)?;
+        }
+    }
+    if which.gnttab && p.grant_maps.is_empty() {
         // No table frame is in the guest's physmap, so nobody but Xen wrote
         // the access bits.
-        p.gnttab.check_invariants(full)?;
+        p.gnttab.check_invariants(which.full)?;
     }
-    check_overlays(r)?;
-    if let Callback::Vector(v) = p.callback {
-        if v < 0x10 {
-            return Err(format!("callback vector {v:#x} below 0x10"));
+    if which.platform {
+        check_overlays(r)?;
+        if let Callback::Vector(v) = p.callback {
+            if v < 0x10 {
+                return Err(format!("callback vector {v:#x} below 0x10"));
+            }
         }
     }
     if r.cpu.s.efer & efer::LMA == 0 && r.cpu.s.gpr[0] >> 32 != 0 {
