@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use kvm_backend::{guest_debug, HypercallStrategy};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
 use sim_core::platform::ShutdownReason;
@@ -202,17 +205,23 @@ impl Cpus {
             Backend::Kvm => {
                 let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
                 tracing::info!(caps = ?vm.caps(), "KVM");
-                tracing::info!("KVM hypercall interception: {}", vm.hypercall_strategy().describe());
+                tracing::info!(
+                    "KVM hypercall interception: {:?}: {}; {}",
+                    vm.hypercall_strategy(),
+                    vm.hypercall_strategy().describe(),
+                    vm.direct_calls().describe()
+                );
                 Ok(Cpus::Kvm)
             }
         }
     }
 
-    /// How the Xen platform's hypercall page must enter the hypervisor.
-    pub fn hypercall_gate(&self) -> HypercallGate {
-        match self {
-            Cpus::Interp => HypercallGate::Native,
-            Cpus::Kvm => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
+    /// How the Xen platform's hypercall page must enter the hypervisor on
+    /// `vm` (None: the interpreter).
+    fn hypercall_gate(vm: Option<&kvm_backend::KvmVm>) -> HypercallGate {
+        match vm.map(|vm| vm.hypercall_strategy()) {
+            None | Some(HypercallStrategy::XenHvm) => HypercallGate::Native,
+            Some(HypercallStrategy::PortStub) => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
         }
     }
 
@@ -228,22 +237,33 @@ impl Cpus {
         config: MachineConfig,
         sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
     ) -> Result<Machine, String> {
-        let xen = XenConfig { hypercall_gate: self.hypercall_gate(), ..Default::default() }.with_pv_rings();
+        self.machine_and_vm(config, sink).map(|(m, _)| m)
+    }
+
+    /// As `machine_with`, also returning the KVM VM (None on the interpreter).
+    fn machine_and_vm(
+        &self,
+        config: MachineConfig,
+        sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
+    ) -> Result<(Machine, Option<Arc<kvm_backend::KvmVm>>), String> {
+        let vm = match self {
+            Cpus::Interp => None,
+            Cpus::Kvm => Some(kvm_backend::KvmVm::new().map_err(|e| e.to_string())?),
+        };
+        let gate = Self::hypercall_gate(vm.as_deref());
+        let xen = XenConfig { hypercall_gate: gate, ..Default::default() }.with_pv_rings();
         let mut xen = XenPlatform::new(xen, config.cpus);
         if let Some(sink) = sink {
             xen.set_xenstore_sink(sink);
         }
         let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(xen));
-        let m = match self {
-            Cpus::Interp => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
+        let m = match &vm {
+            None => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
                 Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
             }),
-            Cpus::Kvm => {
-                let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
-                Machine::with_platform(config, platform, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid))
-            }
+            Some(vm) => Machine::with_platform(config, platform, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid)),
         };
-        m.map_err(|e| e.to_string())
+        m.map(|m| (m, vm)).map_err(|e| e.to_string())
     }
 }
 
@@ -364,10 +384,24 @@ fn build_machine(
     cmdline: String,
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
-    let mut machine = cpus.machine_with(config, sink)?;
+    let (mut machine, vm) = cpus.machine_and_vm(config, sink)?;
+    let funcs = match vm {
+        Some(_) => sim_core::boot::kernel_symbols(&kernel.bytes, &guest_debug::LINUX_HYPERCALL_FUNCTIONS),
+        None => Vec::new(),
+    };
     let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
+    if let Some(vm) = vm {
+        // Strategy 3: the kernel's own VMCALL/VMMCALL sites, if any.
+        let code = guest_debug::hypercall_code(&info.exec_segments, &funcs);
+        let armed = vm.arm_direct_calls(&machine.mem, &code, machine.cpuid().vendor());
+        if armed.is_loss() {
+            tracing::warn!("KVM: {armed}");
+        } else {
+            tracing::info!("KVM: {armed}");
+        }
+    }
     Ok(machine)
 }
 

@@ -8,16 +8,18 @@
 mod caps;
 mod convert;
 mod error;
+pub mod guest_debug;
 pub mod hypercall;
 mod kick;
 pub mod measure;
 mod slots;
 mod vcpu;
 mod vm;
+pub mod xen_exit;
 mod xsave;
 
 pub use caps::KvmCaps;
 pub use error::KvmError;
-pub use hypercall::HypercallStrategy;
+pub use hypercall::{DirectCalls, HypercallStrategy};
 pub use vcpu::KvmVcpu;
 pub use vm::KvmVm;
