@@ -207,7 +207,7 @@ fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duratio
 /// per-repetition ratios, so load from other processes on a shared host
 /// (time it takes from this one, a burst during one run) moves one sample
 /// at most, not the figure; the spread is printed with it.
-const REPS: usize = 5;
+const REPS: usize = 7;
 
 /// A figure's median and the range of its samples.
 #[derive(Clone, Copy, Debug)]

@@ -1,8 +1,9 @@
 //! Every Xen guest in tests/ records and replays with identical console
 //! output and final state hash: hypercalls by VMCALL and through the
 //! hypercall page, event channels and the singleshot timer (xen_events),
-//! upcalls through a GSI (xen_gsi_upcalls), and the xenstore and console
-//! rings with a console line typed mid-run (xenstore_guest). The non-Xen
+//! upcalls through a GSI (xen_gsi_upcalls), the xenstore and console
+//! rings with a console line typed mid-run (xenstore_guest), and a second
+//! vCPU brought up with VCPUOP_initialise/up (xen_two_vcpus). The non-Xen
 //! guests (demo, boot protocols, serial input) are in replay.rs.
 
 use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
@@ -15,6 +16,7 @@ use xensim_tests::Capture;
 
 struct Guest {
     name: &'static str,
+    cpus: u32,
     kernel: Vec<u8>,
     xen: XenConfig,
     inputs: Vec<(u64, Input)>,
@@ -22,14 +24,20 @@ struct Guest {
     stop: StopReason,
 }
 
-fn config() -> MachineConfig {
+fn config(g: &Guest) -> MachineConfig {
     // Short rounds, so that even short guests cross several checkpoints.
-    MachineConfig { memory_mib: 64, max_instructions: Some(200_000_000), quantum: 2_000, ..Default::default() }
+    MachineConfig {
+        cpus: g.cpus,
+        memory_mib: 64,
+        max_instructions: Some(200_000_000),
+        quantum: 2_000,
+        ..Default::default()
+    }
 }
 
 fn machine(g: &Guest) -> (Machine, Capture) {
-    let platform = XenPlatform::new(g.xen.clone(), config().cpus);
-    let mut m = Machine::with_platform(config(), Some(Box::new(platform)), &mut |id, n, cpuid| {
+    let platform = XenPlatform::new(g.xen.clone(), g.cpus);
+    let mut m = Machine::with_platform(config(g), Some(Box::new(platform)), &mut |id, n, cpuid| {
         Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
     })
     .expect("machine");
@@ -47,7 +55,7 @@ fn machine(g: &Guest) -> (Machine, Capture) {
 }
 
 fn header(g: &Guest, every: u64) -> Header {
-    let c = config();
+    let c = config(g);
     Header {
         xensim_version: "test".into(),
         config: LogConfig {
@@ -66,6 +74,7 @@ fn header(g: &Guest, every: u64) -> Header {
 fn guests() -> Vec<Guest> {
     let events = |name, kernel| Guest {
         name,
+        cpus: 1,
         kernel,
         xen: XenConfig::default(),
         inputs: Vec::new(),
@@ -75,8 +84,10 @@ fn guests() -> Vec<Guest> {
     vec![
         events("hypercalls by VMCALL, event channels, timer", xen::xen_events().unwrap()),
         events("hypercalls through the hypercall page", xen::xen_events_via(xen::HypercallEntry::Page).unwrap()),
+        events("hypercalls through a hypercall function", xen::xen_events_via(xen::HypercallEntry::Function).unwrap()),
         Guest {
             name: "upcalls through a GSI",
+            cpus: 1,
             kernel: xen::xen_gsi_upcalls().unwrap(),
             xen: XenConfig::default(),
             inputs: Vec::new(),
@@ -85,10 +96,20 @@ fn guests() -> Vec<Guest> {
         },
         Guest {
             name: "xenstore and console rings, console input",
+            cpus: 1,
             kernel: xenstore::xenstore_guest().unwrap(),
             xen: XenConfig::default().with_pv_rings(),
             inputs: vec![(3_000_000, Input::Console(b"typed\n".to_vec()))],
             expected: xenstore::xenstore_guest_expected("typed\n"),
+            stop: StopReason::DebugExit(1),
+        },
+        Guest {
+            name: "two vCPUs",
+            cpus: 2,
+            kernel: xen::xen_two_vcpus_via(xen::HypercallEntry::Vmcall).unwrap(),
+            xen: XenConfig::default(),
+            inputs: Vec::new(),
+            expected: xen::XEN_TWO_VCPUS_EXPECTED.into(),
             stop: StopReason::DebugExit(1),
         },
     ]
