@@ -9,6 +9,8 @@
 //! RAM starts zeroed and every write since power-on is in the hash-dirty
 //! plane, so the first digest starts from zero pages instead of reading
 //! all of RAM. Without exact tracking (KVM) every region is hashed whole.
+//! RAM is read beneath any overlay page mapped over it: overlay contents
+//! change without dirty marks and are hashed as a component of their own.
 
 use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 
@@ -62,7 +64,7 @@ impl RamHashes {
             let Some(r) = self.regions.get_mut(i).filter(|r| gpa >= r.start) else { continue };
             let off = gpa - r.start;
             let n = PAGE_SIZE.min(r.len - off) as usize;
-            let cv = match mem.read(gpa, &mut buf[..n]) {
+            let cv = match mem.read_ram(gpa, &mut buf[..n]) {
                 Ok(()) => page_cv(&buf[..n], off),
                 Err(_) => page_cv(&[0; PAGE_SIZE as usize][..n], off),
             };
@@ -154,7 +156,7 @@ fn hash_whole(mem: &GuestMemory, gpa: u64, len: u64) -> Hash {
     let mut off = 0;
     while off < len {
         let n = CHUNK.min(len - off) as usize;
-        if mem.read(gpa + off, &mut buf[..n]).is_err() {
+        if mem.read_ram(gpa + off, &mut buf[..n]).is_err() {
             return [0; 32];
         }
         h.update(&buf[..n]);
@@ -197,7 +199,7 @@ mod tests {
         ram_regions(mem.ram_ranges())
             .map(|(start, len)| {
                 let mut buf = vec![0u8; len as usize];
-                mem.read(start, &mut buf).unwrap();
+                mem.read_ram(start, &mut buf).unwrap();
                 (start, *blake3::hash(&buf).as_bytes())
             })
             .collect()
@@ -221,6 +223,15 @@ mod tests {
         assert_eq!(h.update(&mem, &[], true), got);
         // Without exact tracking every region is read whole.
         let mut full = RamHashes::default();
+        assert_eq!(full.update(&mem, &[], false), got);
+        // An overlay page mapped over RAM and written: RAM beneath is unchanged.
+        let mut mem = mem;
+        mem.map_overlay(3, crate::memory::OverlayPage::new());
+        mem.write(3 << PAGE_SHIFT, b"overlay").unwrap();
+        let mut seen = [0u8; 7];
+        mem.read(3 << PAGE_SHIFT, &mut seen).unwrap();
+        assert_eq!(&seen, b"overlay", "reads see the overlay");
+        assert_eq!(h.update(&mem, &mem.take_hash_dirty(), true), got);
         assert_eq!(full.update(&mem, &[], false), got);
     }
 }
