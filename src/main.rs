@@ -247,6 +247,21 @@ impl Cpus {
     }
 }
 
+/// The interpreter as a run recorded on KVM had its CPU, for replaying it:
+/// KVM's hypercall page (stubs ending in a port write, which the
+/// interpreter then reports as hypercalls, as KVM did).
+fn interp_as_kvm(config: MachineConfig) -> Result<Machine, String> {
+    let gate = Cpus::Kvm.hypercall_gate();
+    let xen = XenConfig { hypercall_gate: gate, ..Default::default() }.with_pv_rings();
+    let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(XenPlatform::new(xen, config.cpus)));
+    Machine::with_platform(config, platform, &mut |id, n, cpuid| {
+        let mut cpu = x86_interp::Interpreter::new(id, n, cpuid);
+        cpu.set_hypercall_port(Some(sim_core::layout::HYPERCALL_PORT));
+        Ok(Box::new(cpu))
+    })
+    .map_err(|e| e.to_string())
+}
+
 /// Where hypercall traces are logged (xen-model's dispatcher).
 const HYPERCALL_TARGET: &str = "xensim::hypercall";
 
@@ -364,7 +379,16 @@ fn build_machine(
     cmdline: String,
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
-    let mut machine = cpus.machine_with(config, sink)?;
+    boot_machine(cpus.machine_with(config, sink)?, kernel, modules, cmdline)
+}
+
+/// Load `kernel` and `modules` into `machine`.
+fn boot_machine(
+    mut machine: Machine,
+    kernel: BootImage,
+    modules: Vec<BootImage>,
+    cmdline: String,
+) -> Result<Machine, String> {
     let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
@@ -627,7 +651,17 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
     };
     let images: Vec<replay::ImageHash> =
         std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect();
-    let mut machine = match build_machine(config, &Cpus::Interp, kernel, modules, log.header.cmdline.clone(), None) {
+    // A run recorded on KVM replays on the interpreter, following its exits.
+    let cmdline = log.header.cmdline.clone();
+    let built = match replay::drive::time_source(&log) {
+        sim_core::clock::TimeSource::Instructions => {
+            build_machine(config, &Cpus::Interp, kernel, modules, cmdline, None)
+        }
+        sim_core::clock::TimeSource::Exits => {
+            interp_as_kvm(config).and_then(|m| boot_machine(m, kernel, modules, cmdline))
+        }
+    };
+    let mut machine = match built {
         Ok(m) => m,
         Err(e) => return fail(status::BAD_LOG, e),
     };

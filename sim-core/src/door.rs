@@ -19,6 +19,8 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vcpu::VcpuExit;
+
 /// Where in the run an input was delivered: the machine's retired
 /// instructions (all vCPUs together) and machine time at that point, and the
 /// vCPU it concerns (0 for machine-wide inputs delivered at a round boundary,
@@ -55,9 +57,30 @@ pub enum Input {
     DiskCompletion { disk: u32, request: u64, status: i32 },
     /// Random bits (RDRAND/RDSEED once advertised).
     Entropy { value: u64 },
-    /// Where a KVM vCPU exited: the instructions it retired before the exit
-    /// as the host counted them.
-    KvmExit { retired: u64 },
+    /// Where a vCPU's run ended on a backend that cannot count
+    /// instructions (KVM), and the guest TSC there: the machine's time.
+    KvmExit(ExitSeen),
+    /// Whether a KVM vCPU could take an external interrupt when the machine
+    /// had one to offer (KVM says; it decides inject or wait for a window).
+    KvmReady { vcpu: u32, ready: bool },
+}
+
+/// One exit of a vCPU whose time follows the host (KVM), as the machine
+/// saw it: machine time at the exit is the guest's TSC, which KVM moves
+/// with the host clock, so it is an outside value like any other.
+/// Replaying the exits (with their TSCs) replays the guest's view of time;
+/// see `Machine::follow_exits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExitSeen {
+    /// `BudgetExhausted`: the host's timer ended the slice (a preemption at
+    /// an instruction nobody counted).
+    pub exit: VcpuExit,
+    /// The guest's time-stamp counter at the exit.
+    pub tsc: u64,
+    /// RIP at the exit. Where KVM reports an interrupt window is its own
+    /// choice (the first VM exit it notices one at), so a replay looks for
+    /// the window at this RIP.
+    pub rip: u64,
 }
 
 impl Input {
@@ -73,6 +96,7 @@ impl Input {
             Input::DiskCompletion { .. } => InputKind::DiskCompletion,
             Input::Entropy { .. } => InputKind::Entropy,
             Input::KvmExit { .. } => InputKind::KvmExit,
+            Input::KvmReady { .. } => InputKind::KvmReady,
         }
     }
 }
@@ -89,10 +113,11 @@ pub enum InputKind {
     DiskCompletion,
     Entropy,
     KvmExit,
+    KvmReady,
 }
 
 impl InputKind {
-    pub const ALL: [InputKind; 9] = [
+    pub const ALL: [InputKind; 10] = [
         InputKind::Serial,
         InputKind::Console,
         InputKind::XenstoreSocket,
@@ -102,6 +127,7 @@ impl InputKind {
         InputKind::DiskCompletion,
         InputKind::Entropy,
         InputKind::KvmExit,
+        InputKind::KvmReady,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +141,7 @@ impl InputKind {
             InputKind::DiskCompletion => "disk-completion",
             InputKind::Entropy => "entropy",
             InputKind::KvmExit => "kvm-exit",
+            InputKind::KvmReady => "kvm-ready",
         }
     }
 
@@ -129,6 +156,15 @@ pub enum Query {
     WallClock,
     HostClock,
     Entropy,
+    /// How a vCPU's run ended, as the backend reported it; a live door
+    /// answers with the observation, a replay with the recorded exit.
+    KvmExit(ExitSeen),
+    /// Whether a vCPU on exit time can take an interrupt now; answered as
+    /// `KvmExit` is.
+    KvmReady {
+        vcpu: u32,
+        ready: bool,
+    },
 }
 
 impl Query {
@@ -138,6 +174,8 @@ impl Query {
             Query::WallClock => InputKind::WallClock,
             Query::HostClock => InputKind::HostClock,
             Query::Entropy => InputKind::Entropy,
+            Query::KvmExit(_) => InputKind::KvmExit,
+            Query::KvmReady { .. } => InputKind::KvmReady,
         }
     }
 }
@@ -163,6 +201,20 @@ pub trait Door: Send {
     /// Wait a little for input (idle machine, live door); the next poll
     /// collects it.
     fn wait(&mut self) {}
+    /// On replay of a run whose time followed exits: the exit the log has
+    /// next for `at.vcpu`, if its next record is that exit. A CPU that
+    /// counts instructions runs to it: ahead where the recorded vCPU was
+    /// preempted (it cannot stop at an uncounted instruction), with its
+    /// interrupt window open only where the recorded vCPU's opened.
+    fn next_exit(&self, _at: Stamp) -> Option<ExitSeen> {
+        None
+    }
+    /// Let host time pass (the machine waits for a KVM TSC to reach a
+    /// deadline). A replay need not wait: its time comes from the log.
+    fn pause(&mut self, d: std::time::Duration) {
+        // DOOR: host time passes; nothing is read.
+        std::thread::sleep(d);
+    }
 }
 
 /// How long an idle machine sleeps between polls of a live door.
@@ -280,6 +332,8 @@ impl Door for LiveDoor {
                 h.write_u64(0);
                 Input::Entropy { value: h.finish() }
             }
+            Query::KvmExit(seen) => Input::KvmExit(seen),
+            Query::KvmReady { vcpu, ready } => Input::KvmReady { vcpu, ready },
         })
     }
 }
@@ -299,6 +353,8 @@ impl Door for ClosedDoor {
             Query::WallClock => Input::WallClock { epoch_ns: 0 },
             Query::HostClock => Input::HostClock { ns: at.now_ns },
             Query::Entropy => Input::Entropy { value: 0 },
+            Query::KvmExit(seen) => Input::KvmExit(seen),
+            Query::KvmReady { vcpu, ready } => Input::KvmReady { vcpu, ready },
         })
     }
 }

@@ -10,7 +10,7 @@ use crate::paging::{self, Access, PageFault};
 use crate::state::ArchState;
 
 /// Why `Vcpu::run` returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum VcpuExit {
     /// IN/INS: answer with `Completion::Data` (low `size` bytes used).
     IoIn {

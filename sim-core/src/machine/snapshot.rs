@@ -159,6 +159,17 @@ pub fn arch_differences(e: &ArchState, a: &ArchState) -> Vec<String> {
 }
 
 impl Machine {
+    /// vCPU `i`'s registers. On exit time its TSC is the one of its last
+    /// exit, as the door gave it: the TSC KVM holds now is a fresh reading
+    /// of the host clock that no log has.
+    fn vcpu_arch(&self, i: usize) -> crate::state::ArchState {
+        let mut arch = self.vcpus[i].state();
+        if self.time == crate::clock::TimeSource::Exits {
+            arch.tsc = self.tsc_seen[i];
+        }
+        arch
+    }
+
     /// Everything but RAM, at a round boundary.
     pub fn save_state(&self) -> MachineState {
         let overlays = self
@@ -178,7 +189,7 @@ impl Machine {
             wall_clock_ns: self.wall_clock_ns,
             vcpus: (0..self.vcpus.len())
                 .map(|i| VcpuState {
-                    arch: self.vcpus[i].state(),
+                    arch: self.vcpu_arch(i),
                     run_state: self.run_state[i],
                     extint_pending: self.extint_pending[i],
                 })
@@ -223,6 +234,8 @@ impl Machine {
         for (i, v) in s.vcpus.iter().enumerate() {
             self.vcpus[i].set_state(&v.arch);
             self.vcpus[i].set_tsc(v.arch.tsc);
+            self.tsc_seen[i] = v.arch.tsc;
+            self.preempted[i] = false;
             self.run_state[i] = v.run_state;
             self.extint_pending[i] = v.extint_pending;
         }
