@@ -7,6 +7,17 @@
 //! Machine time advances by the round's length; each vCPU's TSC is set to
 //! machine time at the start of its slice and then advances with its retired
 //! instructions (see `clock`).
+//!
+//! Backends that cannot count instructions (KVM) run on exit time
+//! (`clock::TimeSource::Exits`): each `run` of a vCPU ends at an exit, which
+//! the machine passes through the door with the guest TSC there; machine
+//! time is the latest such TSC, the instruction count counts exits, and
+//! whether a vCPU can take an interrupt is asked of the door too (KVM
+//! decides it). A replay feeds the recorded exits to the interpreter
+//! (`follow_exits`, `next_exit`), which reproduces the run for guests whose
+//! outside events arrive at exits; where it cannot (a TSC read between
+//! exits, an interrupt where KVM preempted the vCPU) the replay reports a
+//! divergence.
 
 use std::collections::VecDeque;
 use std::io::Write;
