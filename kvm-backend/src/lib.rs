@@ -7,6 +7,7 @@
 
 mod caps;
 mod convert;
+mod dirty;
 mod error;
 pub mod hypercall;
 mod kick;

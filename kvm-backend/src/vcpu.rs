@@ -593,6 +593,16 @@ impl Vcpu for KvmVcpu {
         self.set_msrs(&[(msr::IA32_TSC, tsc)]);
     }
 
+    fn sync_dirty(&self, mem: &GuestMemory) -> bool {
+        match self.vm.sync_dirty(mem) {
+            Ok(()) => true,
+            Err(e) => {
+                self.defer(e);
+                false
+            }
+        }
+    }
+
     fn translate_gva(&self, mem: &GuestMemory, gva: u64, access: Access) -> Result<u64, PageFault> {
         // Only the paging registers matter: one KVM_GET_SREGS, not the
         // whole state.

@@ -111,6 +111,15 @@ pub trait Vcpu {
     /// `clock::TSC_PER_INSN` per retired instruction; KVM by the host clock.
     fn set_tsc(&mut self, tsc: u64);
 
+    /// Mark in `mem`'s dirty bitmap the RAM pages this CPU wrote without
+    /// going through `GuestMemory` since the last call (KVM writes guest RAM
+    /// directly; its dirty log says where). Returns whether the bitmap now
+    /// holds every write of this CPU. The interpreter marks its stores as it
+    /// makes them: nothing to do.
+    fn sync_dirty(&self, _mem: &GuestMemory) -> bool {
+        true
+    }
+
     /// Translate a guest-virtual address through the guest's page tables as
     /// an access at CPL 0 (hypercall arguments), without setting A/D bits.
     fn translate_gva(&self, mem: &GuestMemory, gva: u64, access: Access) -> Result<u64, PageFault> {

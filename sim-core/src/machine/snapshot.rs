@@ -267,10 +267,16 @@ impl Machine {
         RamImage { full: true, pages }
     }
 
-    /// Whether the dirty bitmap sees every RAM write: true when every vCPU
-    /// is the interpreter (its stores mark pages); KVM writes RAM behind it.
+    /// Bring the dirty bitmap up to date (KVM's dirty log folded in) and
+    /// say whether it sees every RAM write: true when every vCPU's backend
+    /// tracks its writes (the interpreter's stores mark pages; KVM logs them).
     pub fn dirty_tracking_exact(&self) -> bool {
-        self.vcpus.iter().all(|v| v.retired_instructions().is_some())
+        // Every vCPU syncs, whatever the others say.
+        let mut exact = true;
+        for v in &self.vcpus {
+            exact &= v.sync_dirty(&self.mem);
+        }
+        exact
     }
 
     /// RAM for a snapshot that follows the previous one (`delta`), or a full
@@ -295,6 +301,7 @@ impl Machine {
 
     /// RAM frames written since the last snapshot or restore.
     pub fn dirty_frames(&self) -> Vec<u64> {
+        self.dirty_tracking_exact();
         self.mem.dirty_frames()
     }
 
@@ -318,6 +325,8 @@ impl Machine {
             }
             n += 1;
         }
+        // KVM's log of writes from before the restore goes with it.
+        self.dirty_tracking_exact();
         self.mem.take_dirty();
         Ok(n)
     }
@@ -346,14 +355,17 @@ impl Machine {
             }
         }
         // RAM is now the image's: later deltas start from here.
+        self.dirty_tracking_exact();
         self.mem.take_dirty();
         Ok(())
     }
 
     /// RAM hashes by region. Incremental where writes are tracked exactly
-    /// (the interpreter): only regions with pages written since the last
-    /// digest are read again, which keeps checkpoints cheap.
+    /// (the interpreter; KVM with its dirty log): only regions with pages
+    /// written since the last digest are read again, which keeps
+    /// checkpoints cheap.
     fn ram_digest(&self) -> Vec<(u64, Hash)> {
+        let exact = self.dirty_tracking_exact();
         let written = self.mem.take_hash_dirty();
         let mut cache = self.ram_hashes.lock().unwrap_or_else(|e| e.into_inner());
         let mut buf = vec![0u8; RAM_REGION as usize];
@@ -364,7 +376,7 @@ impl Machine {
                 Err(_) => [0; 32],
             }
         };
-        if cache.is_empty() || !self.dirty_tracking_exact() {
+        if cache.is_empty() || !exact {
             cache.clear();
             for &(start, len) in self.mem.ram_ranges() {
                 let mut gpa = start;
