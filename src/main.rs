@@ -150,7 +150,8 @@ struct RunArgs {
     /// Record the run into this log (never overwrites an existing file).
     #[arg(long)]
     record: Option<PathBuf>,
-    /// With --record: a state-hash checkpoint every this many instructions.
+    /// With --record: a state-hash checkpoint every this many instructions
+    /// (on KVM, exits: it cannot count instructions).
     #[arg(long, default_value_t = 10_000_000)]
     checkpoint_every: u64,
     /// Bytes for COM1's receiver, from this file or "-" for stdin, as they arrive.

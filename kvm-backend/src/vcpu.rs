@@ -545,6 +545,16 @@ impl Vcpu for KvmVcpu {
         }
     }
 
+    fn rip(&self) -> u64 {
+        match self.fd.get_regs() {
+            Ok(r) => r.rip,
+            Err(e) => {
+                self.defer(KvmError::ioctl("KVM_GET_REGS", e));
+                0
+            }
+        }
+    }
+
     fn gprs(&self) -> [u64; 16] {
         match self.fd.get_regs() {
             Ok(r) => convert::gprs_of(&r),

@@ -696,7 +696,7 @@ impl Machine {
                 }
             }
         };
-        let seen = ExitSeen { exit, tsc: self.vcpus[i].tsc(), rip: self.vcpus[i].state().rip };
+        let seen = ExitSeen { exit, tsc: self.vcpus[i].tsc(), rip: self.vcpus[i].rip() };
         let door_err = |why: String| MachineError::Door { at, source: DoorError(why) };
         let logged = match self.door.query(at, Query::KvmExit(seen)) {
             Ok(Input::KvmExit(logged)) => logged,
@@ -754,7 +754,7 @@ impl Machine {
         loop {
             self.vcpus[i].request_interrupt_window(true);
             let exit = self.run_to_exit(i)?;
-            if exit != VcpuExit::InterruptWindow || self.vcpus[i].state().rip == rip || ran >= EXIT_SEARCH_LIMIT {
+            if exit != VcpuExit::InterruptWindow || self.vcpus[i].rip() == rip || ran >= EXIT_SEARCH_LIMIT {
                 return Ok(exit);
             }
             // Not there yet: one instruction with the window shut.

@@ -89,6 +89,11 @@ pub trait Vcpu {
     fn state(&self) -> ArchState;
     fn set_state(&mut self, state: &ArchState);
 
+    /// RIP (cheap access: the machine notes it at every exit on exit time).
+    fn rip(&self) -> u64 {
+        self.state().rip
+    }
+
     /// General-purpose registers (cheap access for hypercall handling).
     fn gprs(&self) -> [u64; 16];
     fn set_gprs(&mut self, gpr: &[u64; 16]);

@@ -602,6 +602,10 @@ impl Vcpu for Interpreter {
         self.update_attention();
     }
 
+    fn rip(&self) -> u64 {
+        self.s.rip
+    }
+
     fn gprs(&self) -> [u64; 16] {
         self.s.gpr
     }

@@ -236,6 +236,7 @@ impl Machine {
             self.vcpus[i].set_tsc(v.arch.tsc);
             self.tsc_seen[i] = v.arch.tsc;
             self.preempted[i] = false;
+            self.ahead[i] = None;
             self.run_state[i] = v.run_state;
             self.extint_pending[i] = v.extint_pending;
         }
@@ -250,6 +251,7 @@ impl Machine {
         self.wall_clock_ns = s.wall_clock_ns;
         self.effects.clear();
         self.console.clear();
+        self.unplaceable = None;
         Ok(())
     }
 
