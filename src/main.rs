@@ -730,6 +730,12 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
         }
         Ok(replay::Replayed::Diverged(d)) => {
             eprint!("{d}");
+            if replay::drive::time_source(&log) == sim_core::clock::TimeSource::Exits {
+                eprintln!(
+                    "  note: recorded on KVM; such a run replays only while the guest reads no TSC between \
+                     exits and takes interrupts only at exits (README: Recording on KVM)"
+                );
+            }
             ExitCode::from(status::DIVERGED)
         }
         Err(e) => fail(status::INTERNAL, e),
