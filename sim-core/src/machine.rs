@@ -305,6 +305,14 @@ impl Machine {
         self.time == TimeSource::Instructions || !self.preempted.iter().any(|&p| p)
     }
 
+    /// Whether the machine's state is the recorded run's at this point:
+    /// false only while replaying exit time with a vCPU run ahead of where
+    /// the recorded run preempted it. Snapshots are taken only here (one
+    /// taken on KVM itself holds KVM's real registers wherever it stopped).
+    pub fn state_is_recorded(&self) -> bool {
+        self.settled() || !(0..self.vcpus.len()).any(|i| self.replaying_exits(i))
+    }
+
     /// Where guest console output (port 0xE9, the UART) goes; stdout by default.
     pub fn set_console(&mut self, sink: Box<dyn Write + Send>) {
         self.sink = sink;
