@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use kvm_backend::{guest_debug, HypercallStrategy};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
 use sim_core::platform::ShutdownReason;
@@ -203,17 +206,23 @@ impl Cpus {
             Backend::Kvm => {
                 let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
                 tracing::info!(caps = ?vm.caps(), "KVM");
-                tracing::info!("KVM hypercall interception: {}", vm.hypercall_strategy().describe());
+                tracing::info!(
+                    "KVM hypercall interception: {:?}: {}; {}",
+                    vm.hypercall_strategy(),
+                    vm.hypercall_strategy().describe(),
+                    vm.direct_calls().describe()
+                );
                 Ok(Cpus::Kvm)
             }
         }
     }
 
-    /// How the Xen platform's hypercall page must enter the hypervisor.
-    pub fn hypercall_gate(&self) -> HypercallGate {
-        match self {
-            Cpus::Interp => HypercallGate::Native,
-            Cpus::Kvm => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
+    /// How the Xen platform's hypercall page must enter the hypervisor on
+    /// `vm` (None: the interpreter).
+    fn hypercall_gate(vm: Option<&kvm_backend::KvmVm>) -> HypercallGate {
+        match vm.map(|vm| vm.hypercall_strategy()) {
+            None | Some(HypercallStrategy::XenHvm) => HypercallGate::Native,
+            Some(HypercallStrategy::PortStub) => HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8),
         }
     }
 
@@ -229,30 +238,43 @@ impl Cpus {
         config: MachineConfig,
         sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
     ) -> Result<Machine, String> {
-        let xen = XenConfig { hypercall_gate: self.hypercall_gate(), ..Default::default() }.with_pv_rings();
+        self.machine_and_vm(config, sink).map(|(m, _)| m)
+    }
+
+    /// As `machine_with`, also returning the KVM VM (None on the interpreter).
+    fn machine_and_vm(
+        &self,
+        config: MachineConfig,
+        sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
+    ) -> Result<(Machine, Option<Arc<kvm_backend::KvmVm>>), String> {
+        let vm = match self {
+            Cpus::Interp => None,
+            Cpus::Kvm => Some(kvm_backend::KvmVm::new().map_err(|e| e.to_string())?),
+        };
+        let gate = Self::hypercall_gate(vm.as_deref());
+        let xen = XenConfig { hypercall_gate: gate, ..Default::default() }.with_pv_rings();
         let mut xen = XenPlatform::new(xen, config.cpus);
         if let Some(sink) = sink {
             xen.set_xenstore_sink(sink);
         }
         let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(xen));
-        let m = match self {
-            Cpus::Interp => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
+        let m = match &vm {
+            None => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
                 Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
             }),
-            Cpus::Kvm => {
-                let vm = kvm_backend::KvmVm::new().map_err(|e| e.to_string())?;
-                Machine::with_platform(config, platform, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid))
-            }
+            Some(vm) => Machine::with_platform(config, platform, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid)),
         };
-        m.map_err(|e| e.to_string())
+        m.map(|m| (m, vm)).map_err(|e| e.to_string())
     }
 }
 
 /// The interpreter as a run recorded on KVM had its CPU, for replaying it:
-/// KVM's hypercall page (stubs ending in a port write, which the
-/// interpreter then reports as hypercalls, as KVM did).
+/// KVM's hypercall page on hosts without KVM_CAP_XEN_HVM (stubs ending in a
+/// port write, which the interpreter then reports as hypercalls, as KVM
+/// did; a kernel's own VMCALLs are hypercalls on both). A log recorded on a
+/// host with KVM_CAP_XEN_HVM had a VMCALL page: its replay diverges.
 fn interp_as_kvm(config: MachineConfig) -> Result<Machine, String> {
-    let gate = Cpus::Kvm.hypercall_gate();
+    let gate = HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8);
     let xen = XenConfig { hypercall_gate: gate, ..Default::default() }.with_pv_rings();
     let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(XenPlatform::new(xen, config.cpus)));
     Machine::with_platform(config, platform, &mut |id, n, cpuid| {
@@ -380,19 +402,24 @@ fn build_machine(
     cmdline: String,
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
 ) -> Result<Machine, String> {
-    boot_machine(cpus.machine_with(config, sink)?, kernel, modules, cmdline)
-}
-
-/// Load `kernel` and `modules` into `machine`.
-fn boot_machine(
-    mut machine: Machine,
-    kernel: BootImage,
-    modules: Vec<BootImage>,
-    cmdline: String,
-) -> Result<Machine, String> {
+    let (mut machine, vm) = cpus.machine_and_vm(config, sink)?;
+    let funcs = match vm {
+        Some(_) => sim_core::boot::kernel_symbols(&kernel.bytes, &guest_debug::LINUX_HYPERCALL_FUNCTIONS),
+        None => Vec::new(),
+    };
     let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
+    if let Some(vm) = vm {
+        // Strategy 3: the kernel's own VMCALL/VMMCALL sites, if any.
+        let code = guest_debug::hypercall_code(&info.exec_segments, &funcs);
+        let armed = vm.arm_direct_calls(&machine.mem, &code, machine.cpuid().vendor());
+        if armed.is_loss() {
+            tracing::warn!("KVM: {armed}");
+        } else {
+            tracing::info!("KVM: {armed}");
+        }
+    }
     Ok(machine)
 }
 
@@ -658,9 +685,11 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
         sim_core::clock::TimeSource::Instructions => {
             build_machine(config, &Cpus::Interp, kernel, modules, cmdline, None)
         }
-        sim_core::clock::TimeSource::Exits => {
-            interp_as_kvm(config).and_then(|m| boot_machine(m, kernel, modules, cmdline))
-        }
+        sim_core::clock::TimeSource::Exits => interp_as_kvm(config).and_then(|mut m| {
+            let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
+            m.boot(boot).map_err(|e| e.to_string())?;
+            Ok(m)
+        }),
     };
     let mut machine = match built {
         Ok(m) => m,

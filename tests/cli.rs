@@ -133,6 +133,26 @@ fn demo_runs_on_kvm_with_the_same_output() {
 }
 
 #[test]
+fn kvm_reports_its_hypercall_strategy_and_catches_a_guests_own_vmcall() {
+    use xensim::guest::xen::{self, HypercallEntry};
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        eprintln!("skipped: /dev/kvm is not usable here ({e})");
+        return;
+    }
+    let kernel = scratch("kvm-direct").join("events.elf");
+    std::fs::write(&kernel, xen::xen_events_via(HypercallEntry::Function).unwrap()).unwrap();
+    let o = xensim(&["run", "--backend", "kvm", "-v", "--kernel", kernel.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(err.contains("KVM hypercall interception: "), "{err}");
+    // This host has no KVM Xen support: the guest's one VMCALL gets a breakpoint.
+    if err.contains("interception: PortStub") {
+        assert!(err.contains("hardware breakpoints on the kernel's VMCALL/VMMCALL sites"), "{err}");
+    }
+    assert_eq!(String::from_utf8_lossy(&o.stdout), xen::XEN_EVENTS_EXPECTED, "stderr: {err}");
+    assert_eq!(o.status.code(), Some(1), "exit(0) is QEMU status 1; stderr: {err}");
+}
+
+#[test]
 fn trace_hypercalls_logs_to_stderr_only() {
     let o = xensim(&["run", "--trace-hypercalls"]);
     assert_eq!(o.status.code(), Some(0));

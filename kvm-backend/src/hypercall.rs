@@ -1,14 +1,16 @@
 //! Hypercall interception on KVM. Three strategies, best first:
 //!
 //! 1. `XenHvm`: the host kernel has CONFIG_KVM_XEN and KVM_CAP_XEN_HVM
-//!    reports KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL; VMCALL/VMMCALL would exit
-//!    as KVM_EXIT_XEN. Detected only; not configured yet.
+//!    reports KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL; the VM is configured with
+//!    KVM_XEN_HVM_CONFIG and every VMCALL/VMMCALL exits as KVM_EXIT_XEN
+//!    (`xen_exit`). The hypercall page keeps its native instructions.
 //! 2. `PortStub`: the platform writes hypercall-page stubs that end in
 //!    `OUT HYPERCALL_PORT, AL` instead of VMCALL (`port_stub`); the backend
 //!    reports that OUT as `VcpuExit::Hypercall`. Works on every KVM.
-//! 3. Direct VMCALL/VMMCALL in the guest (no hypercall page) cannot be
-//!    intercepted on a host without (1): KVM's own hypercall handler runs
-//!    (see the tests for what this host does).
+//! 3. With (2), direct VMCALL/VMMCALL in the guest's own code (Linux after
+//!    XSA-466) is caught by hardware breakpoints on the sites found in the
+//!    kernel's code (`guest_debug`), at most four; KVM's own hypercall
+//!    handler would otherwise run and the platform never see the call.
 
 use sim_core::layout::HYPERCALL_PORT;
 
@@ -36,9 +38,41 @@ impl HypercallStrategy {
     pub fn describe(&self) -> &'static str {
         match self {
             HypercallStrategy::XenHvm => "KVM_CAP_XEN_HVM with INTERCEPT_HCALL (VMCALL exits to xensim)",
-            HypercallStrategy::PortStub => {
-                "hypercall-page stubs use port I/O; direct VMCALL/VMMCALL is handled by KVM itself \
-                 (returns -KVM_ENOSYS) and never reaches the Xen platform"
+            HypercallStrategy::PortStub => "KVM has no Xen support: hypercall-page stubs use port I/O",
+        }
+    }
+}
+
+/// What becomes of a VMCALL/VMMCALL the guest issues from its own code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectCalls {
+    /// KVM_EXIT_XEN reports every one (strategy 1).
+    Intercepted,
+    /// Up to `guest_debug::MAX_SITES` sites, found before the run, get a
+    /// hardware breakpoint each (strategy 3).
+    Breakpoints,
+    /// Neither: such a guest cannot make hypercalls on this host.
+    Lost,
+}
+
+impl DirectCalls {
+    pub fn detect(caps: &KvmCaps) -> Self {
+        match HypercallStrategy::detect(caps) {
+            HypercallStrategy::XenHvm => DirectCalls::Intercepted,
+            HypercallStrategy::PortStub if caps.set_guest_debug > 0 => DirectCalls::Breakpoints,
+            HypercallStrategy::PortStub => DirectCalls::Lost,
+        }
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self {
+            DirectCalls::Intercepted => "direct VMCALL/VMMCALL exits as KVM_EXIT_XEN",
+            DirectCalls::Breakpoints => {
+                "direct VMCALL/VMMCALL is caught by hardware breakpoints on at most 4 sites found in the kernel"
+            }
+            DirectCalls::Lost => {
+                "direct VMCALL/VMMCALL cannot reach the Xen platform (no KVM_CAP_SET_GUEST_DEBUG): \
+                 such guests cannot make hypercalls on this host"
             }
         }
     }
@@ -88,5 +122,25 @@ mod tests {
         assert_eq!(HypercallStrategy::detect(&caps), HypercallStrategy::PortStub);
         caps.xen_hvm |= kvm_bindings::KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL as i32;
         assert_eq!(HypercallStrategy::detect(&caps), HypercallStrategy::XenHvm);
+    }
+
+    /// The whole table: (KVM_CAP_XEN_HVM, KVM_CAP_SET_GUEST_DEBUG) -> strategy
+    /// for the hypercall page, fate of direct VMCALLs. INTERCEPT_HCALL is
+    /// bit 1 of the XEN_HVM answer (api.rst); SET_GUEST_DEBUG is 0 or 1.
+    #[test]
+    fn decision_table() {
+        use DirectCalls::*;
+        use HypercallStrategy::*;
+        let table = [
+            (0, 0, PortStub, Lost),
+            (0, 1, PortStub, Breakpoints),
+            (0b1, 1, PortStub, Breakpoints), // HYPERCALL_MSR alone is not enough
+            (0b10, 0, XenHvm, Intercepted),
+            (0b111, 1, XenHvm, Intercepted),
+        ];
+        for (xen_hvm, dbg, strategy, direct) in table {
+            let caps = KvmCaps { xen_hvm, set_guest_debug: dbg, ..Default::default() };
+            assert_eq!((HypercallStrategy::detect(&caps), DirectCalls::detect(&caps)), (strategy, direct), "{caps}");
+        }
     }
 }

@@ -36,6 +36,8 @@ use crate::kick::Kick;
 use crate::vm::KvmVm;
 use crate::xsave;
 
+mod direct;
+
 /// KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt): queue an
 /// external interrupt (user-space irqchip only). kvm-ioctls has no wrapper.
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
@@ -84,6 +86,8 @@ pub struct KvmVcpu {
     tsc_scaled: bool,
     /// A failure in a method that cannot return one; reported by `run`.
     deferred: RefCell<Option<KvmError>>,
+    /// Hypercalls stopped on their VMCALL (strategies 1 and 3).
+    direct: direct::Direct,
 }
 
 impl std::fmt::Debug for KvmVcpu {
@@ -137,6 +141,7 @@ impl KvmVcpu {
             kick: None,
             tsc_scaled,
             deferred: RefCell::new(None),
+            direct: direct::Direct::default(),
         })
     }
 
@@ -197,8 +202,11 @@ impl KvmVcpu {
 
     /// Turn the exit in kvm_run into a `VcpuExit` (None: nothing to report).
     fn decode_exit(&mut self) -> Result<Option<VcpuExit>, KvmError> {
+        let reason = self.fd.get_kvm_run().exit_reason;
+        if let Some(r) = self.direct_exit(reason) {
+            return r;
+        }
         let run = self.fd.get_kvm_run();
-        let reason = run.exit_reason;
         Ok(Some(match reason {
             KVM_EXIT_IO => {
                 // SAFETY: exit_reason says the `io` member is the live one.
@@ -321,6 +329,11 @@ impl KvmVcpu {
         }
     }
 
+    fn write_gprs(&self, gpr: &[u64; 16]) -> Result<(), KvmError> {
+        let r = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        self.fd.set_regs(&convert::regs_of(gpr, r.rip, r.rflags)).map_err(ioctl("KVM_SET_REGS"))
+    }
+
     fn get_msrs(&self, indices: &[u32]) -> Vec<(u32, u64)> {
         let mut out = Vec::new();
         let mut start = 0;
@@ -395,6 +408,7 @@ impl KvmVcpu {
     }
 
     fn try_set_state(&mut self, s: &ArchState) -> Result<(), KvmError> {
+        self.finish_unanswered()?;
         self.settle()?;
         self.awaiting = None;
         self.pio_next = None;
@@ -480,6 +494,8 @@ impl Vcpu for KvmVcpu {
             return Ok(self.pio_exit(next));
         }
         self.vm.sync_memory(mem)?;
+        self.finish_unanswered()?;
+        self.sync_guest_debug()?;
         if self.halted {
             return Ok(VcpuExit::Halt);
         }
@@ -557,7 +573,7 @@ impl Vcpu for KvmVcpu {
 
     fn gprs(&self) -> [u64; 16] {
         match self.fd.get_regs() {
-            Ok(r) => convert::gprs_of(&r),
+            Ok(r) => self.direct_gprs(convert::gprs_of(&r)),
             Err(e) => {
                 self.defer(KvmError::ioctl("KVM_GET_REGS", e));
                 [0; 16]
@@ -566,9 +582,13 @@ impl Vcpu for KvmVcpu {
     }
 
     fn set_gprs(&mut self, gpr: &[u64; 16]) {
-        let r = self.fd.get_regs().and_then(|r| self.fd.set_regs(&convert::regs_of(gpr, r.rip, r.rflags)));
+        let r = match self.finish_direct(gpr) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.write_gprs(gpr),
+            Err(e) => Err(e),
+        };
         if let Err(e) = r {
-            self.defer(KvmError::ioctl("KVM_SET_REGS", e));
+            self.defer(e);
         }
     }
 

@@ -9,7 +9,8 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
-use sim_core::cpuid::CpuidTable;
+use sim_core::boot::ExecSegment;
+use sim_core::cpuid::{CpuidTable, Vendor};
 use sim_core::memory::GuestMemory;
 use sim_core::msr::{self, MsrOwner};
 use sim_core::vcpu::{Vcpu, VcpuError};
@@ -17,9 +18,11 @@ use sim_core::vcpu::{Vcpu, VcpuError};
 use crate::caps::KvmCaps;
 use crate::dirty;
 use crate::error::KvmError;
-use crate::hypercall::HypercallStrategy;
+use crate::guest_debug::{self, Armed};
+use crate::hypercall::{DirectCalls, HypercallStrategy};
 use crate::slots::{self, SlotTable};
 use crate::vcpu::KvmVcpu;
+use crate::xen_exit;
 
 /// Where KVM puts the real-mode TSS on Intel hosts without unrestricted
 /// guest (three pages, in the MMIO hole below the BIOS, as QEMU does).
@@ -33,7 +36,11 @@ pub struct KvmVm {
     pub(crate) vm: VmFd,
     caps: KvmCaps,
     msr_exits: bool,
+    strategy: HypercallStrategy,
     memory: Mutex<MemorySync>,
+    /// VMCALL/VMMCALL sites with a hardware breakpoint (strategy 3) and a
+    /// generation the vCPUs compare to apply changes before their next run.
+    hypercall_sites: Mutex<(u64, Arc<Vec<u64>>)>,
 }
 
 #[derive(Default)]
@@ -61,7 +68,62 @@ impl KvmVm {
         vm.set_tss_address(TSS_ADDR).map_err(|e| KvmError::ioctl("KVM_SET_TSS_ADDR", e))?;
         let caps = KvmCaps::probe(&vm);
         let msr_exits = Self::setup_msr_exits(&vm, &caps)?;
-        Ok(Arc::new(KvmVm { vm, caps, msr_exits, memory: Mutex::new(MemorySync::default()) }))
+        let strategy = HypercallStrategy::detect(&caps);
+        if strategy == HypercallStrategy::XenHvm {
+            xen_exit::configure(&vm, xen_exit::XEN_HYPERCALL_MSR)?;
+        }
+        Ok(Arc::new(KvmVm {
+            vm,
+            caps,
+            msr_exits,
+            strategy,
+            memory: Mutex::new(MemorySync::default()),
+            hypercall_sites: Mutex::new((0, Arc::new(Vec::new()))),
+        }))
+    }
+
+    /// Put a hardware breakpoint on each of `sites` (linear addresses of
+    /// VMCALL/VMMCALL instructions, see `guest_debug::find_sites`) in every
+    /// vCPU before its next run, so those calls reach the platform. No-op
+    /// under `XenHvm`, where every VMCALL exits anyway.
+    pub fn set_hypercall_sites(&self, sites: &[u64]) -> Result<(), guest_debug::TooManySites> {
+        guest_debug::guest_debug(sites)?;
+        if self.strategy == HypercallStrategy::XenHvm {
+            return Ok(());
+        }
+        let mut s = self.hypercall_sites.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (s.0 + 1, Arc::new(sites.to_vec()));
+        Ok(())
+    }
+
+    /// Find the VMCALL/VMMCALL sites in a loaded kernel's `code` and arm a
+    /// breakpoint on each (strategy 3). With more than four, only the
+    /// instruction of the guest's CPU `vendor` is kept (Linux picks its
+    /// hypercall function by vendor).
+    pub fn arm_direct_calls(&self, mem: &GuestMemory, code: &[ExecSegment], vendor: Vendor) -> Armed {
+        if self.direct_calls() == DirectCalls::Intercepted {
+            return Armed::NotNeeded;
+        }
+        let mut sites = guest_debug::find_sites(mem, code, &guest_debug::BOTH);
+        if sites.len() > guest_debug::MAX_SITES {
+            let own = if vendor == Vendor::Amd { guest_debug::VMMCALL } else { guest_debug::VMCALL };
+            sites = guest_debug::find_sites(mem, code, &[own]);
+        }
+        if sites.is_empty() {
+            return Armed::NoSites;
+        }
+        if self.direct_calls() == DirectCalls::Lost {
+            return Armed::NoGuestDebug(sites.len());
+        }
+        match self.set_hypercall_sites(&sites) {
+            Ok(()) => Armed::Sites(sites),
+            Err(e) => Armed::TooMany(e.0),
+        }
+    }
+
+    /// The breakpoint sites and their generation.
+    pub(crate) fn hypercall_sites(&self) -> (u64, Arc<Vec<u64>>) {
+        self.hypercall_sites.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Route the machine's MSRs to user space: KVM_ENABLE_CAP
@@ -104,9 +166,14 @@ impl KvmVm {
         self.msr_exits
     }
 
-    /// The best hypercall interception this host offers.
+    /// The hypercall interception this VM uses (the best the host offers).
     pub fn hypercall_strategy(&self) -> HypercallStrategy {
-        HypercallStrategy::detect(&self.caps)
+        self.strategy
+    }
+
+    /// What happens to VMCALL/VMMCALL in the guest's own code on this VM.
+    pub fn direct_calls(&self) -> DirectCalls {
+        DirectCalls::detect(&self.caps)
     }
 
     /// Create vCPU `id` of `count` with CPUID from `cpuid`; the shape the

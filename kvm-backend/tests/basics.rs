@@ -185,7 +185,8 @@ fn port_stub_is_a_hypercall_with_state_after_the_out() {
 /// KVM answers it itself (-KVM_ENOSYS = -1000 in RAX, RIP advanced); this
 /// host's KVM leaves RIP on the VMCALL with RAX unchanged and never exits,
 /// so the vCPU spins until its slice ends. Either way the platform never
-/// sees the call; the test pins down that it is one of the two.
+/// sees the call without a breakpoint on it (strategy 3, see
+/// direct_hypercalls.rs); the test pins down that it is one of the two.
 #[test]
 fn direct_vmcall_behaviour_is_reported() {
     let Some(vm) = kvm_or_skip("direct_vmcall_behaviour_is_reported") else { return };

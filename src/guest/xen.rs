@@ -28,19 +28,51 @@ pub enum HypercallEntry {
     /// write (MSR from CPUID 0x40000002 EBX): works whatever instruction
     /// the platform's stubs use (VMCALL, or port I/O on KVM without Xen).
     Page,
+    /// `mov eax, nr; call f` to the program's one `f: vmcall; ret`, as
+    /// Linux's xen_hypercall_intel: a single VMCALL site in the code (KVM
+    /// without Xen support can put a hardware breakpoint on it).
+    Function,
 }
 
-/// The entry a program was built for; `Page` carries the page's address.
+/// The entry a program was built for: the page's address, or the function.
 #[derive(Clone, Copy)]
-enum Via {
+pub(crate) enum Via {
     Vmcall,
     Page(u64),
+    Function(CodeLabel),
 }
 
-fn hypercall(g: &mut GuestProgram, via: Via, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
-    g.a.mov(rdi, a1)?;
-    g.a.mov(rsi, a2)?;
-    g.a.mov(rdx, a3)?;
+impl Via {
+    /// Set up `entry` where the program starts: allocate the page and have
+    /// Xen fill it, or emit the VMCALL function (jumped over).
+    pub(crate) fn setup(g: &mut GuestProgram, entry: HypercallEntry) -> Result<Via, GuestError> {
+        Ok(match entry {
+            HypercallEntry::Vmcall => Via::Vmcall,
+            HypercallEntry::Page => {
+                let page = g.scratch(4096, 4096);
+                install_hypercall_page(g, page)?;
+                Via::Page(page)
+            }
+            HypercallEntry::Function => Via::Function(vmcall_function(g)?),
+        })
+    }
+}
+
+/// `f: vmcall; ret`, jumped over; returns `f`.
+fn vmcall_function(g: &mut GuestProgram) -> Result<CodeLabel, GuestError> {
+    let (mut f, mut over) = (g.a.create_label(), g.a.create_label());
+    g.a.jmp(over)?;
+    g.a.set_label(&mut f)?;
+    g.a.vmcall()?;
+    g.a.ret()?;
+    g.a.set_label(&mut over)?;
+    g.a.nop()?;
+    Ok(f)
+}
+
+/// Hypercall `nr` with the number in EAX and the arguments already in
+/// their registers (RDI, RSI, RDX, R10, R8).
+pub(crate) fn enter(g: &mut GuestProgram, via: Via, nr: u32) -> Result<(), GuestError> {
     match via {
         Via::Vmcall => {
             g.a.mov(eax, nr)?;
@@ -51,8 +83,19 @@ fn hypercall(g: &mut GuestProgram, via: Via, nr: u32, a1: u64, a2: u64, a3: u64)
             g.a.mov(rax, page + 32 * nr as u64)?;
             g.a.call(rax)?;
         }
+        Via::Function(f) => {
+            g.a.mov(eax, nr)?;
+            g.a.call(f)?;
+        }
     }
     Ok(())
+}
+
+fn hypercall(g: &mut GuestProgram, via: Via, nr: u32, a1: u64, a2: u64, a3: u64) -> Result<(), GuestError> {
+    g.a.mov(rdi, a1)?;
+    g.a.mov(rsi, a2)?;
+    g.a.mov(rdx, a3)?;
+    enter(g, via, nr)
 }
 
 /// Have Xen write its hypercall page at `page` (Xen's
@@ -148,10 +191,7 @@ pub fn xen_events_without_rdtsc(entry: HypercallEntry) -> Result<Vec<u8>, GuestE
 
 fn xen_events_with(entry: HypercallEntry, rdtsc: bool) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
-    let via = match entry {
-        HypercallEntry::Vmcall => Via::Vmcall,
-        HypercallEntry::Page => Via::Page(g.scratch(4096, 4096)),
-    };
+    let via = Via::setup(&mut g, entry)?;
     let idt = g.scratch(4096, 4096);
     let args = g.scratch(64, 64);
     let seen = g.scratch(8, 8);
@@ -170,9 +210,6 @@ fn xen_events_with(entry: HypercallEntry, rdtsc: bool) -> Result<Vec<u8>, GuestE
     set_gate(&mut g, idt, CALLBACK_VECTOR, h_cb)?;
     set_gate(&mut g, idt, LAPIC_VECTOR, h_lapic)?;
     g.a.lidt(ptr(idtr_at))?;
-    if let Via::Page(page) = via {
-        install_hypercall_page(&mut g, page)?;
-    }
 
     // XENMEM_add_to_physmap {DOMID_SELF, 0, XENMAPSPACE_shared_info, idx 0, gpfn}
     g.a.mov(dword_ptr(args), 0x7ff0u32)?;
@@ -295,12 +332,12 @@ fn route_gsi(g: &mut GuestProgram, pin: u32, vector: u32) -> Result<(), GuestErr
 }
 
 /// HVMOP_set_param(HVM_PARAM_CALLBACK_IRQ, `value`) with the args at `args`.
-fn set_callback(g: &mut GuestProgram, args: u64, value: u64) -> Result<(), GuestError> {
+fn set_callback(g: &mut GuestProgram, via: Via, args: u64, value: u64) -> Result<(), GuestError> {
     g.a.mov(dword_ptr(args), 0x7ff0u32)?;
     g.a.mov(dword_ptr(args + 4), 0u32)?;
     g.a.mov(rax, value)?;
     g.a.mov(qword_ptr(args + 8), rax)?;
-    hypercall(g, Via::Vmcall, 34, 0, args, 0)
+    hypercall(g, via, 34, 0, args, 0)
 }
 
 /// Event-channel upcalls through level-triggered lines (PVH, long mode):
@@ -309,7 +346,13 @@ fn set_callback(g: &mut GuestProgram, args: u64, value: u64) -> Result<(), Guest
 /// its EOI, so the line must drop: a second interrupt without a second
 /// event fails the test. See `XEN_GSI_EXPECTED`.
 pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
+    xen_gsi_upcalls_via(HypercallEntry::Vmcall)
+}
+
+/// The GSI guest with its hypercalls made through `entry`.
+pub fn xen_gsi_upcalls_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
+    let via = Via::setup(&mut g, entry)?;
     let idt = g.scratch(4096, 4096);
     let args = g.scratch(64, 64);
     let seen = g.scratch(8, 8);
@@ -332,22 +375,22 @@ pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
     g.a.mov(qword_ptr(args + 8), 0i32)?;
     g.a.mov(rax, SHARED_INFO_GFN)?;
     g.a.mov(qword_ptr(args + 16), rax)?;
-    hypercall(&mut g, Via::Vmcall, 12, 7, args, 0)?;
+    hypercall(&mut g, via, 12, 7, args, 0)?;
     expect(&mut g, 0, "add_to_physmap")?;
     g.print("shared_info mapped\n")?;
 
     g.a.mov(eax, 0xfee0_00f0u32)?; // LAPIC SVR: software enable
     g.a.mov(dword_ptr(rax), 0x1ffu32)?;
     route_gsi(&mut g, CALLBACK_GSI, GSI_VECTOR)?;
-    set_callback(&mut g, args, CALLBACK_GSI as u64)?;
+    set_callback(&mut g, via, args, CALLBACK_GSI as u64)?;
     expect(&mut g, 0, "set_param callback gsi")?;
     // EVTCHNOP_bind_ipi {vcpu 0, port OUT}; keep the port at args + 32.
     g.a.mov(qword_ptr(args), 0i32)?;
-    hypercall(&mut g, Via::Vmcall, 32, 7, args, 0)?;
+    hypercall(&mut g, via, 32, 7, args, 0)?;
     expect(&mut g, 0, "bind_ipi")?;
     g.a.mov(eax, dword_ptr(args + 4))?;
     g.a.mov(dword_ptr(args + 32), eax)?;
-    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send")?;
     wait_count(&mut g, count, 1)?;
     g.print("gsi upcall\n")?;
@@ -364,22 +407,107 @@ pub fn xen_gsi_upcalls() -> Result<Vec<u8>, GuestError> {
     g.a.mov(eax, dword_ptr(count))?;
     expect(&mut g, 1, "no upcall without an event")?;
     g.print("line dropped after eoi\n")?;
-    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send 2")?;
     wait_count(&mut g, count, 2)?;
     g.print("gsi upcall again\n")?;
 
     // PCI INTx of 00:03.0 pin A: val[63:56] = 1, DevFn in val[15:8].
     route_gsi(&mut g, PLATFORM_INTX_GSI, INTX_VECTOR)?;
-    set_callback(&mut g, args, 1 << 56 | (3 << 3) << 8)?;
+    set_callback(&mut g, via, args, 1 << 56 | (3 << 3) << 8)?;
     expect(&mut g, 0, "set_param callback pci intx")?;
-    hypercall(&mut g, Via::Vmcall, 32, 4, args + 32, 0)?;
+    hypercall(&mut g, via, 32, 4, args + 32, 0)?;
     expect(&mut g, 0, "send 3")?;
     wait_count(&mut g, count, 3)?;
     g.print("pci intx upcall\n")?;
-    set_callback(&mut g, args, 1 << 56 | (4 << 3) << 8)?;
+    set_callback(&mut g, via, args, 1 << 56 | (4 << 3) << 8)?;
     expect(&mut g, -22, "pci intx of device 4")?;
     g.print("pci intx of another device: -EINVAL\n")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
+
+/// What `xen_two_vcpus_via` prints when the platform behaves.
+pub const XEN_TWO_VCPUS_EXPECTED: &str = "vcpu 0: shared_info mapped\nvcpu 0: starting vcpu 1\nvcpu 1: up\n\
+vcpu 1: vcpu 0 is up\nvcpu 0: vcpu 1 reported in\n";
+
+/// VCPUOP_* used by the two-vCPU guest (xen/include/public/vcpu.h).
+const VCPUOP_INITIALISE: u64 = 0;
+const VCPUOP_UP: u64 = 1;
+const VCPUOP_IS_UP: u64 = 3;
+
+/// Two vCPUs (PVH, long mode; run it on a 2-vCPU machine): vCPU 0 maps
+/// shared_info (vcpu_info must exist before VCPUOP_initialise), starts
+/// vCPU 1 with VCPUOP_initialise (a 64-bit `vcpu_hvm_context`: its own
+/// CR0/CR3/CR4/EFER, a stack of its own, RIP at the AP's code) and
+/// VCPUOP_up, then yields until vCPU 1 sets a flag in shared memory. vCPU 1
+/// prints, makes a hypercall of its own (VCPUOP_is_up for vCPU 0), sets the
+/// flag and stops. See `XEN_TWO_VCPUS_EXPECTED`.
+pub fn xen_two_vcpus_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let via = Via::setup(&mut g, entry)?;
+    let args = g.scratch(64, 64);
+    let flag = g.scratch(4, 4);
+    let ctx = g.scratch(256, 64);
+    let ap_stack = g.scratch(4096, 4096) + 4096;
+    let (mut ap, mut main) = (g.a.create_label(), g.a.create_label());
+    g.a.jmp(main)?;
+
+    // vCPU 1 starts here, in long mode with a flat CS and its own stack.
+    g.a.set_label(&mut ap)?;
+    g.print("vcpu 1: up\n")?;
+    hypercall(&mut g, via, 24, VCPUOP_IS_UP, 0, 0)?;
+    expect(&mut g, 1, "vcpu 1: is_up(0)")?;
+    g.print("vcpu 1: vcpu 0 is up\n")?;
+    g.a.mov(dword_ptr(flag), 1u32)?;
+    g.halt()?;
+
+    g.a.set_label(&mut main)?;
+    // XENMEM_add_to_physmap {DOMID_SELF, 0, XENMAPSPACE_shared_info, idx 0, gpfn}
+    g.a.mov(dword_ptr(args), 0x7ff0u32)?;
+    g.a.mov(dword_ptr(args + 4), 0u32)?;
+    g.a.mov(qword_ptr(args + 8), 0i32)?;
+    g.a.mov(rax, SHARED_INFO_GFN)?;
+    g.a.mov(qword_ptr(args + 16), rax)?;
+    hypercall(&mut g, via, 12, 7, args, 0)?;
+    expect(&mut g, 0, "add_to_physmap")?;
+    g.print("vcpu 0: shared_info mapped\n")?;
+
+    // struct vcpu_hvm_context: mode (VCPU_HVM_MODE_64B = 1), pad, then
+    // x86_64 regs: rax rcx rdx rbx rsp rbp rsi rdi at 8..72, rip 72,
+    // rflags 80, cr0 88, cr3 96, cr4 104, efer 112.
+    g.a.mov(dword_ptr(ctx), 1u32)?;
+    g.a.mov(rax, ap_stack)?;
+    g.a.mov(qword_ptr(ctx + 8 + 4 * 8), rax)?;
+    g.a.lea(rax, ptr(ap))?;
+    g.a.mov(qword_ptr(ctx + 72), rax)?;
+    g.a.mov(qword_ptr(ctx + 80), 2i32)?;
+    g.a.mov(rax, cr0)?;
+    g.a.mov(qword_ptr(ctx + 88), rax)?;
+    g.a.mov(rax, cr3)?;
+    g.a.mov(qword_ptr(ctx + 96), rax)?;
+    g.a.mov(rax, cr4)?;
+    g.a.mov(qword_ptr(ctx + 104), rax)?;
+    g.a.mov(ecx, 0xc000_0080u32)?; // IA32_EFER
+    g.a.rdmsr()?;
+    g.a.shl(rdx, 32)?;
+    g.a.or(rax, rdx)?;
+    g.a.mov(qword_ptr(ctx + 112), rax)?;
+    g.print("vcpu 0: starting vcpu 1\n")?;
+    hypercall(&mut g, via, 24, VCPUOP_INITIALISE, 1, ctx)?;
+    expect(&mut g, 0, "initialise")?;
+    hypercall(&mut g, via, 24, VCPUOP_UP, 1, 0)?;
+    expect(&mut g, 0, "up")?;
+
+    // Wait for vCPU 1, giving it the CPU with SCHEDOP_yield.
+    let (mut wait, mut done) = (g.a.create_label(), g.a.create_label());
+    g.a.set_label(&mut wait)?;
+    g.a.cmp(dword_ptr(flag), 1)?;
+    g.a.je(done)?;
+    hypercall(&mut g, via, 29, 0, 0, 0)?;
+    g.a.jmp(wait)?;
+    g.a.set_label(&mut done)?;
+    g.print("vcpu 0: vcpu 1 reported in\n")?;
     g.exit(0)?;
     g.build(Boot::Pvh)
 }

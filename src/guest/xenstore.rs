@@ -8,6 +8,7 @@
 use iced_x86::code_asm::*;
 
 use super::asm::{Boot, GuestError, GuestProgram, Mode};
+use super::xen::{self, HypercallEntry, Via};
 
 const HVMOP: u32 = 34;
 const EVTCHNOP: u32 = 32;
@@ -38,6 +39,7 @@ struct Layout {
     hdr: u64,
     reply: u64,
     event: u64,
+    via: Via,
 }
 
 impl Layout {
@@ -55,19 +57,17 @@ impl Layout {
     }
 }
 
-fn vmcall(g: &mut GuestProgram, nr: u32, a1: u64, a2: u64) -> Result<(), GuestError> {
-    g.a.mov(eax, nr)?;
+fn hypercall(g: &mut GuestProgram, l: &Layout, nr: u32, a1: u64, a2: u64) -> Result<(), GuestError> {
     g.a.mov(rdi, a1)?;
     g.a.mov(rsi, a2)?;
-    g.a.vmcall()?;
-    Ok(())
+    xen::enter(g, l.via, nr)
 }
 
 /// EVTCHNOP_send on the port stored at `port_var`.
 fn notify(g: &mut GuestProgram, l: &Layout, port_var: u64) -> Result<(), GuestError> {
     g.a.mov(eax, dword_ptr(port_var))?;
     g.a.mov(dword_ptr(l.args + 32), eax)?;
-    vmcall(g, EVTCHNOP, 4, l.args + 32)
+    hypercall(g, l, EVTCHNOP, 4, l.args + 32)
 }
 
 /// hvc_puts: print the NUL-terminated string at RSI on the PV console ring.
@@ -148,7 +148,7 @@ fn emit_read_msg(g: &mut GuestProgram, l: &Layout) -> Result<(), GuestError> {
     let mut yield_ = g.a.create_label();
     g.a.set_label(&mut yield_)?;
     g.a.nop()?;
-    vmcall(g, SCHEDOP, 0, 0)?;
+    hypercall(g, l, SCHEDOP, 0, 0)?;
     g.a.jmp(wait)?;
     g.a.set_label(&mut have)?;
     g.a.nop()?;
@@ -310,8 +310,15 @@ fn tx_start(g: &mut GuestProgram, ops: &Ops, l: &Layout) -> Result<(), GuestErro
 
 /// The xenstore guest (PVH, long mode). See [`xenstore_guest_expected`].
 pub fn xenstore_guest() -> Result<Vec<u8>, GuestError> {
+    xenstore_guest_via(HypercallEntry::Vmcall)
+}
+
+/// The xenstore guest with its hypercalls made through `entry`.
+pub fn xenstore_guest_via(entry: HypercallEntry) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
+    let via = Via::setup(&mut g, entry)?;
     let l = Layout {
+        via,
         vars: g.scratch(64, 64),
         args: g.scratch(64, 64),
         hdr: g.scratch(16, 16),
@@ -341,7 +348,7 @@ pub fn xenstore_guest() -> Result<Vec<u8>, GuestError> {
     for (i, (param, pfn)) in [(1u32, true), (2, false), (17, true), (18, false)].into_iter().enumerate() {
         g.a.mov(word_ptr(l.args), 0x7ff0u32)?;
         g.a.mov(dword_ptr(l.args + 4), param)?;
-        vmcall(&mut g, HVMOP, 1, l.args)?;
+        hypercall(&mut g, &l, HVMOP, 1, l.args)?;
         g.a.mov(rax, qword_ptr(l.args + 8))?;
         if pfn {
             g.a.shl(rax, 12)?;
@@ -453,7 +460,7 @@ pub fn xenstore_guest() -> Result<Vec<u8>, GuestError> {
         g.a.mov(ecx, dword_ptr(r8 + 3072))?;
         g.a.cmp(ecx, dword_ptr(r8 + 3076))?;
         g.a.jne(got)?;
-        vmcall(&mut g, SCHEDOP, 0, 0)?;
+        hypercall(&mut g, &l, SCHEDOP, 0, 0)?;
         g.a.jmp(wait)?;
         g.a.set_label(&mut got)?;
         g.a.nop()?;

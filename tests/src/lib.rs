@@ -101,3 +101,62 @@ pub fn boot_on(kernel: Vec<u8>, run: &Run, factory: &mut VcpuFactory<'_>) -> Out
     let stop = m.run().expect("machine run");
     Outcome { stop, output: cap.text(), instructions: m.retired_instructions(), boot, config, machine: m }
 }
+
+/// The CPU backend of a Xen guest test.
+#[derive(Clone, Copy)]
+pub enum Cpu<'a> {
+    Interp,
+    Kvm(&'a Arc<kvm_backend::KvmVm>),
+}
+
+/// KVM's VM, or None after printing why `test` is skipped.
+pub fn kvm_or_skip(test: &str) -> Option<Arc<kvm_backend::KvmVm>> {
+    kvm_backend::KvmVm::new().map_err(|e| eprintln!("skipping {test}: {e}")).ok()
+}
+
+/// The hypercall page's gate for `cpu`: native VMCALL on the interpreter
+/// and where KVM intercepts it (KVM_EXIT_XEN), port I/O on other KVM hosts.
+pub fn hypercall_gate(cpu: Cpu<'_>) -> xen_model::hypercall_page::HypercallGate {
+    use kvm_backend::HypercallStrategy;
+    use xen_model::hypercall_page::HypercallGate;
+    match cpu {
+        Cpu::Kvm(vm) if vm.hypercall_strategy() == HypercallStrategy::PortStub => {
+            HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8)
+        }
+        _ => HypercallGate::Native,
+    }
+}
+
+/// A machine on `cpu` with the Xen platform of `xen` (gate set for `cpu`,
+/// then `setup` applied) and `kernel` booted, console captured. On KVM the
+/// kernel's own VMCALL/VMMCALL sites get hardware breakpoints when KVM
+/// does not intercept them itself; the test fails if they cannot.
+pub fn xen_machine(
+    kernel: Vec<u8>,
+    config: MachineConfig,
+    xen: xen_model::XenConfig,
+    cpu: Cpu<'_>,
+    setup: impl FnOnce(&mut xen_model::XenPlatform),
+) -> (Machine, Capture) {
+    let xen = xen_model::XenConfig { hypercall_gate: hypercall_gate(cpu), ..xen };
+    let mut platform = xen_model::XenPlatform::new(xen, config.cpus);
+    setup(&mut platform);
+    let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(platform));
+    let mut m = match cpu {
+        Cpu::Interp => Machine::with_platform(config, platform, &mut |id, n, cpuid| {
+            Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
+        }),
+        Cpu::Kvm(vm) => Machine::with_platform(config, platform, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid)),
+    }
+    .expect("machine");
+    let cap = Capture::default();
+    m.set_console(Box::new(cap.clone()));
+    let funcs = sim_core::boot::kernel_symbols(&kernel, &kvm_backend::guest_debug::LINUX_HYPERCALL_FUNCTIONS);
+    let info = m.boot(boot_config(kernel, &Run::default())).expect("boot");
+    if let Cpu::Kvm(vm) = cpu {
+        let code = kvm_backend::guest_debug::hypercall_code(&info.exec_segments, &funcs);
+        let armed = vm.arm_direct_calls(&m.mem, &code, m.cpuid().vendor());
+        assert!(!armed.is_loss(), "{armed}");
+    }
+    (m, cap)
+}

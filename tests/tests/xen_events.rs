@@ -1,47 +1,29 @@
 //! Guests making Xen hypercalls with XenPlatform attached: upcalls by
-//! callback vector and per-vCPU LAPIC vector, and a timer-driven block.
-//! On the interpreter by VMCALL and through the hypercall page; on KVM
-//! through the hypercall page, whose stubs end in a port exit there.
+//! callback vector and per-vCPU LAPIC vector, and a timer-driven block;
+//! upcalls through a GSI and the platform device's PCI INTx.
 //!
-//! A guest that issues VMCALL directly cannot make hypercalls on KVM hosts
-//! without KVM_CAP_XEN_HVM: on this host the VMCALL does not exit and RIP
-//! stays on it (see kvm-backend's direct_vmcall_behaviour_is_reported), so
-//! that variant is not run on KVM.
+//! Each guest runs on the interpreter and, when /dev/kvm is usable, on KVM,
+//! with the same expected transcript. On KVM without Xen support the
+//! hypercall page's stubs end in a port exit (strategy 2) and a guest's own
+//! VMCALL is caught by a hardware breakpoint (strategy 3), which needs the
+//! VMCALL in one place: the `Function` entry (as Linux's
+//! xen_hypercall_intel). Guests with a VMCALL at every call site have too
+//! many sites for the four breakpoints and run on the interpreter only.
 
-use std::sync::Arc;
-
-use kvm_backend::KvmVm;
-use sim_core::boot::{BootConfig, BootImage};
-use sim_core::layout::HYPERCALL_PORT;
-use sim_core::machine::{Machine, MachineConfig, StopReason, VcpuFactory};
-use xen_model::hypercall_page::HypercallGate;
-use xen_model::{XenConfig, XenPlatform};
+use sim_core::machine::{MachineConfig, StopReason};
+use xen_model::XenConfig;
 use xensim::guest::xen::{self, HypercallEntry};
-use xensim_tests::Capture;
+use xensim_tests::{kvm_or_skip, xen_machine, Cpu};
 
-fn run_xen_on(kernel: Vec<u8>, gate: HypercallGate, factory: &mut VcpuFactory<'_>) -> (StopReason, String) {
+fn run_xen_on(kernel: Vec<u8>, cpu: Cpu<'_>) -> (StopReason, String) {
     let config = MachineConfig { memory_mib: 64, max_instructions: Some(20_000_000), ..Default::default() };
-    let xen = XenConfig { hypercall_gate: gate, ..Default::default() };
-    let platform = XenPlatform::new(xen, config.cpus);
-    let mut m = Machine::with_platform(config, Some(Box::new(platform)), factory).expect("machine");
-    let cap = Capture::default();
-    m.set_console(Box::new(cap.clone()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: kernel },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
+    let (mut m, cap) = xen_machine(kernel, config, XenConfig::default(), cpu, |_| {});
     let stop = m.run().expect("run");
     (stop, cap.text())
 }
 
 fn run_xen(kernel: Vec<u8>) -> (StopReason, String) {
-    run_xen_on(kernel, HypercallGate::Native, &mut |id, n, cpuid| {
-        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
-    })
+    run_xen_on(kernel, Cpu::Interp)
 }
 
 #[test]
@@ -59,17 +41,24 @@ fn the_same_through_the_hypercall_page() {
 }
 
 #[test]
+fn the_same_through_a_vmcall_function() {
+    let (stop, out) = run_xen(xen::xen_events_via(HypercallEntry::Function).unwrap());
+    assert_eq!(out, xen::XEN_EVENTS_EXPECTED);
+    assert_eq!(stop, StopReason::DebugExit(1));
+}
+
+#[test]
 fn the_same_through_the_hypercall_page_on_kvm() {
-    let vm: Arc<KvmVm> = match KvmVm::new() {
-        Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("skipping the_same_through_the_hypercall_page_on_kvm: {e}");
-            return;
-        }
-    };
-    let kernel = xen::xen_events_via(HypercallEntry::Page).unwrap();
-    let (stop, out) =
-        run_xen_on(kernel, HypercallGate::Port(HYPERCALL_PORT as u8), &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
+    let Some(vm) = kvm_or_skip("the_same_through_the_hypercall_page_on_kvm") else { return };
+    let (stop, out) = run_xen_on(xen::xen_events_via(HypercallEntry::Page).unwrap(), Cpu::Kvm(&vm));
+    assert_eq!(out, xen::XEN_EVENTS_EXPECTED);
+    assert_eq!(stop, StopReason::DebugExit(1));
+}
+
+#[test]
+fn the_same_through_a_vmcall_function_on_kvm() {
+    let Some(vm) = kvm_or_skip("the_same_through_a_vmcall_function_on_kvm") else { return };
+    let (stop, out) = run_xen_on(xen::xen_events_via(HypercallEntry::Function).unwrap(), Cpu::Kvm(&vm));
     assert_eq!(out, xen::XEN_EVENTS_EXPECTED);
     assert_eq!(stop, StopReason::DebugExit(1));
 }
@@ -79,4 +68,31 @@ fn upcalls_through_a_gsi_and_the_platform_devices_pci_intx() {
     let (stop, out) = run_xen(xen::xen_gsi_upcalls().unwrap());
     assert_eq!(out, xen::XEN_GSI_EXPECTED);
     assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
+}
+
+#[test]
+fn gsi_upcalls_through_the_hypercall_page_and_a_vmcall_function() {
+    for entry in [HypercallEntry::Page, HypercallEntry::Function] {
+        let (stop, out) = run_xen(xen::xen_gsi_upcalls_via(entry).unwrap());
+        assert_eq!(out, xen::XEN_GSI_EXPECTED, "{entry:?}");
+        assert_eq!(stop, StopReason::DebugExit(1), "{entry:?}");
+    }
+}
+
+#[test]
+fn gsi_upcalls_on_kvm() {
+    let Some(vm) = kvm_or_skip("gsi_upcalls_on_kvm") else { return };
+    for entry in [HypercallEntry::Page, HypercallEntry::Function] {
+        // A VM per machine: vCPU ids are per VM.
+        let vm = if entry == HypercallEntry::Page { vm.clone() } else { kvm_backend::KvmVm::new().unwrap() };
+        let (stop, out) = run_xen_on(xen::xen_gsi_upcalls_via(entry).unwrap(), Cpu::Kvm(&vm));
+        assert_eq!(out, xen::XEN_GSI_EXPECTED, "{entry:?}");
+        assert_eq!(stop, StopReason::DebugExit(1), "{entry:?}");
+    }
+}
+
+#[test]
+fn kvm_configures_the_hypercall_msr_the_platform_advertises() {
+    // KVM_XEN_HVM_CONFIG's MSR (strategy 1) must be the one in CPUID 0x40000002 EBX.
+    assert_eq!(kvm_backend::xen_exit::XEN_HYPERCALL_MSR, xen_model::platform::HYPERCALL_MSR);
 }

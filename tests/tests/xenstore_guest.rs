@@ -2,41 +2,54 @@
 //! output on hvc0 (the PV console ring), console input through the door; and socket
 //! clients (a Rust one and Debian's xenstore-write/read) next to it.
 
-use sim_core::boot::{BootConfig, BootImage};
 use sim_core::door::{Input, ScriptDoor};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
 use xen_model::{XenConfig, XenPlatform};
+use xensim::guest::xen::HypercallEntry;
 use xensim::guest::xenstore;
-use xensim_tests::Capture;
+use xensim_tests::{kvm_or_skip, xen_machine, Capture, Cpu};
 
-fn machine(platform: XenPlatform) -> (Machine, Capture) {
+fn machine_on(entry: HypercallEntry, cpu: Cpu<'_>, setup: impl FnOnce(&mut XenPlatform)) -> (Machine, Capture) {
     let config = MachineConfig { memory_mib: 64, max_instructions: Some(200_000_000), ..Default::default() };
-    let mut m = Machine::with_platform(config, Some(Box::new(platform)), &mut |id, n, cpuid| {
-        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
-    })
-    .expect("machine");
-    let cap = Capture::default();
-    m.set_console(Box::new(cap.clone()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: xenstore::xenstore_guest().unwrap() },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
-    (m, cap)
+    let kernel = xenstore::xenstore_guest_via(entry).unwrap();
+    xen_machine(kernel, config, XenConfig::default().with_pv_rings(), cpu, setup)
+}
+
+fn machine(setup: impl FnOnce(&mut XenPlatform)) -> (Machine, Capture) {
+    machine_on(HypercallEntry::Vmcall, Cpu::Interp, setup)
+}
+
+/// Run the guest through `entry` on `cpu`, typing a line once it waits.
+fn echo_run(entry: HypercallEntry, cpu: Cpu<'_>) {
+    let (mut m, cap) = machine_on(entry, cpu, |_| {});
+    // On the interpreter the line arrives well after the guest starts
+    // waiting for it. KVM does not count instructions (the machine's count
+    // stays 0), so there it is typed ahead, before the guest runs.
+    let at = if matches!(cpu, Cpu::Interp) { 3_000_000 } else { 0 };
+    m.set_door(Box::new(ScriptDoor::new(vec![(at, Input::Console(b"hello ring\n".to_vec()))])));
+    let stop = m.run().expect("run");
+    assert_eq!(cap.text(), xenstore::xenstore_guest_expected("hello ring\n"), "{entry:?}");
+    assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
 }
 
 #[test]
 fn guest_talks_xenstore_over_its_ring_and_prints_on_hvc0_and_echoes_console_input() {
-    let platform = XenPlatform::new(XenConfig::default().with_pv_rings(), 1);
-    let (mut m, cap) = machine(platform);
-    // The line arrives well after the guest starts waiting for it.
-    m.set_door(Box::new(ScriptDoor::new(vec![(3_000_000, Input::Console(b"hello ring\n".to_vec()))])));
-    let stop = m.run().expect("run");
-    assert_eq!(cap.text(), xenstore::xenstore_guest_expected("hello ring\n"));
-    assert_eq!(stop, StopReason::DebugExit(1), "exit(0) is QEMU status 1");
+    echo_run(HypercallEntry::Vmcall, Cpu::Interp);
+}
+
+#[test]
+fn the_same_through_the_hypercall_page_and_a_vmcall_function() {
+    echo_run(HypercallEntry::Page, Cpu::Interp);
+    echo_run(HypercallEntry::Function, Cpu::Interp);
+}
+
+#[test]
+fn the_same_on_kvm() {
+    let Some(vm) = kvm_or_skip("the_same_on_kvm") else { return };
+    echo_run(HypercallEntry::Page, Cpu::Kvm(&vm));
+    // A VM per machine: vCPU ids are per VM.
+    let vm = kvm_backend::KvmVm::new().unwrap();
+    echo_run(HypercallEntry::Function, Cpu::Kvm(&vm));
 }
 
 #[test]
@@ -48,9 +61,8 @@ fn a_real_xenstore_client_on_the_socket_sees_the_guest_tree_while_it_runs() {
     }
     let path = std::env::temp_dir().join(format!("xensim-xs-{}.sock", std::process::id()));
     let sock = SharedSocket::bind(&path).expect("bind");
-    let mut platform = XenPlatform::new(XenConfig::default().with_pv_rings(), 1);
-    platform.set_xenstore_sink(Box::new(sock.clone()));
-    let (mut m, cap) = machine(platform);
+    let sink = sock.clone();
+    let (mut m, cap) = machine(move |p| p.set_xenstore_sink(Box::new(sink)));
     // The guest waits for its line until well after the client is done.
     let script = ScriptDoor::new(vec![(60_000_000, Input::Console(b"bye\n".to_vec()))]);
     m.set_door(Box::new(SocketDoor::new(Box::new(script), sock)));
@@ -93,7 +105,7 @@ fn run_rounds(m: &mut Machine, mut at_round: impl FnMut(&mut Machine)) -> StopRe
 fn snapshot_mid_run_with_live_rings_restores_to_the_same_end() {
     let input = || Box::new(ScriptDoor::new(vec![(3_000_000, Input::Console(b"hello ring\n".to_vec()))]));
     let fresh = || {
-        let (mut m, cap) = machine(XenPlatform::new(XenConfig::default().with_pv_rings(), 1));
+        let (mut m, cap) = machine(|_| {});
         m.set_door(input());
         (m, cap)
     };

@@ -61,9 +61,34 @@ struct RingPage {
     port: u32,
 }
 
+/// The store, counting the times it was lent out for change (there is no
+/// `DerefMut`: every change goes through `get_mut`).
+#[derive(Default)]
+struct TrackedStore {
+    store: Store,
+    lent: u64,
+}
+
+impl std::ops::Deref for TrackedStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl TrackedStore {
+    fn get_mut(&mut self) -> &mut Store {
+        self.lent = self.lent.wrapping_add(1);
+        &mut self.store
+    }
+}
+
 /// dom0's side of the guest.
 pub struct Dom0 {
-    store: Store,
+    store: TrackedStore,
+    /// The checkpoint the store was last restored from and its `lent` count
+    /// then: if neither changed, the store still is that checkpoint's.
+    store_from: Option<(u64, u64)>,
     xs: Option<(RingPage, RingServer)>,
     console: Option<RingPage>,
     /// Socket clients by the door's client number.
@@ -77,7 +102,8 @@ pub struct Dom0 {
 impl Dom0 {
     pub fn new() -> Self {
         Dom0 {
-            store: Store::new(),
+            store: TrackedStore::default(),
+            store_from: None,
             xs: None,
             console: None,
             clients: BTreeMap::new(),
@@ -113,7 +139,7 @@ impl XenPlatform {
     }
 
     pub fn xenstore_mut(&mut self) -> &mut Store {
-        &mut self.dom0.store
+        self.dom0.store.get_mut()
     }
 
     /// The first platform call with memory at hand: write the guest's initial tree,
@@ -132,11 +158,11 @@ impl XenPlatform {
                 console.map_or(0, |r| r.evtchn),
             )
         };
-        if let Err(e) = self.dom0.store.create_guest_nodes(&spec) {
+        if let Err(e) = self.dom0.store.get_mut().create_guest_nodes(&spec) {
             tracing::error!(error = ?e, "xenstore: writing the guest's initial tree failed");
         }
         if let Some(r) = store {
-            let conn = self.dom0.store.introduce_domain(GUEST_DOMID, r.pfn, r.evtchn);
+            let conn = self.dom0.store.get_mut().introduce_domain(GUEST_DOMID, r.pfn, r.evtchn);
             let rp = RingPage { page: OverlayPage::new(), pfn: r.pfn, port: r.evtchn };
             RingServer::init_page(&rp.page);
             ctx.mem.map_overlay(rp.pfn, rp.page.clone());
@@ -165,7 +191,7 @@ impl XenPlatform {
         self.dom0.resets_seen = self.soft_resets;
         if let Some((rp, server)) = &mut self.dom0.xs {
             RingServer::init_page(&rp.page);
-            self.dom0.store.reset_connection(server.conn());
+            self.dom0.store.get_mut().reset_connection(server.conn());
             *server = RingServer::new(server.conn());
         }
         if let Some(rp) = &self.dom0.console {
@@ -197,7 +223,7 @@ impl XenPlatform {
     fn service_xenstore(&mut self, ctx: &mut PlatformCtx) {
         let Some((rp, server)) = &mut self.dom0.xs else { return };
         let port = rp.port;
-        if server.service(&mut self.dom0.store, &rp.page) {
+        if server.service(self.dom0.store.get_mut(), &rp.page) {
             let _ = self.backend_notify(ctx.mem, port);
         }
         // A guest write may have fired socket clients' watches.
@@ -208,7 +234,7 @@ impl XenPlatform {
     fn flush_socket_clients(&mut self) {
         for (&client, c) in &self.dom0.clients {
             let mut bytes = Vec::new();
-            while let Some(p) = self.dom0.store.pop_output(c.conn) {
+            while let Some(p) = self.dom0.store.get_mut().pop_output(c.conn) {
                 p.encode_into(&mut bytes);
             }
             if let (false, Some(sink)) = (bytes.is_empty(), self.dom0.sink.as_mut()) {
@@ -233,15 +259,15 @@ impl XenPlatform {
         }
         match input {
             Input::XenstoreClient { client, connected: true } => {
-                let conn = self.dom0.store.connect(DOM0);
+                let conn = self.dom0.store.get_mut().connect(DOM0);
                 if let Some(old) = self.dom0.clients.insert(*client, SocketClient { conn, asm: PacketAssembler::new() })
                 {
-                    self.dom0.store.disconnect(old.conn);
+                    self.dom0.store.get_mut().disconnect(old.conn);
                 }
             }
             Input::XenstoreClient { client, connected: false } => {
                 if let Some(c) = self.dom0.clients.remove(client) {
-                    self.dom0.store.disconnect(c.conn);
+                    self.dom0.store.get_mut().disconnect(c.conn);
                 }
             }
             Input::XenstoreSocket { client, bytes } => self.socket_bytes(*client, bytes),
@@ -260,7 +286,7 @@ impl XenPlatform {
         match c.asm.push(bytes) {
             Ok(packets) => {
                 for p in packets {
-                    self.dom0.store.handle(c.conn, &p);
+                    self.dom0.store.get_mut().handle(c.conn, &p);
                 }
             }
             Err(e) => {
@@ -268,7 +294,7 @@ impl XenPlatform {
                 tracing::warn!(client, error = %e, "xenstore socket client dropped");
                 let conn = c.conn;
                 self.dom0.clients.remove(&client);
-                self.dom0.store.disconnect(conn);
+                self.dom0.store.get_mut().disconnect(conn);
                 if let Some(sink) = self.dom0.sink.as_mut() {
                     sink.hang_up(client);
                 }
@@ -304,26 +330,31 @@ impl RingPage {
         RingPageState { contents, pfn: self.pfn, port: self.port }
     }
 
-    /// A page with the saved contents, mapped at its frame while attached.
-    fn restore(s: &RingPageState, mem: &mut sim_core::GuestMemory, attached: bool) -> Result<Self, String> {
+    fn check(s: &RingPageState) -> Result<(), String> {
         if s.contents.len() != 4096 {
             return Err(format!("Xen state: ring page at frame {:#x} is not one page", s.pfn));
         }
-        let page = OverlayPage::new();
+        Ok(())
+    }
+
+    /// A page with the saved contents (`old`'s page if any: its mappings
+    /// were dropped), mapped at its frame while attached.
+    fn restore(s: &RingPageState, mem: &mut sim_core::GuestMemory, attached: bool, old: Option<Self>) -> Self {
+        let page = old.map(|o| o.page).unwrap_or_default();
         page.write(0, &s.contents);
         if attached {
             mem.map_overlay(s.pfn, page.clone());
         }
-        Ok(RingPage { page, pfn: s.pfn, port: s.port })
+        RingPage { page, pfn: s.pfn, port: s.port }
     }
 }
 
 impl Dom0 {
     pub(crate) fn save_state(&self) -> Dom0State {
         // Destructured so that a new field fails to compile until it is saved.
-        let Dom0 { store, xs, console, clients, sink: _, attached, resets_seen } = self;
+        let Dom0 { store, store_from: _, xs, console, clients, sink: _, attached, resets_seen } = self;
         Dom0State {
-            store: store.clone(),
+            store: store.store.clone(),
             xs: xs.as_ref().map(|(p, s)| (p.save(), s.clone())),
             console: console.as_ref().map(RingPage::save),
             clients: clients.iter().map(|(&n, c)| (n, (c.conn, c.asm.clone()))).collect(),
@@ -333,19 +364,30 @@ impl Dom0 {
     }
 
     /// Restore into guest memory whose overlays were cleared; the sink stays.
-    pub(crate) fn restore_state(&mut self, s: Dom0State, mem: &mut sim_core::GuestMemory) -> Result<(), String> {
-        let xs = match &s.xs {
-            Some((p, server)) => Some((RingPage::restore(p, mem, s.attached)?, server.clone())),
-            None => None,
-        };
-        let console = match &s.console {
-            Some(p) => Some(RingPage::restore(p, mem, s.attached)?),
-            None => None,
-        };
-        self.store = s.store;
+    /// `checkpoint`: the id of the in-memory checkpoint `s` belongs to.
+    pub(crate) fn restore_state(
+        &mut self,
+        s: &Dom0State,
+        mem: &mut sim_core::GuestMemory,
+        checkpoint: Option<u64>,
+    ) -> Result<(), String> {
+        for p in s.xs.iter().map(|x| &x.0).chain(&s.console) {
+            RingPage::check(p)?;
+        }
+        let old_xs = self.xs.take().map(|x| x.0);
+        let xs = s.xs.as_ref().map(|(p, server)| (RingPage::restore(p, mem, s.attached, old_xs), server.clone()));
+        let console = s.console.as_ref().map(|p| RingPage::restore(p, mem, s.attached, self.console.take()));
+        // Resetting to the same checkpoint again often finds the store
+        // untouched since: then it is that checkpoint's already.
+        let untouched = checkpoint.is_some() && self.store_from == checkpoint.map(|id| (id, self.store.lent));
+        if !untouched {
+            self.store.store = s.store.clone();
+        }
+        self.store_from = checkpoint.map(|id| (id, self.store.lent));
         self.xs = xs;
         self.console = console;
-        self.clients = s.clients.into_iter().map(|(n, (conn, asm))| (n, SocketClient { conn, asm })).collect();
+        self.clients =
+            s.clients.iter().map(|(&n, (conn, asm))| (n, SocketClient { conn: *conn, asm: asm.clone() })).collect();
         self.attached = s.attached;
         self.resets_seen = s.resets_seen;
         Ok(())

@@ -593,5 +593,6 @@ pub fn timer_key_singleshot(vcpu: u32) -> TimerKey {
 }
 
 mod snapshot;
+pub use snapshot::Checkpoint;
 #[cfg(test)]
 mod tests;

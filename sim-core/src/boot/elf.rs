@@ -9,7 +9,9 @@ use crate::GuestMemory;
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
 const SHT_NOTE: u32 = 7;
+const SHT_SYMTAB: u32 = 2;
 const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
 /// Xen's PVH entry note (xen/include/public/elfnote.h).
@@ -18,6 +20,8 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProgramHeader {
     pub p_type: u32,
+    /// p_flags: PF_X (1), PF_W (2), PF_R (4).
+    pub flags: u32,
     pub offset: u64,
     pub vaddr: u64,
     pub paddr: u64,
@@ -118,6 +122,14 @@ impl<'a> Elf<'a> {
         self.phdrs.iter().filter(|p| p.p_type == PT_LOAD)
     }
 
+    /// The loaded segments with PF_X set, as the boot information lists them.
+    pub fn exec_segments(&self) -> Vec<super::ExecSegment> {
+        self.loads()
+            .filter(|p| p.flags & PF_X != 0 && p.filesz != 0)
+            .map(|p| super::ExecSegment { vaddr: p.vaddr, paddr: p.paddr, len: p.filesz })
+            .collect()
+    }
+
     /// The PVH entry point from a Xen PHYS32_ENTRY note, looked for in the
     /// PT_NOTE segments and, failing that, in SHT_NOTE sections.
     pub fn xen_phys32_entry(&self) -> Result<Option<u64>, String> {
@@ -151,6 +163,53 @@ impl<'a> Elf<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// Value and size of each of `names` found in the SHT_SYMTAB sections
+    /// (.symtab), in table order; names not there are left out.
+    pub fn symbols(&self, names: &[&str]) -> Result<Vec<(String, u64, u64)>, String> {
+        let want_sh = if self.class64 { 64 } else { 40 };
+        if self.shnum == 0 || self.shoff == 0 || self.shentsize != want_sh {
+            return Ok(Vec::new());
+        }
+        let w = if self.class64 { 8 } else { 4 };
+        // sh_offset, sh_size, sh_link and sh_entsize of section `i`.
+        let section = |i: u64| -> Result<(u64, u64, u32, u32), String> {
+            let at = i.checked_mul(want_sh as u64).and_then(|o| o.checked_add(self.shoff));
+            let at = at.ok_or("section header table offset overflows")?;
+            Ok((
+                le(self.bytes, at + 8 + 2 * w as u64, w)?,
+                le(self.bytes, at + 8 + 3 * w as u64, w)?,
+                le(self.bytes, at + 8 + 4 * w as u64, 4)? as u32,
+                le(self.bytes, at + 16 + 5 * w as u64, w)? as u32,
+            ))
+        };
+        let mut found = Vec::new();
+        for i in 0..self.shnum as u64 {
+            let at = self.shoff.checked_add(i * want_sh as u64).ok_or("section header table offset overflows")?;
+            if le(self.bytes, at + 4, 4)? as u32 != SHT_SYMTAB {
+                continue;
+            }
+            let (offset, size, link, entsize) = section(i)?;
+            let want_ent = if self.class64 { 24 } else { 16 };
+            if entsize != want_ent || link as u64 >= self.shnum as u64 {
+                return Err(format!("symbol table section {i} has entry size {entsize} or string table {link}"));
+            }
+            let table = file_range(self.bytes, offset, size).map_err(|e| format!("section {i}: {e}"))?;
+            let (str_off, str_size, _, _) = section(link as u64)?;
+            let strings = file_range(self.bytes, str_off, str_size).map_err(|e| format!("section {link}: {e}"))?;
+            for sym in table.chunks_exact(want_ent as usize) {
+                let name_at = le(sym, 0, 4)? as usize;
+                let Some(name) = strings.get(name_at..).and_then(|s| s.split(|&b| b == 0).next()) else {
+                    continue;
+                };
+                let Some(n) = names.iter().find(|n| n.as_bytes() == name) else { continue };
+                let (value, size) =
+                    if self.class64 { (le(sym, 8, 8)?, le(sym, 16, 8)?) } else { (le(sym, 4, 4)?, le(sym, 8, 4)?) };
+                found.push((n.to_string(), value, size));
+            }
+        }
+        Ok(found)
     }
 
     fn find_note(&self, offset: u64, size: u64, align: u64) -> Result<Option<u64>, String> {
@@ -211,6 +270,7 @@ fn read_phdr(b: &[u8], at: u64, class64: bool) -> Result<ProgramHeader, String> 
     Ok(if class64 {
         ProgramHeader {
             p_type: le(b, at, 4)? as u32,
+            flags: le(b, at + 4, 4)? as u32,
             offset: le(b, at + 8, 8)?,
             vaddr: le(b, at + 16, 8)?,
             paddr: le(b, at + 24, 8)?,
@@ -221,6 +281,7 @@ fn read_phdr(b: &[u8], at: u64, class64: bool) -> Result<ProgramHeader, String> 
     } else {
         ProgramHeader {
             p_type: le(b, at, 4)? as u32,
+            flags: le(b, at + 24, 4)? as u32,
             offset: le(b, at + 4, 4)?,
             vaddr: le(b, at + 8, 4)?,
             paddr: le(b, at + 12, 4)?,

@@ -56,6 +56,19 @@ pub struct BootInfo {
     pub entry: ArchState,
     /// One past the highest guest-physical byte of the loaded kernel.
     pub kernel_end: u64,
+    /// The kernel's executable code as loaded (ELF PT_LOAD with PF_X; the
+    /// whole image for the Multiboot a.out kludge), for backends that look
+    /// for instruction sites in it (KVM's VMCALL breakpoints).
+    pub exec_segments: Vec<ExecSegment>,
+}
+
+/// One range of loaded kernel code: `len` bytes at guest-physical `paddr`,
+/// linked to run at `vaddr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecSegment {
+    pub vaddr: u64,
+    pub paddr: u64,
+    pub len: u64,
 }
 
 /// Why an image cannot be booted. Every message is one line that names the
@@ -103,6 +116,17 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig) -> Result<BootInfo, BootError> 
         Some(header) => multiboot::load(mem, cfg, elf.as_ref(), &header),
         None if elf.is_some() => Err(BootError::NoBootProtocol { file: file.to_string() }),
         None => Err(BootError::NotBootable { file: file.to_string() }),
+    }
+}
+
+/// The link address and size of each of `names` in `kernel`'s ELF symbol
+/// table (.symtab), for backends that look for code by name (KVM's VMCALL
+/// breakpoints in Linux's xen_hypercall_intel). Empty for images that are
+/// not ELF, have no symbols or a malformed table; names not found are left out.
+pub fn kernel_symbols(kernel: &[u8], names: &[&str]) -> Vec<(String, u64, u64)> {
+    match elf::Elf::parse(kernel) {
+        Ok(Some(e)) => e.symbols(names).unwrap_or_default(),
+        _ => Vec::new(),
     }
 }
 

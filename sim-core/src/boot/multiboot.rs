@@ -4,7 +4,7 @@
 use super::elf::{file_range, le, zero, Elf};
 use super::memmap::e820_map_with;
 use super::place::{place_modules, BootData, Ram, Record};
-use super::{BootConfig, BootError, BootInfo, BootProtocol};
+use super::{BootConfig, BootError, BootInfo, BootProtocol, ExecSegment};
 use crate::layout::{HIGH_MEMORY_BASE, LEGACY_RESERVED_BASE};
 use crate::state::gpr;
 use crate::{ArchState, GuestMemory};
@@ -95,12 +95,16 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig, elf: Option<&Elf>, h: &Header) 
         return Err(unsupported(format!("header requires unknown features (flags {unknown:#x})")));
     }
     let ram = Ram::new(mem);
-    let (entry, kernel_end) = if h.flags & HF_AOUT_KLUDGE != 0 {
-        load_aout(mem, file, &cfg.kernel.bytes, h, &ram)?
+    let (entry, kernel_end, exec_segments) = if h.flags & HF_AOUT_KLUDGE != 0 {
+        let (entry, end) = load_aout(mem, file, &cfg.kernel.bytes, h, &ram)?;
+        // The a.out image has no segment flags: all of it may be code.
+        let load = h.load_addr as u64;
+        (entry, end, vec![ExecSegment { vaddr: load, paddr: load, len: end.saturating_sub(load) }])
     } else {
         let elf =
             elf.ok_or_else(|| unsupported("not an ELF file and the header has no a.out kludge (flag 16)".into()))?;
-        load_elf(mem, file, elf, &ram)?
+        let (entry, end) = load_elf(mem, file, elf, &ram)?;
+        (entry, end, elf.exec_segments())
     };
     let modules = place_modules(mem, &ram, kernel_end, &cfg.modules)?;
 
@@ -149,7 +153,7 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig, elf: Option<&Elf>, h: &Header) 
 
     let mut state = ArchState::pvh_entry(entry, info);
     state.gpr[gpr::RAX] = BOOTLOADER_MAGIC as u64;
-    Ok(BootInfo { protocol: BootProtocol::Multiboot, entry: state, kernel_end })
+    Ok(BootInfo { protocol: BootProtocol::Multiboot, entry: state, kernel_end, exec_segments })
 }
 
 /// Load by the header's address fields (section 3.1.3).

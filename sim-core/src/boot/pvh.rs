@@ -59,5 +59,10 @@ pub fn load(mem: &GuestMemory, cfg: &BootConfig, elf: &Elf, entry: u64) -> Resul
         .u32(48, map.len() as u32);
     data.write(start_info, &si.0)?;
 
-    Ok(BootInfo { protocol: BootProtocol::Pvh, entry: ArchState::pvh_entry(entry, start_info), kernel_end })
+    Ok(BootInfo {
+        protocol: BootProtocol::Pvh,
+        entry: ArchState::pvh_entry(entry, start_info),
+        kernel_end,
+        exec_segments: elf.exec_segments(),
+    })
 }

@@ -12,10 +12,12 @@ struct Seg {
     vaddr: u64,
     data: Vec<u8>,
     memsz: u64,
+    /// p_flags (PF_X 1, PF_W 2, PF_R 4).
+    flags: u32,
 }
 
 fn seg(paddr: u64, data: &[u8], memsz: u64) -> Seg {
-    Seg { paddr, vaddr: paddr, data: data.to_vec(), memsz }
+    Seg { paddr, vaddr: paddr, data: data.to_vec(), memsz, flags: 0 }
 }
 
 /// An ELF note: namesz, descsz, type, name and desc each padded to 4.
@@ -78,10 +80,11 @@ fn elf(class64: bool, entry: u64, segs: &[Seg], notes: NotePlace) -> Vec<u8> {
     put(&mut f, b + 4, phnum as u64, 2);
     put(&mut f, b + 6, shsize as u64, 2);
     put(&mut f, b + 8, if shoff != 0 { 2 } else { 0 }, 2);
-    let phdr = |f: &mut Vec<u8>, ty: u32, off: usize, vaddr: u64, paddr: u64, filesz: u64, memsz: u64| {
+    let phdr = |f: &mut Vec<u8>, ty: u32, flags: u32, off: usize, vaddr: u64, paddr: u64, filesz: u64, memsz: u64| {
         let at = f.len();
         f.resize(at + phsize, 0);
         put(f, at, ty as u64, 4);
+        put(f, at + if class64 { 4 } else { 24 }, flags as u64, 4);
         if class64 {
             put(f, at + 8, off as u64, 8);
             put(f, at + 16, vaddr, 8);
@@ -99,10 +102,10 @@ fn elf(class64: bool, entry: u64, segs: &[Seg], notes: NotePlace) -> Vec<u8> {
         }
     };
     for (s, &off) in segs.iter().zip(&offsets) {
-        phdr(&mut f, 1, off, s.vaddr, s.paddr, s.data.len() as u64, s.memsz);
+        phdr(&mut f, 1, s.flags, off, s.vaddr, s.paddr, s.data.len() as u64, s.memsz);
     }
     if let NotePlace::Segment(n) = &notes {
-        phdr(&mut f, 4, note_off, 0, 0, n.len() as u64, 0);
+        phdr(&mut f, 4, 4, note_off, 0, 0, n.len() as u64, 0);
     }
     f.extend_from_slice(&note_bytes);
     for s in segs {
@@ -422,6 +425,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn try_load(mem: &GuestMemory, bytes: Vec<u8>) {
+        let _ = kernel_symbols(&bytes, &["xen_hypercall_intel", "other"]);
         let _ = load(mem, &config(bytes, vec![image("m", vec![1; 10])], "c"));
     }
 
@@ -437,10 +441,11 @@ mod fuzz {
         }
 
         #[test]
-        fn mutated_images_never_panic(which in 0..4usize, cut in 0..1000usize, flips in proptest::collection::vec((0..1000usize, any::<u8>()), 0..8)) {
+        fn mutated_images_never_panic(which in 0..5usize, cut in 0..1000usize, flips in proptest::collection::vec((0..1000usize, any::<u8>()), 0..8)) {
             let mem = GuestMemory::new(4).unwrap();
             let mut img = match which {
                 0 => pvh_kernel(true, NotePlace::Segment, 4),
+                4 => elf_with_symbols(&[("xen_hypercall_intel", 0x1000, 0x10), ("other", 1, 2)]),
                 1 => pvh_kernel(false, NotePlace::Section, 8),
                 2 => multiboot_elf(0, 3),
                 _ => { let mut f = mb_header(0x10000, &[0x100000, 0x100000, 0x100100, 0x200000, 0x100010]); f.resize(0x100, 0); f }
@@ -453,4 +458,86 @@ mod fuzz {
             try_load(&mem, img);
         }
     }
+}
+
+#[test]
+fn executable_segments_are_listed_for_both_elf_classes() {
+    for class64 in [false, true] {
+        let mem = dirty_mem(64);
+        let code = Seg { vaddr: 0xc010_0000, flags: 5, ..seg(0x100000, &[0x90; 0x40], 0x1000) };
+        let data = Seg { flags: 6, ..seg(0x200000, b"data", 0x10) };
+        let k = elf(class64, 0xc010_0000, &[code, data], NotePlace::Segment(phys32_note(0x100000, 4)));
+        let info = load(&mem, &config(k, Vec::new(), "")).unwrap();
+        // Only the R+X segment, with its file size (the bss part holds no code).
+        assert_eq!(info.exec_segments, [ExecSegment { vaddr: 0xc010_0000, paddr: 0x100000, len: 0x40 }]);
+    }
+}
+
+/// ELF64 with no segments and sections [null, .symtab, .strtab]: symbols
+/// (name, value, size); written from the gABI's layouts (Elf64_Shdr 64
+/// bytes, Elf64_Sym 24 bytes: name 0, info 4, other 5, shndx 6, value 8, size 16).
+fn elf_with_symbols(syms: &[(&str, u64, u64)]) -> Vec<u8> {
+    let mut strtab = vec![0u8];
+    let mut symtab = vec![0u8; 24]; // the null symbol
+    for (name, value, size) in syms {
+        let mut e = [0u8; 24];
+        e[..4].copy_from_slice(&(strtab.len() as u32).to_le_bytes());
+        e[4] = 0x12; // STB_GLOBAL, STT_FUNC
+        e[6..8].copy_from_slice(&1u16.to_le_bytes());
+        e[8..16].copy_from_slice(&value.to_le_bytes());
+        e[16..24].copy_from_slice(&size.to_le_bytes());
+        symtab.extend_from_slice(&e);
+        strtab.extend_from_slice(name.as_bytes());
+        strtab.push(0);
+    }
+    let (sym_off, str_off) = (64u64, 64 + symtab.len() as u64);
+    let shoff = str_off + strtab.len() as u64;
+    let mut f = vec![0u8; 64];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2;
+    f[5] = 1;
+    f[6] = 1;
+    f[16..18].copy_from_slice(&2u16.to_le_bytes());
+    f[18..20].copy_from_slice(&62u16.to_le_bytes());
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[40..48].copy_from_slice(&shoff.to_le_bytes());
+    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f[60..62].copy_from_slice(&3u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&symtab);
+    f.extend_from_slice(&strtab);
+    let shdr = |ty: u32, off: u64, size: u64, link: u32, entsize: u64| {
+        let mut h = [0u8; 64];
+        h[4..8].copy_from_slice(&ty.to_le_bytes());
+        h[24..32].copy_from_slice(&off.to_le_bytes());
+        h[32..40].copy_from_slice(&size.to_le_bytes());
+        h[40..44].copy_from_slice(&link.to_le_bytes());
+        h[56..64].copy_from_slice(&entsize.to_le_bytes());
+        h
+    };
+    f.extend_from_slice(&[0u8; 64]);
+    f.extend_from_slice(&shdr(2, sym_off, symtab.len() as u64, 2, 24));
+    f.extend_from_slice(&shdr(3, str_off, strtab.len() as u64, 0, 0));
+    f
+}
+
+#[test]
+fn kernel_symbols_are_found_by_name() {
+    let k = elf_with_symbols(&[
+        ("xen_hypercall_amd", 0xffff_ffff_8100_1000, 0x10),
+        ("other", 1, 2),
+        ("xen_hypercall_intel", 0xffff_ffff_8100_1020, 0xc),
+    ]);
+    let names = ["xen_hypercall_intel", "xen_hypercall_amd", "missing"];
+    assert_eq!(
+        kernel_symbols(&k, &names),
+        [
+            ("xen_hypercall_amd".to_string(), 0xffff_ffff_8100_1000, 0x10),
+            ("xen_hypercall_intel".to_string(), 0xffff_ffff_8100_1020, 0xc)
+        ]
+    );
+    assert!(kernel_symbols(b"not elf", &names).is_empty());
+    // A table cut short is no symbols, not a panic.
+    assert!(kernel_symbols(&k[..k.len() - 100], &names).is_empty());
 }

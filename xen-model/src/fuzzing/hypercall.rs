@@ -1,12 +1,19 @@
 //! `hypercall`: a sequence of hypercalls with arguments and guest-memory
-//! contents against a fresh `XenPlatform` over 2 MiB of guest RAM, without a
-//! CPU. Besides hypercalls, a step may be what a guest or dom0 does between
+//! contents against a `XenPlatform` over 2 MiB of guest RAM, without a CPU,
+//! reset between inputs to the state the toolstack leaves before the guest
+//! runs (see `warm`). Besides hypercalls, a step may be what a guest or dom0 does between
 //! them (write memory, handle an upcall, mask a port, fill a grant entry, a
 //! backend mapping grants or signalling). After every step the platform's
 //! invariants are checked (`check`).
 
 use arbitrary::Arbitrary;
 use sim_core::state::efer;
+
+use sim_core::devices::lapic::Lapic;
+use sim_core::irq::GsiLines;
+use sim_core::platform::{Platform, PlatformEffect, TimerKey};
+use sim_core::state::ArchState;
+use sim_core::timer_queue::TimerQueue;
 
 use crate::gnttab::abi::gtf;
 use crate::gnttab::MapHandle;
@@ -142,15 +149,111 @@ pub enum Step {
     BackendUnmap(u8),
 }
 
-/// Execute one input on a fresh platform.
+/// Execute one input on the platform for its configuration, reset to the
+/// state it had when built (see `warm`): the same outcome as on a platform
+/// built for this input alone (`run_fresh`), at a fraction of the cost.
 pub fn run(input: &Input) -> Result<(), String> {
-    let vcpus = u32::from(input.vcpus % 4) + 1;
+    let (vcpus, rings) = shape(input);
+    warm::with_rig(vcpus, rings, |r| execute(r, input, None))
+}
+
+/// Execute one input on a platform built for it alone: the reference that
+/// the reset in `run` must match.
+pub fn run_fresh(input: &Input) -> Result<(), String> {
+    let (vcpus, rings) = shape(input);
+    execute(&mut fresh_rig(vcpus, rings), input, None)
+}
+
+/// As `run` (`fresh`: `run_fresh`), also recording what the input did and
+/// the state it left: two runs of one input must give equal traces.
+pub fn run_traced(input: &Input, fresh: bool) -> (Result<(), String>, Trace) {
+    let (vcpus, rings) = shape(input);
+    let mut t = Trace::default();
+    let result = if fresh {
+        let mut r = fresh_rig(vcpus, rings);
+        let res = execute(&mut r, input, Some(&mut t));
+        t.finish(&r);
+        res
+    } else {
+        warm::with_rig(vcpus, rings, |r| {
+            let res = execute(r, input, Some(&mut t));
+            t.finish(r);
+            res
+        })
+    };
+    (result, t)
+}
+
+/// What one input did: every hypercall's result and effect, then the whole
+/// machine state it left (platform state, every RAM page, overlays, the
+/// machine parts the platform drives).
+#[derive(Debug, Default, PartialEq)]
+pub struct Trace {
+    pub calls: Vec<(i64, PlatformEffect)>,
+    pub platform: Vec<u8>,
+    /// Every RAM page's contents, as one hash per page.
+    pub ram: Vec<u64>,
+    pub overlays: Vec<(u64, Vec<u8>)>,
+    pub timers: Option<TimerQueue<TimerKey>>,
+    pub lapics: Vec<Lapic>,
+    pub gsi: Option<GsiLines>,
+    pub console: Vec<u8>,
+    pub effects: Vec<PlatformEffect>,
+    pub now: u64,
+    pub cpu: Option<Box<ArchState>>,
+}
+
+impl Trace {
+    fn finish(&mut self, r: &Rig) {
+        use std::hash::{Hash, Hasher};
+        self.platform = r.p.save();
+        let mut page = vec![0u8; 4096];
+        for &(base, len) in r.mem.ram_ranges() {
+            for gpa in (base..base.saturating_add(len)).step_by(4096) {
+                let _ = r.mem.read(gpa, &mut page);
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                page.hash(&mut h);
+                self.ram.push(h.finish());
+            }
+        }
+        self.overlays = r
+            .mem
+            .overlays()
+            .map(|(g, p)| {
+                p.read(0, &mut page);
+                (g, page.clone())
+            })
+            .collect();
+        self.timers = Some(r.timers.clone());
+        self.lapics = r.lapics.clone();
+        self.gsi = Some(r.gsi.clone());
+        self.console = r.console.clone();
+        self.effects = r.effects.clone();
+        self.now = r.now;
+        self.cpu = Some(Box::new(r.cpu.s.clone()));
+    }
+}
+
+/// vCPUs and whether the toolstack rings exist: what a platform is built for.
+fn shape(input: &Input) -> (u32, bool) {
+    (u32::from(input.vcpus % 4) + 1, input.rings)
+}
+
+/// A new platform as the toolstack leaves it before the guest runs: the
+/// initial xenstore tree written and the rings mapped (the first `sync`).
+fn fresh_rig(vcpus: u32, rings: bool) -> Rig {
     let mut cfg = XenConfig::default();
-    if input.rings {
+    if rings {
         cfg.store = Some(Ring { pfn: STORE_PFN, evtchn: 1 });
         cfg.console = Some(Ring { pfn: CONSOLE_PFN, evtchn: 2 });
     }
     let mut r = Rig::with_memory(cfg, vcpus, 2);
+    r.sync();
+    r
+}
+
+fn execute(r: &mut Rig, input: &Input, mut trace: Option<&mut Trace>) -> Result<(), String> {
+    let vcpus = r.p.nr_vcpus;
     if input.compat {
         r.cpu = FakeVcpu::prot32();
     }
@@ -158,30 +261,128 @@ pub fn run(input: &Input) -> Result<(), String> {
     let compat0 = r.p.shinfo.compat();
     let mut tainted = false;
     for (i, step) in input.steps.iter().take(super::MAX_STEPS).enumerate() {
-        apply(&mut r, step, vcpus, &mut handles);
+        let call = apply(r, step, vcpus, &mut handles);
+        if let (Some(t), Some(c)) = (trace.as_deref_mut(), call) {
+            t.calls.push(c);
+        }
         // Once the guest can reach shared_info or a vcpu_info through memory
         // (or switched layouts), it may legitimately clear bits Xen set.
         tainted |= r.p.shinfo.gfn.is_some()
             || r.p.vi.iter().any(|v| matches!(v, VcpuInfoAt::Guest(_)))
             || r.p.shinfo.compat() != compat0;
-        check(&r, tainted, false).map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
+        check(r, tainted, Checks::after(step)).map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
     }
-    check(&r, tainted, true).map_err(|e| format!("at the end: {e}"))
+    check(r, tainted, Checks::ALL).map_err(|e| format!("at the end: {e}"))
 }
 
-fn apply(r: &mut Rig, step: &Step, vcpus: u32, handles: &mut Vec<MapHandle>) {
+/// One platform per shape, built once per thread and reset before each
+/// input: the platform from a `Checkpoint` taken when it was built, guest
+/// RAM by rewriting only the pages written since (the dirty bitmap), the
+/// machine parts from copies. Nothing of an earlier input survives: the
+/// traced tests compare against `run_fresh`.
+mod warm {
+    use std::cell::RefCell;
+
+    use sim_core::devices::lapic::Lapic;
+    use sim_core::irq::GsiLines;
+    use sim_core::platform::TimerKey;
+    use sim_core::timer_queue::TimerQueue;
+
+    use crate::platform::Checkpoint;
+    use crate::testing::{FakeVcpu, Rig};
+
+    struct Warm {
+        rig: Rig,
+        platform: Checkpoint,
+        /// RAM pages the build wrote, with their contents (others are zero).
+        ram: Vec<(u64, Box<[u8]>)>,
+        timers: TimerQueue<TimerKey>,
+        lapics: Vec<Lapic>,
+        gsi: GsiLines,
+        now: u64,
+    }
+
+    thread_local! {
+        /// By shape: (vcpus - 1) * 2 + rings.
+        static RIGS: RefCell<Vec<Option<Warm>>> = RefCell::new((0..8).map(|_| None).collect());
+    }
+
+    pub(super) fn with_rig<T>(vcpus: u32, rings: bool, f: impl FnOnce(&mut Rig) -> T) -> T {
+        RIGS.with(|rigs| {
+            let mut rigs = rigs.borrow_mut();
+            let slot = &mut rigs[(vcpus.clamp(1, 4) as usize - 1) * 2 + usize::from(rings)];
+            let w = slot.get_or_insert_with(|| build(vcpus, rings));
+            reset(w);
+            f(&mut w.rig)
+        })
+    }
+
+    fn build(vcpus: u32, rings: bool) -> Warm {
+        let mut rig = super::fresh_rig(vcpus, rings);
+        let mut ram = Vec::new();
+        for gfn in rig.mem.take_dirty() {
+            let mut page = vec![0u8; 4096].into_boxed_slice();
+            let _ = rig.mem.read(gfn << 12, &mut page);
+            ram.push((gfn, page));
+        }
+        Warm {
+            platform: rig.p.checkpoint(),
+            ram,
+            timers: rig.timers.clone(),
+            lapics: rig.lapics.clone(),
+            gsi: rig.gsi.clone(),
+            now: rig.now,
+            rig,
+        }
+    }
+
+    /// Everything back to the state `build` left; done before each input,
+    /// so an input that panicked half-way leaves nothing behind either.
+    fn reset(w: &mut Warm) {
+        let r = &mut w.rig;
+        const ZERO: [u8; 4096] = [0; 4096];
+        for gfn in r.mem.take_dirty() {
+            let page = w.ram.iter().find(|(g, _)| *g == gfn).map_or(&ZERO[..], |(_, p)| &p[..]);
+            let _ = r.mem.write(gfn << 12, page);
+        }
+        // The rewrites above marked their pages again.
+        r.mem.take_dirty();
+        r.timers.clone_from(&w.timers);
+        r.lapics.clone_from(&w.lapics);
+        r.gsi.clone_from(&w.gsi);
+        r.console.clear();
+        r.input.clear();
+        r.effects.clear();
+        r.now = w.now;
+        r.cpu = FakeVcpu::long();
+        if let Err(e) = r.p.restore_checkpoint(crate::rig_ctx!(r), &w.platform) {
+            // A checkpoint of this very platform always restores; if it did
+            // not, no later outcome could be trusted.
+            panic!("fuzz rig: restoring its own checkpoint failed: {e}");
+        }
+    }
+}
+
+/// One step; a hypercall's RAX and effect.
+fn apply(r: &mut Rig, step: &Step, vcpus: u32, handles: &mut Vec<MapHandle>) -> Option<(i64, PlatformEffect)> {
     match step {
         Step::Call { vcpu, hc, sub, args } => {
             let v = u32::from(*vcpu) % vcpus;
             let mut a = [u64::from(*sub), args[0].value(), args[1].value(), args[2].value()];
-            if matches!(hc, Hypercall::GrantTableOp | Hypercall::ConsoleIo) && (a[2] as i32) >= 0 {
-                // The batch count (bytes for console_io): more than 64 only
-                // repeats the same per-entry work and slows every execution
-                // (Xen would preempt such a batch with a continuation).
-                // Negative counts stay (the EINVAL path).
-                a[2] %= 65;
+            // The batch count (grant_table_op's third argument, console_io's
+            // second, in bytes): more than 64 only repeats the same
+            // per-entry work and slows every execution (Xen would preempt
+            // such a batch with a continuation). Negative counts stay (the
+            // EINVAL path).
+            let count = match hc {
+                Hypercall::GrantTableOp => Some(2),
+                Hypercall::ConsoleIo => Some(1),
+                _ => None,
+            };
+            if let Some(c) = count.filter(|&c| (a[c] as i32) >= 0) {
+                a[c] %= 65;
             }
-            r.call_on(v, hc.number(), &a);
+            return Some(r.call_on(v, hc.number(), &a));
         }
         Step::Poke { at, bytes } => {
             for (i, b) in bytes.iter().enumerate() {
@@ -244,6 +445,7 @@ fn apply(r: &mut Rig, step: &Step, vcpus: u32, handles: &mut Vec<MapHandle>) {
             }
         }
     }
+    None
 }
 
 /// Linux's 2-level upcall loop on `v`, run to completion.
@@ -294,24 +496,64 @@ fn guest_grant(r: &mut Rig, gref: u32, flags: u16, domid: u16, frame: u32) {
     page.write(off, &e[0..2]);
 }
 
-/// The platform's invariants. `tainted`: the guest could have edited the
-/// event-channel bits directly, so only structural checks apply to them.
-/// `full`: also scan every grant entry (once per input: it is slow).
-pub fn check(r: &Rig, tainted: bool, full: bool) -> Result<(), String> {
-    let p = &r.p;
-    p.evtchn.check_invariants()?;
-    if !tainted {
-        check_delivery(r)?;
+/// Which invariants to check: after a step, those over the state the step
+/// can change (the rest cannot have broken); at the end, all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// Event-channel tables and the 2-level delivery chain.
+    pub evtchn: bool,
+    /// Grant-table bookkeeping; `full` also scans every entry (slow).
+    pub gnttab: bool,
+    pub full: bool,
+    /// Overlays, the callback, Xen's registers.
+    pub platform: bool,
+}
+
+impl Checks {
+    pub const ALL: Checks = Checks { evtchn: true, gnttab: true, full: true, platform: true };
+
+    /// What `step` can reach. A hypercall, a platform call (`sync` and
+    /// everything that calls it) or a timer can change anything; the rest
+    /// touch one model each, or only guest RAM and the clock (a guest RAM
+    /// write can break no invariant: overlay pages are not written, and
+    /// once event bits live in guest RAM the delivery check is off).
+    pub fn after(step: &Step) -> Checks {
+        let none = Checks { evtchn: false, gnttab: false, full: false, platform: false };
+        match step {
+            Step::Poke { .. } | Step::Advance(_) => none,
+            Step::Grant { .. } | Step::BackendMap { .. } | Step::BackendUnmap(_) => Checks { gnttab: true, ..none },
+            Step::Mask { masked: true, .. }
+            | Step::BackendBind(_)
+            | Step::BackendAllocUnbound
+            | Step::BackendPending(_)
+            | Step::BackendUnbind(_) => Checks { evtchn: true, ..none },
+            _ => Checks { full: false, ..Checks::ALL },
+        }
     }
-    if p.grant_maps.is_empty() {
+}
+
+/// The platform's invariants (those `which` names). `tainted`: the guest
+/// could have edited the event-channel bits directly, so only structural
+/// checks apply to them.
+pub fn check(r: &Rig, tainted: bool, which: Checks) -> Result<(), String> {
+    let p = &r.p;
+    if which.evtchn {
+        p.evtchn.check_invariants()?;
+        if !tainted {
+            check_delivery(r)?;
+        }
+    }
+    if which.gnttab && p.grant_maps.is_empty() {
         // No table frame is in the guest's physmap, so nobody but Xen wrote
         // the access bits.
-        p.gnttab.check_invariants(full)?;
+        p.gnttab.check_invariants(which.full)?;
     }
-    check_overlays(r)?;
-    if let Callback::Vector(v) = p.callback {
-        if v < 0x10 {
-            return Err(format!("callback vector {v:#x} below 0x10"));
+    if which.platform {
+        check_overlays(r)?;
+        if let Callback::Vector(v) = p.callback {
+            if v < 0x10 {
+                return Err(format!("callback vector {v:#x} below 0x10"));
+            }
         }
     }
     if r.cpu.s.efer & efer::LMA == 0 && r.cpu.s.gpr[0] >> 32 != 0 {
@@ -336,20 +578,30 @@ fn check_delivery(r: &Rig) -> Result<(), String> {
         }
         any_sel |= sel;
     }
-    // The bit arrays in one read each (bit n = bit n % 8 of byte n / 8).
-    let n = bits * bits / 8;
+    // The bit arrays in one read each (bit n = bit n % 8 of byte n / 8),
+    // taken a selector word at a time: the loop runs once per word, not
+    // once per byte (under coverage tracing every comparison is a call).
+    let wbytes = bits / 8;
     let (mut pending, mut mask) = ([0u8; 512], [0u8; 512]);
-    sh.page().read(crate::shared_info::layout::EVTCHN_PENDING as usize, &mut pending[..n]);
-    sh.page().read(sh.mask_offset() as usize, &mut mask[..n]);
-    for (i, (p, m)) in pending[..n].iter().zip(&mask[..n]).enumerate() {
-        let live = p & !m;
-        if live != 0 {
-            let port = i * 8 + live.trailing_zeros() as usize;
-            let word = port / bits;
-            if any_sel & (1 << word) == 0 {
-                return Err(format!("port {port} pending and unmasked, selector bit {word} clear on every vCPU"));
-            }
-        }
+    sh.page().read(crate::shared_info::layout::EVTCHN_PENDING as usize, &mut pending[..bits * wbytes]);
+    sh.page().read(sh.mask_offset() as usize, &mut mask[..bits * wbytes]);
+    let word = |a: &[u8; 512], w: usize| {
+        let mut b = [0u8; 8];
+        b[..wbytes].copy_from_slice(&a[w * wbytes..(w + 1) * wbytes]);
+        u64::from_le_bytes(b)
+    };
+    // Bit w: selector word w has a pending unmasked port.
+    let mut live_words = 0u64;
+    for w in 0..bits {
+        let live = word(&pending, w) & !word(&mask, w);
+        // live != 0 as a bit, without a comparison.
+        live_words |= ((live | live.wrapping_neg()) >> 63) << w;
+    }
+    let missing = live_words & !any_sel;
+    if missing != 0 {
+        let w = missing.trailing_zeros() as usize;
+        let port = w * bits + (word(&pending, w) & !word(&mask, w)).trailing_zeros() as usize;
+        return Err(format!("port {port} pending and unmasked, selector bit {w} clear on every vCPU"));
     }
     Ok(())
 }
@@ -397,4 +649,32 @@ fn check_overlays(r: &Rig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2-level chain by the ABI: port p is in selector word p / bits.
+    #[test]
+    fn delivery_check_finds_a_pending_port_without_its_selector_bit() {
+        for (compat, port, word) in [(false, 70u32, 1u32), (false, 4095, 63), (true, 40, 1), (true, 1023, 31)] {
+            let mut r = fresh_rig(2, false);
+            r.p.shinfo.set_compat(compat);
+            assert_eq!(check_delivery(&r), Ok(()), "a fresh platform has nothing pending");
+            r.p.shinfo.test_and_set_pending(port);
+            let want = format!("port {port} pending and unmasked, selector bit {word} clear on every vCPU");
+            assert_eq!(check_delivery(&r), Err(want));
+            // Masked: nothing to deliver.
+            r.p.shinfo.set_mask(port);
+            assert_eq!(check_delivery(&r), Ok(()));
+            r.p.shinfo.test_and_clear_mask(port);
+            // The selector bit on vCPU 1 (with its upcall_pending) completes the chain.
+            let at = r.p.vi[1];
+            r.p.shinfo.test_and_set_sel(&r.mem, at, word);
+            assert!(check_delivery(&r).is_err_and(|e| e.contains("without upcall_pending")));
+            r.p.shinfo.test_and_set_upcall_pending(&r.mem, at);
+            assert_eq!(check_delivery(&r), Ok(()));
+        }
+    }
 }

@@ -37,19 +37,26 @@ fn contents(pages: &[OverlayPage]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn pages(contents: &[Vec<u8>]) -> Result<Vec<OverlayPage>, String> {
+fn check_pages(contents: &[Vec<u8>]) -> Result<(), String> {
     if contents.len() > MAX_FRAMES {
         return Err(format!("grant table state lists {} frames", contents.len()));
     }
+    match contents.iter().find(|c| c.len() != 4096) {
+        Some(c) => Err(format!("grant frame of {} bytes", c.len())),
+        None => Ok(()),
+    }
+}
+
+/// Pages holding `contents` (checked by `check_pages`), reusing the pages of
+/// `old` first: a new page costs an mmap and the old ones are dropped anyway.
+fn pages(contents: &[Vec<u8>], old: Vec<OverlayPage>) -> Vec<OverlayPage> {
+    let mut old = old.into_iter();
     contents
         .iter()
         .map(|c| {
-            if c.len() != 4096 {
-                return Err(format!("grant frame of {} bytes", c.len()));
-            }
-            let p = OverlayPage::new();
+            let p = old.next().unwrap_or_default();
             p.write(0, c);
-            Ok(p)
+            p
         })
         .collect()
 }
@@ -69,21 +76,27 @@ impl GrantTable {
         }
     }
 
-    /// Take back a saved state. Frames become new pages: the platform maps
-    /// them where the guest had them.
+    /// Take back a saved state. The table's frames take the saved contents
+    /// (its current pages are reused, so whoever maps them must map them
+    /// again: the platform maps them where the guest had them).
     pub fn restore_state(&mut self, s: &GrantTableState) -> Result<(), String> {
         if !matches!(s.version, 1 | 2) {
             return Err(format!("grant table version {}", s.version));
         }
+        for c in [&s.shared, &s.status, &s.released] {
+            check_pages(c)?;
+        }
         *self = GrantTable {
             version: s.version,
             max_frames: s.max_frames,
-            shared: pages(&s.shared)?,
-            status: pages(&s.status)?,
+            shared: pages(&s.shared, std::mem::take(&mut self.shared)),
+            status: pages(&s.status, std::mem::take(&mut self.status)),
             active: s.active.clone(),
             maps: s.maps.clone(),
             next_handle: s.next_handle,
-            released: pages(&s.released)?,
+            // Released frames may still be mapped in the guest: never reuse
+            // a page for them.
+            released: pages(&s.released, Vec::new()),
         };
         Ok(())
     }

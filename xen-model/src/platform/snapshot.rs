@@ -4,8 +4,14 @@
 //! table with its frames and where they are mapped. Restoring re-creates
 //! the overlay pages and maps them into guest memory where the guest had
 //! them. Timers are the machine's (its queue is in its own state).
+//!
+//! A `Checkpoint` is the same state kept in memory, for callers that reset
+//! one platform many times (the fuzz targets): restoring it skips encoding,
+//! and both restores write into the overlay pages the platform already has
+//! instead of allocating new ones.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sim_core::platform::{PlatformCtx, PlatformEffect};
@@ -17,7 +23,7 @@ use crate::gnttab::GrantTableState;
 use crate::hvm::{Callback, HVM_NR_PARAMS};
 use crate::shared_info::VcpuInfoAt;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct XenState {
     nr_vcpus: u32,
     dom0: crate::dom0::Dom0State,
@@ -41,8 +47,39 @@ struct XenState {
     pending_start: BTreeMap<u32, Box<sim_core::ArchState>>,
 }
 
+/// The platform's state held in memory (see the module comment), with a
+/// number no other checkpoint has.
+#[derive(Clone)]
+pub struct Checkpoint {
+    state: XenState,
+    id: u64,
+}
+
+static NEXT_CHECKPOINT: AtomicU64 = AtomicU64::new(0);
+
 impl XenPlatform {
     pub(super) fn save_snapshot(&self) -> Vec<u8> {
+        rmp_serde::to_vec(&self.state()).unwrap_or_default()
+    }
+
+    pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
+        let s: XenState = rmp_serde::from_slice(data).map_err(|e| format!("undecodable Xen state ({e})"))?;
+        self.restore_state(ctx, &s, None)
+    }
+
+    /// The whole state, as `Platform::save` has it, without encoding.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint { state: self.state(), id: NEXT_CHECKPOINT.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// Back to `cp`, exactly as `Platform::restore` of the same state would
+    /// do: every overlay in guest memory is dropped and the platform's pages
+    /// are mapped again where `cp` had them. Guest RAM is the caller's.
+    pub fn restore_checkpoint(&mut self, ctx: &mut PlatformCtx, cp: &Checkpoint) -> Result<(), String> {
+        self.restore_state(ctx, &cp.state, Some(cp.id))
+    }
+
+    fn state(&self) -> XenState {
         // Destructured so that a new field fails to compile until it is
         // saved here (or named as configuration / transient).
         let XenPlatform {
@@ -70,7 +107,7 @@ impl XenPlatform {
         } = self;
         let mut shinfo_page = vec![0u8; 4096];
         shinfo.page().read(0, &mut shinfo_page);
-        let state = XenState {
+        XenState {
             nr_vcpus: *nr_vcpus,
             dom0: dom0.save_state(),
             shinfo_page,
@@ -91,12 +128,10 @@ impl XenPlatform {
             pirq_level: pirq_level.clone(),
             soft_resets: *soft_resets,
             pending_start: pending_start.clone(),
-        };
-        rmp_serde::to_vec(&state).unwrap_or_default()
+        }
     }
 
-    pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
-        let s: XenState = rmp_serde::from_slice(data).map_err(|e| format!("undecodable Xen state ({e})"))?;
+    fn restore_state(&mut self, ctx: &mut PlatformCtx, s: &XenState, checkpoint: Option<u64>) -> Result<(), String> {
         let n = self.nr_vcpus;
         if s.nr_vcpus != n || s.vi.len() != n as usize || s.vcpus.len() != n as usize {
             return Err(format!("Xen state for {} vCPUs, this platform has {n}", s.nr_vcpus));
@@ -123,21 +158,21 @@ impl XenPlatform {
             let page = self.gnttab.existing_frame(idx, status).cloned().unwrap_or_else(OverlayPage::new);
             ctx.mem.map_overlay(gfn, page);
         }
-        self.dom0.restore_state(s.dom0, ctx.mem)?;
-        self.evtchn = s.evtchn;
-        self.vi = s.vi;
-        self.vcpus = s.vcpus;
+        self.dom0.restore_state(&s.dom0, ctx.mem, checkpoint)?;
+        self.evtchn.clone_from(&s.evtchn);
+        self.vi.clone_from(&s.vi);
+        self.vcpus.clone_from(&s.vcpus);
         self.callback = s.callback;
         self.callback_gsi_high = s.callback_gsi_high;
         self.params.copy_from_slice(&s.params);
-        self.grant_maps = s.grant_maps;
-        self.warned = s.warned;
+        self.grant_maps.clone_from(&s.grant_maps);
+        self.warned.clone_from(&s.warned);
         self.shutdown_code = s.shutdown_code;
         self.vm_assist = s.vm_assist;
-        self.pirq_gsi = s.pirq_gsi;
-        self.pirq_level = s.pirq_level;
+        self.pirq_gsi.clone_from(&s.pirq_gsi);
+        self.pirq_level.clone_from(&s.pirq_level);
         self.soft_resets = s.soft_resets;
-        self.pending_start = s.pending_start;
+        self.pending_start.clone_from(&s.pending_start);
         self.effect = PlatformEffect::None;
         Ok(())
     }

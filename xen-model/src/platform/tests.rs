@@ -810,6 +810,60 @@ fn socket_clients_from_the_door_reach_the_store_and_see_guest_writes() {
     assert_eq!(&guest_xs_replies(&mut r)[16..], b"1");
 }
 
+#[test]
+fn a_checkpoint_restores_the_platform_and_its_overlays_in_place() {
+    let mut r = pv_rig();
+    let cp = r.p.checkpoint();
+    let saved = r.p.save();
+    let overlays = |r: &Rig| -> Vec<(u64, Vec<u8>)> {
+        r.mem
+            .overlays()
+            .map(|(g, p)| {
+                let mut b = vec![0u8; 4096];
+                p.read(0, &mut b);
+                (g, b)
+            })
+            .collect()
+    };
+    let before = overlays(&r);
+    // Change what the checkpoint covers: a node through the ring, grant v2
+    // with its shared and status frames in the physmap, a new port.
+    guest_xs_request(&mut r, 11, 1, b"data/x\0y");
+    r.sync();
+    assert!(r.p.xenstore().tree().get("/local/domain/1/data/x").is_some());
+    r.mem.write_u32(0x7000, 2).unwrap();
+    assert_eq!(r.call(nr::GRANT_TABLE_OP, &[8, 0x7000, 1]), 0, "GNTTABOP_set_version(2)");
+    for (gfn, idx) in [(0x100u64, 0u64), (0x101, 1 << 31)] {
+        r.mem.write_u16(0xa000, DOMID_SELF).unwrap();
+        r.mem.write_u32(0xa004, 1).unwrap(); // XENMAPSPACE_grant_table
+        r.mem.write_u64(0xa008, idx).unwrap();
+        r.mem.write_u64(0xa010, gfn).unwrap();
+        assert_eq!(r.call(nr::MEMORY_OP, &[7, 0xa000]), 0);
+    }
+    assert_eq!(r.evtchn(6, &[DOMID_SELF as u32, 0]), 0, "alloc_unbound");
+    r.mem.write_u32(XS + 2048, 0xdead).unwrap(); // ring indexes
+    assert_ne!(r.p.save(), saved);
+
+    r.p.restore_checkpoint(ctx!(r), &cp).unwrap();
+    assert_eq!(r.p.save(), saved, "the same state as at the checkpoint");
+    assert_eq!(overlays(&r), before, "the same overlays, same contents");
+    assert_eq!(r.mem.backing(0x100 << 12), sim_core::memory::Backing::Ram, "grant frame unmapped");
+    assert!(r.p.xenstore().tree().get("/local/domain/1/data/x").is_none());
+    assert_eq!(r.p.gnttab.version(), 1);
+    // Still a working platform: the ring answers.
+    guest_xs_request(&mut r, 2, 9, b"domid\0");
+    r.sync();
+    assert_eq!(&guest_xs_replies(&mut r)[16..], b"1");
+    // Restored again after a store change, and again with none.
+    guest_xs_request(&mut r, 11, 2, b"data/z\0w");
+    r.sync();
+    r.p.restore_checkpoint(ctx!(r), &cp).unwrap();
+    assert!(r.p.xenstore().tree().get("/local/domain/1/data/z").is_none());
+    assert_eq!(r.p.save(), saved);
+    r.p.restore_checkpoint(ctx!(r), &cp).unwrap();
+    assert_eq!(r.p.save(), saved);
+}
+
 trait ConcatFor {
     fn concat_for(&self, client: u32) -> Vec<u8>;
 }
