@@ -32,16 +32,16 @@ fn kvm(test: &str) -> Option<Arc<KvmVm>> {
     KvmVm::new().map_err(|e| eprintln!("skipping {test}: {e}")).ok()
 }
 
-fn config() -> MachineConfig {
-    MachineConfig { memory_mib: 16, ..Default::default() }
+fn config(cpus: u32) -> MachineConfig {
+    MachineConfig { cpus, memory_mib: 16, ..Default::default() }
 }
 
 /// A machine with the Xen platform as KVM has it (hypercall-page stubs end
 /// in a port write), `kernel` booted, console captured.
-fn xen_machine(kernel: &[u8], factory: &mut VcpuFactory<'_>) -> (Machine, Capture) {
+fn xen_machine(kernel: &[u8], cpus: u32, factory: &mut VcpuFactory<'_>) -> (Machine, Capture) {
     let xen = XenConfig { hypercall_gate: HypercallGate::Port(HYPERCALL_PORT as u8), ..Default::default() };
-    let platform = XenPlatform::new(xen, 1);
-    let mut m = Machine::with_platform(config(), Some(Box::new(platform)), factory).expect("machine");
+    let platform = XenPlatform::new(xen, cpus);
+    let mut m = Machine::with_platform(config(cpus), Some(Box::new(platform)), factory).expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
     m.boot(BootConfig {
@@ -65,8 +65,8 @@ fn interp_as_kvm(
     }
 }
 
-fn header(kernel: &[u8]) -> Header {
-    let c = config();
+fn header(kernel: &[u8], cpus: u32) -> Header {
+    let c = config(cpus);
     Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
         config: LogConfig {
@@ -88,17 +88,17 @@ struct Recorded {
     log: Log,
 }
 
-fn record_on_kvm(vm: &Arc<KvmVm>, kernel: &[u8], path: &Path) -> Recorded {
-    let (mut m, cap) = xen_machine(kernel, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
+fn record_on_kvm(vm: &Arc<KvmVm>, kernel: &[u8], cpus: u32, path: &Path) -> Recorded {
+    let (mut m, cap) = xen_machine(kernel, cpus, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
     assert_eq!(m.time_source(), TimeSource::Exits, "KVM runs on exit time");
-    let mut w = LogWriter::create(path, &header(kernel)).unwrap();
+    let mut w = LogWriter::create(path, &header(kernel, cpus)).unwrap();
     let stop = replay::record(&mut m, Box::new(ClosedDoor), &mut w, 10).unwrap();
     w.finish().unwrap();
     Recorded { stop, output: cap.text(), log: Log::read(path).unwrap() }
 }
 
-fn replay_on_interp(kernel: &[u8], log: &Log) -> (Replayed, String, Machine) {
-    let (mut m, cap) = xen_machine(kernel, &mut interp_as_kvm());
+fn replay_on_interp(kernel: &[u8], cpus: u32, log: &Log) -> (Replayed, String, Machine) {
+    let (mut m, cap) = xen_machine(kernel, cpus, &mut interp_as_kvm());
     let r = replay::replay(&mut m, log, None, &mut |_| {}).unwrap();
     (r, cap.text(), m)
 }
@@ -121,13 +121,29 @@ fn exits(log: &Log) -> Vec<VcpuExit> {
 }
 
 fn expect_identical(name: &str, vm: &Arc<KvmVm>, kernel: &[u8], expected_output: &str, expected_stop: StopReason) {
+    expect_identical_on(name, vm, kernel, 1, expected_output, expected_stop)
+}
+
+fn expect_identical_on(
+    name: &str,
+    vm: &Arc<KvmVm>,
+    kernel: &[u8],
+    cpus: u32,
+    expected_output: &str,
+    expected_stop: StopReason,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let rec = record_on_kvm(vm, kernel, &dir.path().join("kvm.log"));
+    let rec = record_on_kvm(vm, kernel, cpus, &dir.path().join("kvm.log"));
     assert_eq!(rec.output, expected_output, "{name} on KVM");
     assert_eq!(rec.stop, expected_stop, "{name} on KVM");
     assert_eq!(replay::drive::time_source(&rec.log), TimeSource::Exits);
-    assert!(exits(&rec.log).contains(&VcpuExit::Hypercall) || name != "xen_events", "hypercall exits logged");
-    let (replayed, output, m) = replay_on_interp(kernel, &rec.log);
+    // Every exit is logged, down to the guest's last: its isa-debug-exit write.
+    assert_eq!(
+        exits(&rec.log).last(),
+        Some(&VcpuExit::IoOut { port: 0xf4, size: 1, data: 0 }),
+        "{name}: the last exit logged"
+    );
+    let (replayed, output, m) = replay_on_interp(kernel, cpus, &rec.log);
     assert!(matches!(replayed, Replayed::Identical { stop, .. } if stop == rec.stop), "{name}: {replayed:?}");
     assert_eq!(output, rec.output, "{name}: the replay prints what KVM printed");
     assert_eq!(m.digest().hash(), end_hash(&rec.log), "{name}: the final state hash");
@@ -149,9 +165,9 @@ fn xen_events_computing_time_with_rdtsc_is_reported_as_a_divergence() {
     // exits: the deadline it writes into its hypercall arguments differs.
     let kernel = xen::xen_events_via(HypercallEntry::Page).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rec = record_on_kvm(&vm, &kernel, &dir.path().join("kvm.log"));
+    let rec = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log"));
     assert_eq!(rec.output, xen::XEN_EVENTS_EXPECTED);
-    let (replayed, output, _) = replay_on_interp(&kernel, &rec.log);
+    let (replayed, output, _) = replay_on_interp(&kernel, 1, &rec.log);
     // Where it shows depends on the host's timing: in RAM at the end (the
     // arguments), or in an exit (the timer fired at a different moment).
     let Replayed::Diverged(_) = replayed else { panic!("not detected: {replayed:?}") };
@@ -234,9 +250,9 @@ fn a_guest_printing_its_tsc_is_reported_as_a_divergence() {
     let Some(vm) = kvm("a_guest_printing_its_tsc_is_reported_as_a_divergence") else { return };
     let kernel = hlt_loop_guest(2, true).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rec = record_on_kvm(&vm, &kernel, &dir.path().join("kvm.log"));
+    let rec = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log"));
     assert!(rec.output.starts_with("2 ticks\ntsc "), "{}", rec.output);
-    let (replayed, _, _) = replay_on_interp(&kernel, &rec.log);
+    let (replayed, _, _) = replay_on_interp(&kernel, 1, &rec.log);
     let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
     // The TSC the interpreter reads between exits is its own: the first
     // digit printed differently is an exit (a port write) the log does not
@@ -244,4 +260,13 @@ fn a_guest_printing_its_tsc_is_reported_as_a_divergence() {
     let text = d.differences.join("\n");
     assert!(text.contains("IoOut"), "names the differing exit: {d}");
     assert!(text.contains("the recorded run exited with"), "{d}");
+}
+
+#[test]
+fn two_vcpus_recorded_on_kvm_replay_on_the_interpreter() {
+    let Some(vm) = kvm("two_vcpus_recorded_on_kvm_replay_on_the_interpreter") else { return };
+    // vCPU 0 starts vCPU 1 (VCPUOP_initialise, VCPUOP_up); they meet
+    // through shared memory and hypercalls.
+    let kernel = xen::xen_two_vcpus_via(HypercallEntry::Page).unwrap();
+    expect_identical_on("two vcpus", &vm, &kernel, 2, xen::XEN_TWO_VCPUS_EXPECTED, StopReason::DebugExit(1));
 }
