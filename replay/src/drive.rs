@@ -63,6 +63,9 @@ impl Door for RecordingDoor {
     fn next_exit(&self, at: Stamp) -> Option<sim_core::door::ExitSeen> {
         self.inner.next_exit(at)
     }
+    fn next_stop_tsc(&self, vcpu: u32) -> Option<u64> {
+        self.inner.next_stop_tsc(vcpu)
+    }
     fn pause(&mut self, d: std::time::Duration) {
         self.inner.pause(d)
     }
@@ -246,6 +249,17 @@ impl Door for ReplayDoor {
             Some(Record::Answered { at: logged, input: Input::KvmExit(seen) }) if *logged == at => Some(*seen),
             _ => None,
         }
+    }
+
+    fn next_stop_tsc(&self, vcpu: u32) -> Option<u64> {
+        self.inputs.iter().find_map(|r| match r {
+            Record::Answered { at, input: Input::KvmExit(seen) }
+                if at.vcpu == vcpu && seen.exit != sim_core::vcpu::VcpuExit::BudgetExhausted =>
+            {
+                Some(seen.tsc)
+            }
+            _ => None,
+        })
     }
 
     /// Recorded time needs no waiting for.

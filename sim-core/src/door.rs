@@ -209,6 +209,11 @@ pub trait Door: Send {
     fn next_exit(&self, _at: Stamp) -> Option<ExitSeen> {
         None
     }
+    /// On such a replay: the guest TSC at `vcpu`'s next recorded exit that
+    /// is not a preemption (how long the recorded vCPU ran to get there).
+    fn next_stop_tsc(&self, _vcpu: u32) -> Option<u64> {
+        None
+    }
     /// Let host time pass (the machine waits for a KVM TSC to reach a
     /// deadline). A replay need not wait: its time comes from the log.
     fn pause(&mut self, d: std::time::Duration) {

@@ -163,8 +163,13 @@ pub struct Machine {
 }
 
 /// How far a CPU that counts instructions runs, replaying exit time, to
-/// find the exit the log has next before the replay is declared diverged.
+/// find the exit the log has next before the replay is declared diverged,
+/// at least. A recorded run that took long to get there (KVM on fast
+/// hardware) raises it to `MAX_INSNS_PER_TICK` per TSC tick it took.
 pub const EXIT_SEARCH_LIMIT: u64 = 1 << 28;
+/// More instructions than any CPU retires per TSC tick (TSCs tick at 1 GHz
+/// or more).
+const MAX_INSNS_PER_TICK: u64 = 16;
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
 /// disjoint from `self.platform` and `self.vcpus`).
@@ -688,19 +693,21 @@ impl Machine {
         } else if next_exit == Some(VcpuExit::BudgetExhausted) {
             if self.ahead[i].is_none() {
                 self.vcpus[i].request_interrupt_window(false);
-                self.ahead[i] = Some(self.run_to_exit(i)?);
+                let limit = self.search_limit(i, self.door.next_stop_tsc(i as u32));
+                self.ahead[i] = Some(self.run_to_exit(i, limit)?);
             }
             VcpuExit::BudgetExhausted
         } else {
+            let limit = self.search_limit(i, next.map(|n| n.tsc));
             match (self.ahead[i].take(), next) {
                 (Some(exit), _) => exit,
                 // KVM reports a window when it notices one, not at the
                 // first boundary where it opens: look for it where KVM
                 // reported it.
-                (None, Some(n)) if n.exit == VcpuExit::InterruptWindow => self.run_to_window(i, n.rip)?,
+                (None, Some(n)) if n.exit == VcpuExit::InterruptWindow => self.run_to_window(i, n.rip, limit)?,
                 (None, _) => {
                     self.vcpus[i].request_interrupt_window(false);
-                    self.run_to_exit(i)?
+                    self.run_to_exit(i, limit)?
                 }
             }
         };
@@ -716,7 +723,7 @@ impl Machine {
         let window_moved = exit == VcpuExit::InterruptWindow && seen.rip != logged.rip;
         if logged.exit != exit || window_moved {
             let replayed = if counting && exit == VcpuExit::BudgetExhausted {
-                format!("no exit within {EXIT_SEARCH_LIMIT} instructions")
+                format!("no exit within {} instructions", self.search_limit(i, Some(logged.tsc)))
             } else {
                 format!("{exit:?} at RIP {:#x}", seen.rip)
             };
@@ -756,13 +763,13 @@ impl Machine {
     /// opened; in a guest that polls with interrupts on, that is some
     /// later pass of its loop, which the loop's RIP names well enough (a
     /// loop whose registers change between passes shows in the state hash).
-    fn run_to_window(&mut self, i: usize, rip: u64) -> Result<VcpuExit, MachineError> {
+    fn run_to_window(&mut self, i: usize, rip: u64, limit: u64) -> Result<VcpuExit, MachineError> {
         let err = |source| MachineError::Vcpu { vcpu: i as u32, source };
         let mut ran = 0u64;
         loop {
             self.vcpus[i].request_interrupt_window(true);
-            let exit = self.run_to_exit(i)?;
-            if exit != VcpuExit::InterruptWindow || self.vcpus[i].rip() == rip || ran >= EXIT_SEARCH_LIMIT {
+            let exit = self.run_to_exit(i, limit.saturating_sub(ran))?;
+            if exit != VcpuExit::InterruptWindow || self.vcpus[i].rip() == rip || ran >= limit {
                 return Ok(exit);
             }
             // Not there yet: one instruction with the window shut.
@@ -776,18 +783,25 @@ impl Machine {
     }
 
     /// Run a counting vCPU to its next exit (`BudgetExhausted` if none
-    /// comes within `EXIT_SEARCH_LIMIT` instructions).
-    fn run_to_exit(&mut self, i: usize) -> Result<VcpuExit, MachineError> {
+    /// comes within `limit` instructions).
+    fn run_to_exit(&mut self, i: usize, limit: u64) -> Result<VcpuExit, MachineError> {
         let chunk = self.config.quantum.max(1);
         let mut ran = 0u64;
         loop {
             let exit =
                 self.vcpus[i].run(&self.mem, chunk).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
             ran = ran.saturating_add(chunk);
-            if exit != VcpuExit::BudgetExhausted || ran >= EXIT_SEARCH_LIMIT {
+            if exit != VcpuExit::BudgetExhausted || ran >= limit {
                 return Ok(exit);
             }
         }
+    }
+
+    /// How far vCPU `i` may run to find an exit the recorded run reached
+    /// at TSC `to` (see `EXIT_SEARCH_LIMIT`).
+    fn search_limit(&self, i: usize, to: Option<u64>) -> u64 {
+        let took = to.map_or(0, |t| t.saturating_sub(self.tsc_seen[i]));
+        took.saturating_mul(MAX_INSNS_PER_TICK).max(EXIT_SEARCH_LIMIT)
     }
 
     fn notify_slice(&mut self, i: usize, event: SliceEvent, now: u64) {
