@@ -220,6 +220,15 @@ impl Door for ReplayDoor {
         } else {
             self.skip_unasked_ready(at, true)?;
         }
+        if let (Query::KvmExit(_), Some(r @ Record::Answered { input: Input::KvmReady { ready: true, .. }, .. })) =
+            (q, self.inputs.front())
+        {
+            return Err(DoorError(format!(
+                "{}: the recorded run delivered an interrupt before this exit; the replay reached the exit \
+                 first (an interrupt between exits, which no replay can place)",
+                describe(r)
+            )));
+        }
         match self.inputs.front() {
             Some(Record::Answered { at: logged, input }) if *logged == at && input.kind() == q.answer_kind() => {
                 let input = input.clone();

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::vcpu::VcpuExit;
 
 /// Where in the run an input was delivered: the machine's retired
-/// instructions (all vCPUs together) and machine time at that point, and the
-/// vCPU it concerns (0 for machine-wide inputs delivered at a round boundary,
-/// before vCPU 0 runs).
+/// instructions (all vCPUs together; on exit time, KVM, its exits) and
+/// machine time at that point, and the vCPU it concerns (0 for machine-wide
+/// inputs delivered at a round boundary, before vCPU 0 runs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     pub icount: u64,
@@ -438,7 +438,8 @@ mod tests {
     fn queries_answer_with_the_matching_kind() {
         let mut live = LiveDoor::new();
         live.fix_wall_clock(1_700_000_000_000_000_000);
-        for q in [Query::WallClock, Query::HostClock, Query::Entropy] {
+        let seen = ExitSeen { exit: VcpuExit::Halt, tsc: 1, rip: 2 };
+        for q in [Query::WallClock, Query::HostClock, Query::Entropy, Query::KvmExit(seen)] {
             assert_eq!(live.query(at(0), q).unwrap().kind(), q.answer_kind());
             assert_eq!(ClosedDoor.query(at(0), q).unwrap().kind(), q.answer_kind());
         }
@@ -447,6 +448,15 @@ mod tests {
             Input::WallClock { epoch_ns: 1_700_000_000_000_000_000 }
         );
         assert_eq!(ClosedDoor.query(at(42), Query::HostClock).unwrap(), Input::HostClock { ns: 42 });
+        // What a KVM vCPU did is answered as observed (a replay answers
+        // with what the log has instead).
+        let seen = ExitSeen { exit: VcpuExit::IoOut { port: 0xe9, size: 1, data: 0x41 }, tsc: 7, rip: 0x1000 };
+        let ready = Query::KvmReady { vcpu: 1, ready: true };
+        for door in [&mut live as &mut dyn Door, &mut ClosedDoor, &mut ScriptDoor::default()] {
+            assert_eq!(door.query(at(0), Query::KvmExit(seen)).unwrap(), Input::KvmExit(seen));
+            assert_eq!(door.query(at(0), ready).unwrap(), Input::KvmReady { vcpu: 1, ready: true });
+            assert_eq!(door.next_exit(at(0)), None, "only a replay knows exits ahead");
+        }
     }
 
     #[test]

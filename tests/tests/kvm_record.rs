@@ -287,3 +287,39 @@ fn two_vcpus_recorded_on_kvm_replay_on_the_interpreter() {
     let kernel = xen::xen_two_vcpus_via(HypercallEntry::Page).unwrap();
     expect_identical("two vcpus", &kernel, 2, xen::XEN_TWO_VCPUS_EXPECTED, StopReason::DebugExit(1));
 }
+
+#[test]
+fn an_interrupt_taken_where_kvm_preempted_the_guest_is_reported() {
+    let Some(vm) = kvm("an_interrupt_taken_where_kvm_preempted_the_guest_is_reported") else { return };
+    let kernel = hlt_loop_guest(2, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log")).log;
+    // Make the log say that KVM preempted the guest where it had halted,
+    // and then delivered the timer's interrupt there: an interrupt at a
+    // point between exits, which no replay can place.
+    let ready_after = |records: &[Record], k: usize| {
+        records[k + 1..]
+            .iter()
+            .take_while(|r| !matches!(r, Record::Answered { input: Input::KvmExit(_), .. }))
+            .any(|r| matches!(r, Record::Answered { input: Input::KvmReady { ready: true, .. }, .. }))
+    };
+    let k = (0..log.records.len())
+        .find(|&k| {
+            matches!(&log.records[k], Record::Answered { input: Input::KvmExit(s), .. } if s.exit == VcpuExit::Halt)
+                && ready_after(&log.records, k)
+        })
+        .expect("a halt the timer's interrupt ended");
+    if let Record::Answered { input: Input::KvmExit(s), .. } = &mut log.records[k] {
+        s.exit = VcpuExit::BudgetExhausted;
+    }
+    // A recording takes no checkpoint while a vCPU is preempted.
+    let mut n = 0;
+    log.records.retain(|r| {
+        n += 1;
+        n <= k || !matches!(r, Record::Checkpoint(_))
+    });
+    let (replayed, _, _) = replay_on_interp(&kernel, 1, &log);
+    let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
+    // Found where the replay reaches the halt the log no longer has.
+    assert!(d.differences.iter().any(|l| l.contains("delivered an interrupt before this exit")), "{d}");
+}
