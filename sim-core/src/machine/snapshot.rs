@@ -255,13 +255,15 @@ impl Machine {
         Ok(())
     }
 
-    /// Every non-zero RAM page.
+    /// Every non-zero RAM page. RAM images hold RAM itself, beneath any
+    /// overlay page (shared_info, grant frames): the overlays' contents are
+    /// in `MachineState`, and the guest sees the RAM again when it moves them.
     pub fn save_ram(&self) -> RamImage {
         let mut pages = Vec::new();
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         for &(start, len) in self.mem.ram_ranges() {
             for gpa in (start..start + len).step_by(PAGE_SIZE as usize) {
-                if self.mem.read(gpa, &mut buf).is_ok() && buf.iter().any(|&b| b != 0) {
+                if self.mem.read_ram(gpa, &mut buf).is_ok() && buf.iter().any(|&b| b != 0) {
                     pages.push((gpa >> PAGE_SHIFT, buf.clone()));
                 }
             }
@@ -294,7 +296,7 @@ impl Machine {
         let mut pages = Vec::with_capacity(dirty.len());
         for gfn in dirty {
             let mut buf = vec![0u8; PAGE_SIZE as usize];
-            if self.mem.read(gfn << PAGE_SHIFT, &mut buf).is_ok() {
+            if self.mem.read_ram(gfn << PAGE_SHIFT, &mut buf).is_ok() {
                 pages.push((gfn, buf));
             }
         }
@@ -321,7 +323,7 @@ impl Machine {
             let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == gfn && self.mem.is_ram(g));
             match gpa {
                 Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
-                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                    self.mem.write_ram(gpa, bytes).map_err(|e| e.to_string())?
                 }
                 _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
             }
@@ -333,7 +335,8 @@ impl Machine {
         Ok(n)
     }
 
-    /// Load `image` into RAM; a full image also clears every page it does
+    /// Load `image` into RAM (beneath overlay pages, which keep the
+    /// platform's contents); a full image also clears every page it does
     /// not list.
     pub fn restore_ram(&mut self, image: &RamImage) -> Result<(), String> {
         if image.full {
@@ -342,7 +345,7 @@ impl Machine {
                 let mut gpa = start;
                 while gpa < start + len {
                     let n = RAM_REGION.min(start + len - gpa) as usize;
-                    self.mem.write(gpa, &zero[..n]).map_err(|e| e.to_string())?;
+                    self.mem.write_ram(gpa, &zero[..n]).map_err(|e| e.to_string())?;
                     gpa += n as u64;
                 }
             }
@@ -351,7 +354,7 @@ impl Machine {
             let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == *gfn && self.mem.is_ram(g));
             match gpa {
                 Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
-                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                    self.mem.write_ram(gpa, bytes).map_err(|e| e.to_string())?
                 }
                 _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
             }
