@@ -142,7 +142,7 @@ impl Ring {
 }
 
 /// The ring page as 512 little-endian words.
-fn page_words(page: &OverlayPage) -> Box<[u64; 512]> {
+fn page_words(page: &OverlayPage) -> PageWords {
     let mut bytes = [0u8; 4096];
     page.read(0, &mut bytes);
     let mut w = Box::new([0u64; 512]);
@@ -157,7 +157,9 @@ fn page_words(page: &OverlayPage) -> Box<[u64; 512]> {
 /// Masks (as `page_words`) of the bytes only the guest writes: everything
 /// but the response queue, rsp_prod, req_cons and the error indicator; on a
 /// reconnect also every index and the connection state.
-static GUEST_BYTES: std::sync::LazyLock<(Box<[u64; 512]>, Box<[u64; 512]>)> = std::sync::LazyLock::new(|| {
+type PageWords = Box<[u64; 512]>;
+
+static GUEST_BYTES: std::sync::LazyLock<(PageWords, PageWords)> = std::sync::LazyLock::new(|| {
     let mask = |server: &[std::ops::Range<usize>]| {
         let mut bytes = [0xffu8; 4096];
         for r in server {
