@@ -161,7 +161,7 @@ fn run_in(input: &Input, mem: &GuestMemory, mut s: ArchState) -> Result<(), Stri
     cpu.set_state(&s);
     let mut answers = input.answers.iter().copied();
     for _ in 0..RUNS {
-        let exit = cpu.run(&mem, BUDGET).map_err(|e| format!("run failed: {e}"))?;
+        let exit = cpu.run(mem, BUDGET).map_err(|e| format!("run failed: {e}"))?;
         match exit {
             VcpuExit::IoIn { .. } | VcpuExit::MmioRead { .. } | VcpuExit::MsrRead { .. } => {
                 cpu.complete(Completion::Data(answers.next().unwrap_or(0)))
