@@ -208,7 +208,7 @@ fn run_on(mem: &GuestMemory, t: &mut GrantTable, max_frames: u32, input: &Input)
                 let (g, fl, d, f) =
                     (u32::from(*gref), flags & !(READING | WRITING), u16::from(*domid % 3), u64::from(*frame));
                 if g < m.nr_entries() {
-                    write_entry(&t, m.v2, g, fl, d, f);
+                    write_entry(t, m.v2, g, fl, d, f);
                     m.entries.insert(g, (fl, d, f));
                 }
                 Ok(())
@@ -220,7 +220,7 @@ fn run_on(mem: &GuestMemory, t: &mut GrantTable, max_frames: u32, input: &Input)
                 match (got, want) {
                     (Ok(h), Ok(idx)) => {
                         live.push((h, idx));
-                        check_frames(&t, &m, h, idx)
+                        check_frames(t, &m, h, idx)
                     }
                     (Err(e), Err(w)) if refused(&e).as_ref() == Some(&w) => Ok(()),
                     (got, want) => Err(format!("map {refs:?}: model {got:?}, reference {want:?}")),
@@ -253,11 +253,11 @@ fn run_on(mem: &GuestMemory, t: &mut GrantTable, max_frames: u32, input: &Input)
                 }
             }
         };
-        r.and_then(|()| compare(&t, &m, touched))
+        r.and_then(|()| compare(t, &m, touched))
             .and_then(|()| t.check_invariants(false))
             .map_err(|e| format!("op {i} ({op:?}): {e}"))?;
     }
-    compare(&t, &m, 0..m.nr_entries()).and_then(|()| t.check_invariants(true)).map_err(|e| format!("at the end: {e}"))
+    compare(t, &m, 0..m.nr_entries()).and_then(|()| t.check_invariants(true)).map_err(|e| format!("at the end: {e}"))
 }
 
 /// The guest's entry write, by the ABI layout (flags last).
