@@ -4,6 +4,7 @@
 //! `qemu-system-x86_64 -kernel DIR/demo.elf -debugcon stdio -display none`.
 
 use xensim::guest::programs;
+use xensim::guest::xen::{self, HypercallEntry};
 use xensim::guest::Boot;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("bench_memcpy.elf", programs::bench_memcpy(1 << 20, 10)?),
         ("bench_alu_small.elf", programs::bench_alu(1000)?),
         ("bench_memcpy_small.elf", programs::bench_memcpy(1000, 3)?),
+        // Xen guests through the hypercall page (they run on KVM too); the
+        // second reads no TSC, so a KVM recording of it replays.
+        ("xen_events_page.elf", xen::xen_events_via(HypercallEntry::Page)?),
+        ("xen_events_page_no_rdtsc.elf", xen::xen_events_without_rdtsc(HypercallEntry::Page)?),
     ];
     for (name, bytes) in images {
         std::fs::write(dir.join(name), bytes)?;

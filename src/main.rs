@@ -153,7 +153,8 @@ struct RunArgs {
     /// Record the run into this log (never overwrites an existing file).
     #[arg(long)]
     record: Option<PathBuf>,
-    /// With --record: a state-hash checkpoint every this many instructions.
+    /// With --record: a state-hash checkpoint every this many instructions
+    /// (on KVM, exits: it cannot count instructions).
     #[arg(long, default_value_t = 10_000_000)]
     checkpoint_every: u64,
     /// Bytes for COM1's receiver, from this file or "-" for stdin, as they arrive.
@@ -265,6 +266,23 @@ impl Cpus {
         };
         m.map(|m| (m, vm)).map_err(|e| e.to_string())
     }
+}
+
+/// The interpreter as a run recorded on KVM had its CPU, for replaying it:
+/// KVM's hypercall page on hosts without KVM_CAP_XEN_HVM (stubs ending in a
+/// port write, which the interpreter then reports as hypercalls, as KVM
+/// did; a kernel's own VMCALLs are hypercalls on both). A log recorded on a
+/// host with KVM_CAP_XEN_HVM had a VMCALL page: its replay diverges.
+fn interp_as_kvm(config: MachineConfig) -> Result<Machine, String> {
+    let gate = HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8);
+    let xen = XenConfig { hypercall_gate: gate, ..Default::default() }.with_pv_rings();
+    let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(XenPlatform::new(xen, config.cpus)));
+    Machine::with_platform(config, platform, &mut |id, n, cpuid| {
+        let mut cpu = x86_interp::Interpreter::new(id, n, cpuid);
+        cpu.set_hypercall_port(Some(sim_core::layout::HYPERCALL_PORT));
+        Ok(Box::new(cpu))
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Where hypercall traces are logged (xen-model's dispatcher).
@@ -661,7 +679,19 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
     };
     let images: Vec<replay::ImageHash> =
         std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect();
-    let mut machine = match build_machine(config, &Cpus::Interp, kernel, modules, log.header.cmdline.clone(), None) {
+    // A run recorded on KVM replays on the interpreter, following its exits.
+    let cmdline = log.header.cmdline.clone();
+    let built = match replay::drive::time_source(&log) {
+        sim_core::clock::TimeSource::Instructions => {
+            build_machine(config, &Cpus::Interp, kernel, modules, cmdline, None)
+        }
+        sim_core::clock::TimeSource::Exits => interp_as_kvm(config).and_then(|mut m| {
+            let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
+            m.boot(boot).map_err(|e| e.to_string())?;
+            Ok(m)
+        }),
+    };
+    let mut machine = match built {
         Ok(m) => m,
         Err(e) => return fail(status::BAD_LOG, e),
     };
@@ -729,6 +759,12 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
         }
         Ok(replay::Replayed::Diverged(d)) => {
             eprint!("{d}");
+            if replay::drive::time_source(&log) == sim_core::clock::TimeSource::Exits {
+                eprintln!(
+                    "  note: recorded on KVM; such a run replays only while the guest reads no TSC between \
+                     exits and takes interrupts only at exits (README: Recording on KVM)"
+                );
+            }
             ExitCode::from(status::DIVERGED)
         }
         Err(e) => fail(status::INTERNAL, e),

@@ -4,7 +4,14 @@
 //! thread (KVM_RUN then returns EINTR). The timer repeats every `PERIOD`
 //! after the deadline, so a signal that lands just before KVM_RUN is entered
 //! only delays the exit by one period instead of losing it.
+//!
+//! The timer is armed only around KVM_RUN, so one thread has at most one
+//! armed at a time. Disarming returns the time the slice has left (none once
+//! the signal came), so the backend never reads the host clock itself:
+//! where a slice ended reaches the machine as an exit, through the
+//! nondeterminism door (sim_core::door::ExitSeen).
 
+use std::cell::Cell;
 use std::io;
 use std::sync::Once;
 use std::time::Duration;
@@ -16,8 +23,16 @@ fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3
 }
 
+thread_local! {
+    /// Set by the kick signal on the thread it was sent to.
+    static KICKED: Cell<bool> = const { Cell::new(false) };
+}
+
 extern "C" fn on_kick(_: libc::c_int) {
-    // Nothing to do: the signal's only job is to interrupt KVM_RUN.
+    // The signal interrupts KVM_RUN; the flag says the time was up. A
+    // const-initialised thread-local Cell is a plain TLS store (no
+    // allocation, no lock), safe in a signal handler.
+    KICKED.set(true);
 }
 
 fn install_handler() -> io::Result<()> {
@@ -79,19 +94,29 @@ impl Kick {
     /// Signal this thread after `after`, then every `PERIOD`.
     pub fn arm(&self, after: Duration) {
         let after = after.max(Duration::from_micros(1));
+        KICKED.set(false);
         self.set(after, PERIOD);
     }
 
-    pub fn disarm(&self) {
-        self.set(Duration::ZERO, Duration::ZERO);
+    /// Stop the timer; returns the time that was left before it would have
+    /// signalled, zero if it did. A signal raised before the disarm has
+    /// been handled by the time the system call returns to this thread.
+    pub fn disarm(&self) -> Duration {
+        let old = self.set(Duration::ZERO, Duration::ZERO);
+        if KICKED.replace(false) {
+            return Duration::ZERO;
+        }
+        Duration::new(old.it_value.tv_sec.max(0) as u64, old.it_value.tv_nsec.clamp(0, 999_999_999) as u32)
     }
 
-    fn set(&self, value: Duration, interval: Duration) {
+    fn set(&self, value: Duration, interval: Duration) -> libc::itimerspec {
         let ts = |d: Duration| libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ };
         let spec = libc::itimerspec { it_interval: ts(interval), it_value: ts(value) };
-        // SAFETY: `timer` is ours and alive; a failure (impossible with
-        // valid arguments) would only cost the kick.
-        unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) };
+        let mut old = libc::itimerspec { it_interval: ts(Duration::ZERO), it_value: ts(Duration::ZERO) };
+        // SAFETY: `timer` is ours and alive, both pointers are valid; a
+        // failure (impossible with valid arguments) would only cost the kick.
+        unsafe { libc::timer_settime(self.timer, 0, &spec, &mut old) };
+        old
     }
 }
 

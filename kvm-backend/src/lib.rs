@@ -7,6 +7,7 @@
 
 mod caps;
 mod convert;
+mod dirty;
 mod error;
 pub mod guest_debug;
 pub mod hypercall;

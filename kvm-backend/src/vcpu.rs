@@ -4,12 +4,15 @@
 //! the answer into kvm_run; KVM finishes the instruction on the next
 //! KVM_RUN. String I/O (INS/OUTS, count > 1 in one KVM exit) is reported as
 //! consecutive single-item exits without re-entering KVM in between.
-//! The budget is wall time (KVM cannot count instructions): see `kick`.
+//! The budget is wall time (KVM cannot count instructions): see `kick`. The
+//! backend never reads the clock: the kick timer says how much of a slice
+//! is left, and the machine takes the guest TSC at each exit through its
+//! nondeterminism door.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_msr_entry, kvm_xcrs, CpuId, Msrs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
@@ -77,7 +80,8 @@ pub struct KvmVcpu {
     window: bool,
     /// KVM's ready_for_interrupt_injection && IF at the last exit.
     ready: bool,
-    deadline: Option<Instant>,
+    /// What is left of the current time slice (None: no slice under way).
+    slice_left: Option<Duration>,
     kick: Option<Kick>,
     tsc_scaled: bool,
     /// A failure in a method that cannot return one; reported by `run`.
@@ -133,7 +137,7 @@ impl KvmVcpu {
             halted: false,
             window: false,
             ready: false,
-            deadline: None,
+            slice_left: None,
             kick: None,
             tsc_scaled,
             deferred: RefCell::new(None),
@@ -171,8 +175,9 @@ impl KvmVcpu {
         Duration::from_nanos(budget.saturating_mul(clock::NS_PER_INSN)).clamp(MIN_SLICE, MAX_SLICE)
     }
 
-    /// One KVM_RUN with the kick timer armed for what is left of the slice.
-    /// Ok(false): interrupted (signal or EAGAIN), no exit to report.
+    /// One KVM_RUN with the kick timer armed for what is left of the slice,
+    /// which it updates. Ok(false): interrupted (signal or EAGAIN), no exit
+    /// to report.
     fn enter(&mut self, left: Duration) -> Result<bool, KvmError> {
         if !self.kick.as_ref().is_some_and(Kick::on_this_thread) {
             self.kick = Some(Kick::new().map_err(|e| KvmError::Unsupported(format!("timer_create: {e}")))?);
@@ -184,9 +189,7 @@ impl KvmVcpu {
             k.arm(left);
         }
         let r = self.fd.run().map(|_| ());
-        if let Some(k) = &self.kick {
-            k.disarm();
-        }
+        self.slice_left = Some(self.kick.as_ref().map_or(Duration::ZERO, Kick::disarm));
         self.cui_pending = false;
         let run = self.fd.get_kvm_run();
         self.ready = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
@@ -256,12 +259,12 @@ impl KvmVcpu {
             }
             KVM_EXIT_HLT => {
                 self.halted = true;
-                self.deadline = None;
+                self.slice_left = None;
                 VcpuExit::Halt
             }
             KVM_EXIT_IRQ_WINDOW_OPEN => VcpuExit::InterruptWindow,
             KVM_EXIT_SHUTDOWN => {
-                self.deadline = None;
+                self.slice_left = None;
                 VcpuExit::Shutdown
             }
             KVM_EXIT_INTR => return Ok(None),
@@ -496,14 +499,13 @@ impl Vcpu for KvmVcpu {
         if self.halted {
             return Ok(VcpuExit::Halt);
         }
-        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + Self::slice(budget));
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                self.deadline = None;
+            let left = *self.slice_left.get_or_insert(Self::slice(budget));
+            if left.is_zero() {
+                self.slice_left = None;
                 return Ok(VcpuExit::BudgetExhausted);
             }
-            if !self.enter(deadline - now)? {
+            if !self.enter(left)? {
                 continue;
             }
             if let Some(exit) = self.decode_exit()? {
@@ -559,6 +561,16 @@ impl Vcpu for KvmVcpu {
         }
     }
 
+    fn rip(&self) -> u64 {
+        match self.fd.get_regs() {
+            Ok(r) => r.rip,
+            Err(e) => {
+                self.defer(KvmError::ioctl("KVM_GET_REGS", e));
+                0
+            }
+        }
+    }
+
     fn gprs(&self) -> [u64; 16] {
         match self.fd.get_regs() {
             Ok(r) => self.direct_gprs(convert::gprs_of(&r)),
@@ -609,6 +621,16 @@ impl Vcpu for KvmVcpu {
 
     fn set_tsc(&mut self, tsc: u64) {
         self.set_msrs(&[(msr::IA32_TSC, tsc)]);
+    }
+
+    fn sync_dirty(&self, mem: &GuestMemory) -> bool {
+        match self.vm.sync_dirty(mem) {
+            Ok(()) => true,
+            Err(e) => {
+                self.defer(e);
+                false
+            }
+        }
     }
 
     fn translate_gva(&self, mem: &GuestMemory, gva: u64, access: Access) -> Result<u64, PageFault> {

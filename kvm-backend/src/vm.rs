@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
-    KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
+    kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
+    KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use sim_core::boot::ExecSegment;
@@ -16,6 +16,7 @@ use sim_core::msr::{self, MsrOwner};
 use sim_core::vcpu::{Vcpu, VcpuError};
 
 use crate::caps::KvmCaps;
+use crate::dirty;
 use crate::error::KvmError;
 use crate::guest_debug::{self, Armed};
 use crate::hypercall::{DirectCalls, HypercallStrategy};
@@ -194,28 +195,23 @@ impl KvmVm {
         if sync.synced == Some(key) {
             return Ok(());
         }
+        // The slots are `mem`'s (not a previous GuestMemory's): their dirty
+        // logs belong to it.
+        let same_memory = sync.synced.is_some_and(|(addr, _)| addr == key.0);
         let diff = sync.table.diff(&slots::layout(mem));
         for (slot, m) in diff.remove {
+            if m.ram && same_memory {
+                // The log goes with the slot: take it first.
+                self.fold_dirty_log(mem, slot, &m)?;
+            }
             // KVM_SET_USER_MEMORY_REGION with size 0 deletes the slot.
-            let region = kvm_userspace_memory_region {
-                slot,
-                guest_phys_addr: m.gpa,
-                memory_size: 0,
-                userspace_addr: m.host,
-                flags: 0,
-            };
+            let region = m.region(slot, true);
             // SAFETY: deleting a slot makes KVM forget the host range.
             unsafe { self.vm.set_user_memory_region(region) }
                 .map_err(|e| KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)", e))?;
         }
         for (slot, m) in diff.add {
-            let region = kvm_userspace_memory_region {
-                slot,
-                guest_phys_addr: m.gpa,
-                memory_size: m.len,
-                userspace_addr: m.host,
-                flags: 0,
-            };
+            let region = m.region(slot, false);
             // SAFETY: the host range belongs to `mem` (RAM or an overlay
             // page) and stays mapped while it is in the map; the slot is
             // deleted or replaced as soon as the map changes, before the
@@ -224,6 +220,27 @@ impl KvmVm {
                 .map_err(|e| KvmError::ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
         }
         sync.synced = Some(key);
+        Ok(())
+    }
+
+    /// Mark in `mem` the RAM pages the guest wrote since the last call
+    /// (KVM_GET_DIRTY_LOG on every RAM slot). Nothing to do for a memory
+    /// that was never mirrored into the slots: KVM has not run on it.
+    pub(crate) fn sync_dirty(&self, mem: &GuestMemory) -> Result<(), KvmError> {
+        let sync = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if sync.synced.map(|(addr, _)| addr) != Some(mem as *const GuestMemory as usize) {
+            return Ok(());
+        }
+        for (slot, m) in sync.table.ram_slots() {
+            self.fold_dirty_log(mem, slot, &m)?;
+        }
+        Ok(())
+    }
+
+    fn fold_dirty_log(&self, mem: &GuestMemory, slot: u32, m: &slots::SlotMap) -> Result<(), KvmError> {
+        let bitmap =
+            self.vm.get_dirty_log(slot, m.len as usize).map_err(|e| KvmError::ioctl("KVM_GET_DIRTY_LOG", e))?;
+        dirty::fold(mem, m.gpa, m.len, &bitmap);
         Ok(())
     }
 }

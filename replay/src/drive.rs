@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use sim_core::clock::TimeSource;
 use sim_core::door::{Door, DoorError, Input, Query, Stamp};
 use sim_core::machine::snapshot::{hex, StateDigest};
 use sim_core::machine::{Machine, MachineError, StopReason};
@@ -59,6 +60,15 @@ impl Door for RecordingDoor {
     fn wait(&mut self) {
         self.inner.wait()
     }
+    fn next_exit(&self, at: Stamp) -> Option<sim_core::door::ExitSeen> {
+        self.inner.next_exit(at)
+    }
+    fn next_stop_tsc(&self, vcpu: u32) -> Option<u64> {
+        self.inner.next_stop_tsc(vcpu)
+    }
+    fn pause(&mut self, d: std::time::Duration) {
+        self.inner.pause(d)
+    }
 }
 
 /// Run `machine` to its end with inputs from `source`, logging them and
@@ -105,7 +115,9 @@ pub fn record_with(
             }
             Ok(None) => {
                 let now = machine.retired_instructions();
-                if now >= next_checkpoint {
+                // On exit time a vCPU stopped between exits has registers
+                // no replay can reproduce: checkpoint where none is.
+                if now >= next_checkpoint && machine.settled() {
                     log.push(Record::Checkpoint(Box::new(machine.digest())))?;
                     log.flush()?;
                     next_checkpoint = now / every * every + every;
@@ -141,8 +153,36 @@ impl ReplayDoor {
     }
 }
 
+impl ReplayDoor {
+    /// Drop the recorded run's readiness answers (exit time) up to `at`
+    /// (`inclusive`) that the replay did not ask for: there the recorded
+    /// machine had an interrupt to offer and the replay had none (it sees
+    /// the guest at its next exit, where the recorded vCPU was preempted).
+    /// Harmless when KVM said "not ready" (it only asked for a window); an
+    /// interrupt KVM took there is one the replay cannot deliver.
+    fn skip_unasked_ready(&mut self, at: Stamp, inclusive: bool) -> Result<(), DoorError> {
+        while let Some(r @ Record::Answered { at: logged, input: Input::KvmReady { ready, .. } }) = self.inputs.front()
+        {
+            if *logged > at || (*logged == at && !inclusive) {
+                break;
+            }
+            if *ready {
+                return Err(DoorError(format!(
+                    "{}: the recorded run delivered an interrupt here (between exits); the replay had none to deliver",
+                    describe(r)
+                )));
+            }
+            if let Some(r) = self.inputs.pop_front() {
+                self.note(&r);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Door for ReplayDoor {
     fn poll(&mut self, at: Stamp) -> Result<Vec<Input>, DoorError> {
+        self.skip_unasked_ready(at, false)?;
         let mut out = Vec::new();
         while let Some(Record::Polled { at: logged, .. }) = self.inputs.front() {
             if *logged != at {
@@ -155,8 +195,13 @@ impl Door for ReplayDoor {
                 }
             }
         }
+        // An answer stamped with this very moment may still be asked for
+        // after the poll (a vCPU's exit, on exit time).
         match self.inputs.front() {
-            Some(r @ (Record::Polled { at: logged, .. } | Record::Answered { at: logged, .. })) if *logged <= at => {
+            Some(r @ Record::Polled { at: logged, .. }) if *logged <= at => {
+                Err(DoorError(format!("the log has {} here but the machine did not ask for it", describe(r))))
+            }
+            Some(r @ Record::Answered { at: logged, .. }) if *logged < at => {
                 Err(DoorError(format!("the log has {} here but the machine did not ask for it", describe(r))))
             }
             _ => Ok(out),
@@ -164,6 +209,26 @@ impl Door for ReplayDoor {
     }
 
     fn query(&mut self, at: Stamp, q: Query) -> Result<Input, DoorError> {
+        if let Query::KvmReady { vcpu, .. } = q {
+            // Asked only where the recorded run asked too, as a rule; where
+            // it did not, it had no interrupt to offer: none is delivered.
+            let logged_here = matches!(self.inputs.front(),
+                Some(Record::Answered { at: logged, input: Input::KvmReady { .. } }) if *logged == at);
+            if !logged_here {
+                return Ok(Input::KvmReady { vcpu, ready: false });
+            }
+        } else {
+            self.skip_unasked_ready(at, true)?;
+        }
+        if let (Query::KvmExit(_), Some(r @ Record::Answered { input: Input::KvmReady { ready: true, .. }, .. })) =
+            (q, self.inputs.front())
+        {
+            return Err(DoorError(format!(
+                "{}: the recorded run delivered an interrupt before this exit; the replay reached the exit \
+                 first (an interrupt between exits, which no replay can place)",
+                describe(r)
+            )));
+        }
         match self.inputs.front() {
             Some(Record::Answered { at: logged, input }) if *logged == at && input.kind() == q.answer_kind() => {
                 let input = input.clone();
@@ -182,6 +247,32 @@ impl Door for ReplayDoor {
     fn live(&self, at: Stamp) -> bool {
         matches!(self.inputs.front(), Some(Record::Polled { at: logged, .. }) if *logged == at)
     }
+
+    fn next_exit(&self, at: Stamp) -> Option<sim_core::door::ExitSeen> {
+        // Past readiness answers the replay will not ask for (see
+        // `skip_unasked_ready`).
+        let mut records = self.inputs.iter().skip_while(
+            |r| matches!(r, Record::Answered { at: logged, input: Input::KvmReady { .. } } if *logged <= at),
+        );
+        match records.next() {
+            Some(Record::Answered { at: logged, input: Input::KvmExit(seen) }) if *logged == at => Some(*seen),
+            _ => None,
+        }
+    }
+
+    fn next_stop_tsc(&self, vcpu: u32) -> Option<u64> {
+        self.inputs.iter().find_map(|r| match r {
+            Record::Answered { at, input: Input::KvmExit(seen) }
+                if at.vcpu == vcpu && seen.exit != sim_core::vcpu::VcpuExit::BudgetExhausted =>
+            {
+                Some(seen.tsc)
+            }
+            _ => None,
+        })
+    }
+
+    /// Recorded time needs no waiting for.
+    fn pause(&mut self, _d: std::time::Duration) {}
 }
 
 /// One line for a record, as `inspect` prints it.
@@ -261,6 +352,18 @@ pub enum Replayed {
     Diverged(Box<Divergence>),
 }
 
+/// Where the recorded run's time came from: a run on exit time (KVM) logs
+/// every exit of every vCPU, so its log holds exits; an instruction-timed
+/// one never does.
+pub fn time_source(log: &Log) -> TimeSource {
+    let exits = log.records.iter().any(|r| matches!(r, Record::Answered { input: Input::KvmExit(_), .. }));
+    if exits {
+        TimeSource::Exits
+    } else {
+        TimeSource::Instructions
+    }
+}
+
 /// Replay `log` on `machine` (built and booted as the header says). Stops at
 /// the first round boundary at or past `until`, if given. `progress` is told
 /// the instruction count after every round.
@@ -312,6 +415,11 @@ pub fn replay_from(
             _ => None,
         })
         .collect();
+    if time_source(log) == TimeSource::Exits {
+        // A run recorded on KVM: the machine follows its exits (the caller
+        // built it with the hypercall gate KVM had).
+        machine.follow_exits();
+    }
     let recent = Arc::new(Mutex::new(VecDeque::new()));
     let consumed = Arc::new(Mutex::new(skip as u64));
     machine.set_door(Box::new(ReplayDoor { inputs, consumed: consumed.clone(), recent: recent.clone() }));

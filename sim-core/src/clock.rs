@@ -19,3 +19,17 @@ pub const fn ns_to_tsc(ns: u64) -> u64 {
 pub const fn tsc_to_ns(tsc: u64) -> u64 {
     ((tsc as u128 * 1_000_000_000) / TSC_HZ as u128) as u64
 }
+
+/// Where machine time comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TimeSource {
+    /// Retired instructions (the interpreter): the same instruction stream
+    /// always sees the same time.
+    #[default]
+    Instructions,
+    /// The guest TSC at each vCPU exit, through the door (KVM, whose TSC
+    /// follows the host clock). The machine's instruction count then
+    /// counts exits: KVM cannot count instructions. A run timed this way
+    /// replays on the interpreter by following the recorded exits.
+    Exits,
+}

@@ -19,10 +19,12 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vcpu::VcpuExit;
+
 /// Where in the run an input was delivered: the machine's retired
-/// instructions (all vCPUs together) and machine time at that point, and the
-/// vCPU it concerns (0 for machine-wide inputs delivered at a round boundary,
-/// before vCPU 0 runs).
+/// instructions (all vCPUs together; on exit time, KVM, its exits) and
+/// machine time at that point, and the vCPU it concerns (0 for machine-wide
+/// inputs delivered at a round boundary, before vCPU 0 runs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     pub icount: u64,
@@ -55,9 +57,30 @@ pub enum Input {
     DiskCompletion { disk: u32, request: u64, status: i32 },
     /// Random bits (RDRAND/RDSEED once advertised).
     Entropy { value: u64 },
-    /// Where a KVM vCPU exited: the instructions it retired before the exit
-    /// as the host counted them.
-    KvmExit { retired: u64 },
+    /// Where a vCPU's run ended on a backend that cannot count
+    /// instructions (KVM), and the guest TSC there: the machine's time.
+    KvmExit(ExitSeen),
+    /// Whether a KVM vCPU could take an external interrupt when the machine
+    /// had one to offer (KVM says; it decides inject or wait for a window).
+    KvmReady { vcpu: u32, ready: bool },
+}
+
+/// One exit of a vCPU whose time follows the host (KVM), as the machine
+/// saw it: machine time at the exit is the guest's TSC, which KVM moves
+/// with the host clock, so it is an outside value like any other.
+/// Replaying the exits (with their TSCs) replays the guest's view of time;
+/// see `Machine::follow_exits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExitSeen {
+    /// `BudgetExhausted`: the host's timer ended the slice (a preemption at
+    /// an instruction nobody counted).
+    pub exit: VcpuExit,
+    /// The guest's time-stamp counter at the exit.
+    pub tsc: u64,
+    /// RIP at the exit. Where KVM reports an interrupt window is its own
+    /// choice (the first VM exit it notices one at), so a replay looks for
+    /// the window at this RIP.
+    pub rip: u64,
 }
 
 impl Input {
@@ -73,6 +96,7 @@ impl Input {
             Input::DiskCompletion { .. } => InputKind::DiskCompletion,
             Input::Entropy { .. } => InputKind::Entropy,
             Input::KvmExit { .. } => InputKind::KvmExit,
+            Input::KvmReady { .. } => InputKind::KvmReady,
         }
     }
 }
@@ -89,10 +113,11 @@ pub enum InputKind {
     DiskCompletion,
     Entropy,
     KvmExit,
+    KvmReady,
 }
 
 impl InputKind {
-    pub const ALL: [InputKind; 9] = [
+    pub const ALL: [InputKind; 10] = [
         InputKind::Serial,
         InputKind::Console,
         InputKind::XenstoreSocket,
@@ -102,6 +127,7 @@ impl InputKind {
         InputKind::DiskCompletion,
         InputKind::Entropy,
         InputKind::KvmExit,
+        InputKind::KvmReady,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +141,7 @@ impl InputKind {
             InputKind::DiskCompletion => "disk-completion",
             InputKind::Entropy => "entropy",
             InputKind::KvmExit => "kvm-exit",
+            InputKind::KvmReady => "kvm-ready",
         }
     }
 
@@ -129,6 +156,15 @@ pub enum Query {
     WallClock,
     HostClock,
     Entropy,
+    /// How a vCPU's run ended, as the backend reported it; a live door
+    /// answers with the observation, a replay with the recorded exit.
+    KvmExit(ExitSeen),
+    /// Whether a vCPU on exit time can take an interrupt now; answered as
+    /// `KvmExit` is.
+    KvmReady {
+        vcpu: u32,
+        ready: bool,
+    },
 }
 
 impl Query {
@@ -138,6 +174,8 @@ impl Query {
             Query::WallClock => InputKind::WallClock,
             Query::HostClock => InputKind::HostClock,
             Query::Entropy => InputKind::Entropy,
+            Query::KvmExit(_) => InputKind::KvmExit,
+            Query::KvmReady { .. } => InputKind::KvmReady,
         }
     }
 }
@@ -163,6 +201,25 @@ pub trait Door: Send {
     /// Wait a little for input (idle machine, live door); the next poll
     /// collects it.
     fn wait(&mut self) {}
+    /// On replay of a run whose time followed exits: the exit the log has
+    /// next for `at.vcpu`, if its next record is that exit. A CPU that
+    /// counts instructions runs to it: ahead where the recorded vCPU was
+    /// preempted (it cannot stop at an uncounted instruction), with its
+    /// interrupt window open only where the recorded vCPU's opened.
+    fn next_exit(&self, _at: Stamp) -> Option<ExitSeen> {
+        None
+    }
+    /// On such a replay: the guest TSC at `vcpu`'s next recorded exit that
+    /// is not a preemption (how long the recorded vCPU ran to get there).
+    fn next_stop_tsc(&self, _vcpu: u32) -> Option<u64> {
+        None
+    }
+    /// Let host time pass (the machine waits for a KVM TSC to reach a
+    /// deadline). A replay need not wait: its time comes from the log.
+    fn pause(&mut self, d: std::time::Duration) {
+        // DOOR: host time passes; nothing is read.
+        std::thread::sleep(d);
+    }
 }
 
 /// How long an idle machine sleeps between polls of a live door.
@@ -280,6 +337,8 @@ impl Door for LiveDoor {
                 h.write_u64(0);
                 Input::Entropy { value: h.finish() }
             }
+            Query::KvmExit(seen) => Input::KvmExit(seen),
+            Query::KvmReady { vcpu, ready } => Input::KvmReady { vcpu, ready },
         })
     }
 }
@@ -299,6 +358,8 @@ impl Door for ClosedDoor {
             Query::WallClock => Input::WallClock { epoch_ns: 0 },
             Query::HostClock => Input::HostClock { ns: at.now_ns },
             Query::Entropy => Input::Entropy { value: 0 },
+            Query::KvmExit(seen) => Input::KvmExit(seen),
+            Query::KvmReady { vcpu, ready } => Input::KvmReady { vcpu, ready },
         })
     }
 }
@@ -377,7 +438,8 @@ mod tests {
     fn queries_answer_with_the_matching_kind() {
         let mut live = LiveDoor::new();
         live.fix_wall_clock(1_700_000_000_000_000_000);
-        for q in [Query::WallClock, Query::HostClock, Query::Entropy] {
+        let seen = ExitSeen { exit: VcpuExit::Halt, tsc: 1, rip: 2 };
+        for q in [Query::WallClock, Query::HostClock, Query::Entropy, Query::KvmExit(seen)] {
             assert_eq!(live.query(at(0), q).unwrap().kind(), q.answer_kind());
             assert_eq!(ClosedDoor.query(at(0), q).unwrap().kind(), q.answer_kind());
         }
@@ -386,6 +448,15 @@ mod tests {
             Input::WallClock { epoch_ns: 1_700_000_000_000_000_000 }
         );
         assert_eq!(ClosedDoor.query(at(42), Query::HostClock).unwrap(), Input::HostClock { ns: 42 });
+        // What a KVM vCPU did is answered as observed (a replay answers
+        // with what the log has instead).
+        let seen = ExitSeen { exit: VcpuExit::IoOut { port: 0xe9, size: 1, data: 0x41 }, tsc: 7, rip: 0x1000 };
+        let ready = Query::KvmReady { vcpu: 1, ready: true };
+        for door in [&mut live as &mut dyn Door, &mut ClosedDoor, &mut ScriptDoor::default()] {
+            assert_eq!(door.query(at(0), Query::KvmExit(seen)).unwrap(), Input::KvmExit(seen));
+            assert_eq!(door.query(at(0), ready).unwrap(), Input::KvmReady { vcpu: 1, ready: true });
+            assert_eq!(door.next_exit(at(0)), None, "only a replay knows exits ahead");
+        }
     }
 
     #[test]

@@ -7,6 +7,17 @@
 //! Machine time advances by the round's length; each vCPU's TSC is set to
 //! machine time at the start of its slice and then advances with its retired
 //! instructions (see `clock`).
+//!
+//! Backends that cannot count instructions (KVM) run on exit time
+//! (`clock::TimeSource::Exits`): each `run` of a vCPU ends at an exit, which
+//! the machine passes through the door with the guest TSC there; machine
+//! time is the latest such TSC, the instruction count counts exits, and
+//! whether a vCPU can take an interrupt is asked of the door too (KVM
+//! decides it). A replay feeds the recorded exits to the interpreter
+//! (`follow_exits`, `next_exit`), which reproduces the run for guests whose
+//! outside events arrive at exits; where it cannot (a TSC read between
+//! exits, an interrupt where KVM preempted the vCPU) the replay reports a
+//! divergence.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -16,6 +27,7 @@ use crate::acpi::{self, AcpiConfig, IoApicEntry};
 use crate::boot::{self, BootConfig, BootError, BootInfo};
 use crate::bus::{Bus, DeviceCtx, ExitRequest};
 use crate::clock;
+use crate::clock::TimeSource;
 use crate::cpuid::{CpuidTable, Vendor};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
 use crate::devices::debugcon::{Debugcon, DEBUGCON_PORT};
@@ -25,7 +37,7 @@ use crate::devices::lapic::{DeliveryMode, Ipi, LapicAction};
 use crate::devices::pci::{PciHost, CONFIG_ADDRESS, PCI_PORT_COUNT};
 use crate::devices::pic8259::Pic8259Pair;
 use crate::devices::uart16550::{Uart16550, COM1_BASE};
-use crate::door::{ClosedDoor, Door, DoorError, Input, Query, Stamp};
+use crate::door::{ClosedDoor, Door, DoorError, ExitSeen, Input, Query, Stamp};
 use crate::irq::{source, GsiLines};
 use crate::layout::IOAPIC_BASE;
 use crate::memory::{GuestMemory, MemoryError, PAGE_SIZE};
@@ -136,7 +148,28 @@ pub struct Machine {
     ram_hashes: std::sync::Mutex<Vec<(u64, snapshot::Hash)>>,
     /// Wall-clock time at power-on (asked of the door before the first round).
     wall_clock_ns: Option<u64>,
+    /// Where time comes from (see `clock::TimeSource` and `exits`).
+    time: TimeSource,
+    /// Exit time: each vCPU's TSC at its last exit, as the door gave it.
+    tsc_seen: Vec<u64>,
+    /// Exit time: vCPUs whose last run ended by preemption.
+    preempted: Vec<bool>,
+    /// Exit time on replay: why the run cannot follow its log (an interrupt
+    /// the recorded run took at a preemption); reported at the round's end.
+    unplaceable: Option<String>,
+    /// Exit time on replay: the exit a counting CPU ran ahead to where the
+    /// recorded vCPU was preempted, handled once the log reaches it.
+    ahead: Vec<Option<VcpuExit>>,
 }
+
+/// How far a CPU that counts instructions runs, replaying exit time, to
+/// find the exit the log has next before the replay is declared diverged,
+/// at least. A recorded run that took long to get there (KVM on fast
+/// hardware) raises it to `MAX_INSNS_PER_TICK` per TSC tick it took.
+pub const EXIT_SEARCH_LIMIT: u64 = 1 << 28;
+/// More instructions than any CPU retires per TSC tick (TSCs tick at 1 GHz
+/// or more).
+const MAX_INSNS_PER_TICK: u64 = 16;
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
 /// disjoint from `self.platform` and `self.vcpus`).
@@ -217,6 +250,13 @@ impl Machine {
         let run_state =
             (0..config.cpus).map(|i| if i == 0 { RunState::Running } else { RunState::WaitForSipi }).collect();
         let extint_pending = vec![false; config.cpus as usize];
+        // Backends that cannot count instructions (KVM) run on exit time.
+        let time = if vcpus.iter().all(|v| v.retired_instructions().is_some()) {
+            TimeSource::Instructions
+        } else {
+            TimeSource::Exits
+        };
+        let n = config.cpus as usize;
         Ok(Machine {
             mem,
             bus,
@@ -241,7 +281,41 @@ impl Machine {
             door: Box::new(ClosedDoor),
             ram_hashes: std::sync::Mutex::new(Vec::new()),
             wall_clock_ns: None,
+            time,
+            tsc_seen: vec![0; n],
+            preempted: vec![false; n],
+            unplaceable: None,
+            ahead: vec![None; n],
         })
+    }
+
+    /// Where machine time comes from.
+    pub fn time_source(&self) -> TimeSource {
+        self.time
+    }
+
+    /// Take time from the exits the door reports instead of from retired
+    /// instructions: for replaying on the interpreter a run recorded on KVM.
+    /// Each run then goes on to the vCPU's next exit, and the recorded
+    /// exit's kind, data and TSC replace what the interpreter's clock says.
+    pub fn follow_exits(&mut self) {
+        self.time = TimeSource::Exits;
+    }
+
+    /// Whether every vCPU is at a point a replay can name: always on
+    /// instruction time; on exit time, when no vCPU's last run ended by
+    /// preemption (KVM stopped it at an instruction nobody counted, so its
+    /// registers there cannot be reproduced). Checkpoints go only here.
+    pub fn settled(&self) -> bool {
+        self.time == TimeSource::Instructions || !self.preempted.iter().any(|&p| p)
+    }
+
+    /// Whether the machine's state is the recorded run's at this point:
+    /// false only while replaying exit time with a vCPU run ahead of where
+    /// the recorded run preempted it. Snapshots are taken only here (one
+    /// taken on KVM itself holds KVM's real registers wherever it stopped).
+    pub fn state_is_recorded(&self) -> bool {
+        self.settled() || !(0..self.vcpus.len()).any(|i| self.replaying_exits(i))
     }
 
     /// Where guest console output (port 0xE9, the UART) goes; stdout by default.
@@ -335,6 +409,14 @@ impl Machine {
     }
 
     fn round(&mut self) -> Result<Option<StopReason>, MachineError> {
+        let r = self.round_inner();
+        match self.unplaceable.take() {
+            Some(why) => Err(MachineError::Door { at: self.stamp(), source: DoorError(why) }),
+            None => r,
+        }
+    }
+
+    fn round_inner(&mut self) -> Result<Option<StopReason>, MachineError> {
         let input_stop = self.take_inputs()?;
         // Input delivered to the UART may raise IRQ4.
         self.sync_irqs();
@@ -378,30 +460,35 @@ impl Machine {
         }
 
         if any_ran {
-            // Instruction-counting backends ran the whole round. Backends
-            // that cannot count (KVM) may have stopped early (HLT, an
-            // exit) and run their TSC with the host: machine time follows
-            // the furthest vCPU's TSC only, or a timer would fire before
-            // the guest's own TSC reached its deadline.
-            if self.vcpus.iter().all(|v| v.retired_instructions().is_some()) {
-                self.now_ns += round * clock::NS_PER_INSN;
-            }
-            // TODO(issue 5): these readings must go through the door.
-            for v in self.vcpus.iter().filter(|v| v.retired_instructions().is_none()) {
-                self.now_ns = self.now_ns.max(clock::tsc_to_ns(v.tsc()));
+            match self.time {
+                // Every vCPU ran the whole round.
+                TimeSource::Instructions => self.now_ns += round * clock::NS_PER_INSN,
+                // vCPUs may have stopped early (HLT, an exit) and their TSC
+                // runs with the host: machine time follows the furthest
+                // vCPU's TSC at its last exit, or a timer would fire before
+                // the guest's own TSC reached its deadline.
+                TimeSource::Exits => {
+                    let seen = self.tsc_seen.iter().map(|&t| clock::tsc_to_ns(t)).max().unwrap_or(0);
+                    self.now_ns = self.now_ns.max(seen);
+                }
             }
         } else {
             // Everyone is halted: skip to the next timer, or stop for good.
             match self.timers.next_deadline() {
                 Some(d) => {
                     self.now_ns = self.now_ns.max(d);
-                    // A skip is a jump of virtual time on every backend.
-                    for v in self.vcpus.iter_mut().filter(|v| v.retired_instructions().is_none()) {
-                        if v.tsc() < clock::ns_to_tsc(self.now_ns) {
-                            v.set_tsc(clock::ns_to_tsc(self.now_ns));
+                    if self.time == TimeSource::Exits {
+                        // A skip is a jump of virtual time on every backend:
+                        // TSCs that the machine last saw behind it move to it.
+                        let tsc = clock::ns_to_tsc(self.now_ns);
+                        for (v, seen) in self.vcpus.iter_mut().zip(&mut self.tsc_seen) {
+                            if *seen < tsc {
+                                v.set_tsc(tsc);
+                                *seen = tsc;
+                            }
                         }
+                        self.wait_for_tscs(tsc);
                     }
-                    self.wait_for_tscs(clock::ns_to_tsc(self.now_ns));
                 }
                 None => {
                     // Nothing inside can wake the guest; input from outside
@@ -432,11 +519,13 @@ impl Machine {
     }
 
     /// Some KVM hosts ignore writes to the guest TSC (it stays the host's):
-    /// a skip cannot jump it, so wait on the host until every such vCPU's
-    /// TSC has reached `tsc`, or timers would fire before the guest's own
-    /// TSC says their deadline has come. Returns at once on backends that
-    /// honoured `set_tsc` and on instruction-counting ones.
-    fn wait_for_tscs(&self, tsc: u64) {
+    /// a skip cannot jump it, so let host time pass (through the door)
+    /// until every such vCPU's TSC has reached `tsc`, or timers would fire
+    /// before the guest's own TSC says their deadline has come. Returns at
+    /// once on backends that honoured `set_tsc` and on instruction-counting
+    /// ones. The TSCs read here only decide how long to wait: the value the
+    /// guest's time is taken from is read at its next exit, through the door.
+    fn wait_for_tscs(&mut self, tsc: u64) {
         loop {
             let behind = self
                 .vcpus
@@ -449,34 +538,40 @@ impl Machine {
                 return;
             }
             // At most 1 ms at a time: the host TSC rate is not known here.
-            std::thread::sleep(std::time::Duration::from_nanos(clock::tsc_to_ns(behind).min(1_000_000)));
+            self.door.pause(std::time::Duration::from_nanos(clock::tsc_to_ns(behind).min(1_000_000)));
         }
     }
 
     /// Run vCPU `i` for up to `budget` instructions, handling its exits.
     fn run_slice(&mut self, i: usize, budget: u64) -> Result<Option<StopReason>, MachineError> {
         let start = self.now_ns;
-        // On the interpreter the TSC is derived from machine time and the
+        // On instruction time the TSC is derived from machine time and the
         // instructions retired in this slice (see `clock`).
-        if self.vcpus[i].retired_instructions().is_some() {
+        if self.time == TimeSource::Instructions {
             self.vcpus[i].set_tsc(clock::ns_to_tsc(start));
         }
         self.notify_slice(i, SliceEvent::Start, start);
         let mut left = budget;
         while left > 0 {
-            let before = self.vcpus[i].retired_instructions().unwrap_or(0);
-            let exit =
-                self.vcpus[i].run(&self.mem, left).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
-            let ran = self.vcpus[i].retired_instructions().unwrap_or(0) - before;
-            left = left.saturating_sub(ran);
-            self.retired += ran;
-            let mut now = start + (budget - left) * clock::NS_PER_INSN;
-            if self.vcpus[i].retired_instructions().is_none() {
-                // KVM: the guest's TSC has moved on with the host since the
-                // slice began; a device programmed now (a LAPIC timer)
-                // must count from the guest's present, not the slice start.
-                now = now.max(clock::tsc_to_ns(self.vcpus[i].tsc()));
-            }
+            let (exit, now) = match self.time {
+                TimeSource::Instructions => {
+                    let before = self.vcpus[i].retired_instructions().unwrap_or(0);
+                    let exit = self.vcpus[i]
+                        .run(&self.mem, left)
+                        .map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
+                    let ran = self.vcpus[i].retired_instructions().unwrap_or(0).wrapping_sub(before);
+                    left = left.saturating_sub(ran);
+                    self.retired += ran;
+                    (exit, start + (budget - left) * clock::NS_PER_INSN)
+                }
+                // The guest's TSC has moved on since the slice began; a
+                // device programmed now (a LAPIC timer) must count from the
+                // guest's present, not the slice start.
+                TimeSource::Exits => {
+                    let exit = self.next_exit(i, left)?;
+                    (exit, start.max(clock::tsc_to_ns(self.tsc_seen[i])))
+                }
+            };
             let mut end_slice = false;
             match exit {
                 VcpuExit::BudgetExhausted => break,
@@ -492,7 +587,7 @@ impl Machine {
                     return Ok(Some(StopReason::TripleFault { vcpu: i as u32, rip }));
                 }
                 VcpuExit::InterruptWindow => {
-                    self.vcpus[i].request_interrupt_window(false);
+                    self.set_window(i, false);
                     self.offer_interrupt(i);
                 }
                 VcpuExit::IoIn { port, size } => {
@@ -506,6 +601,7 @@ impl Machine {
                     let v = self.pio_write(port, size, data, now);
                     self.vcpus[i].complete(Completion::Done);
                     if let Some(stop) = v.1 {
+                        self.finish_out(i)?;
                         return Ok(Some(stop));
                     }
                 }
@@ -558,13 +654,154 @@ impl Machine {
             // A device may have raised an interrupt for this vCPU.
             self.offer_interrupt(i);
         }
-        let end = start + (budget - left) * clock::NS_PER_INSN;
+        let end = match self.time {
+            TimeSource::Instructions => start + (budget - left) * clock::NS_PER_INSN,
+            TimeSource::Exits => start.max(clock::tsc_to_ns(self.tsc_seen[i])),
+        };
         match self.run_state[i] {
             RunState::Running => self.notify_slice(i, SliceEvent::Preempted, end),
             RunState::Halted => self.notify_slice(i, SliceEvent::Halted, end),
             _ => {}
         }
         Ok(None)
+    }
+
+    /// Exit time: run vCPU `i` to its next exit and pass what was seen
+    /// there (exit, TSC, readiness) through the door, which records it or,
+    /// on replay, answers with the recorded exit; that answer is what the
+    /// machine goes on with. A CPU that counts instructions (the
+    /// interpreter replaying a KVM run) does not run where the log says
+    /// the recorded vCPU was preempted, runs on to its own next exit
+    /// otherwise, and takes the recorded TSC as its own. A different exit
+    /// is a divergence.
+    ///
+    /// Where the log says the recorded vCPU was preempted, a counting CPU
+    /// cannot stop at the same instruction: it runs ahead to its next exit
+    /// and keeps it for when the log gets there. What the machine does at
+    /// the preemption (timers, inputs, the platform reading guest memory)
+    /// then sees the guest as it is at that next exit: the same as KVM saw
+    /// as long as the guest changes nothing the machine looks at between
+    /// its exits. Interrupts that KVM took there are reported (see
+    /// `offer_interrupt`); anything else shows as a different exit later.
+    fn next_exit(&mut self, i: usize, budget: u64) -> Result<VcpuExit, MachineError> {
+        let at = Stamp { icount: self.retired, now_ns: self.now_ns, vcpu: i as u32 };
+        let counting = self.vcpus[i].retired_instructions().is_some();
+        let next = if counting { self.door.next_exit(at) } else { None };
+        let next_exit = next.map(|n| n.exit);
+        let exit = if !counting {
+            self.vcpus[i].run(&self.mem, budget).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?
+        } else if next_exit == Some(VcpuExit::BudgetExhausted) {
+            if self.ahead[i].is_none() {
+                self.vcpus[i].request_interrupt_window(false);
+                let limit = self.search_limit(i, self.door.next_stop_tsc(i as u32));
+                self.ahead[i] = Some(self.run_to_exit(i, limit)?);
+            }
+            VcpuExit::BudgetExhausted
+        } else {
+            let limit = self.search_limit(i, next.map(|n| n.tsc));
+            match (self.ahead[i].take(), next) {
+                (Some(exit), _) => exit,
+                // KVM reports a window when it notices one, not at the
+                // first boundary where it opens: look for it where KVM
+                // reported it.
+                (None, Some(n)) if n.exit == VcpuExit::InterruptWindow => self.run_to_window(i, n.rip, limit)?,
+                (None, _) => {
+                    self.vcpus[i].request_interrupt_window(false);
+                    self.run_to_exit(i, limit)?
+                }
+            }
+        };
+        let seen = ExitSeen { exit, tsc: self.vcpus[i].tsc(), rip: self.vcpus[i].rip() };
+        let door_err = |why: String| MachineError::Door { at, source: DoorError(why) };
+        let logged = match self.door.query(at, Query::KvmExit(seen)) {
+            Ok(Input::KvmExit(logged)) => logged,
+            Ok(other) => return Err(door_err(format!("asked for vCPU {i}'s exit, got {other:?}"))),
+            Err(source) => return Err(MachineError::Door { at, source }),
+        };
+        // KVM reports OUTs past the instruction and the interpreter at it,
+        // so RIPs are compared only where no instruction is in flight.
+        let window_moved = exit == VcpuExit::InterruptWindow && seen.rip != logged.rip;
+        if logged.exit != exit || window_moved {
+            let replayed = if counting && exit == VcpuExit::BudgetExhausted {
+                format!("no exit within {} instructions", self.search_limit(i, Some(logged.tsc)))
+            } else {
+                format!("{exit:?} at RIP {:#x}", seen.rip)
+            };
+            return Err(door_err(format!(
+                "vCPU {i}: the recorded run exited with {:?} at RIP {:#x} here, the replay with {replayed}",
+                logged.exit, logged.rip
+            )));
+        }
+        if counting {
+            // The guest's clock is the recorded one from here on.
+            self.vcpus[i].set_tsc(logged.tsc);
+        }
+        self.tsc_seen[i] = logged.tsc;
+        self.preempted[i] = logged.exit == VcpuExit::BudgetExhausted;
+        self.retired += 1;
+        Ok(exit)
+    }
+
+    /// KVM retires an OUT before it reports it (RIP is past it at the exit);
+    /// the interpreter finishes it when it runs again. A machine that stops
+    /// at an OUT (isa-debug-exit) while replaying exit time lets the
+    /// interpreter finish it, so its final state is KVM's.
+    fn finish_out(&mut self, i: usize) -> Result<(), MachineError> {
+        if self.time == TimeSource::Exits && self.vcpus[i].retired_instructions().is_some() {
+            let exit =
+                self.vcpus[i].run(&self.mem, 1).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
+            if exit != VcpuExit::BudgetExhausted {
+                tracing::debug!(vcpu = i, ?exit, "finishing the last OUT led to another exit");
+            }
+        }
+        Ok(())
+    }
+
+    /// Run a counting vCPU until its interrupt window is open at `rip` (or
+    /// another exit comes first): stepping over open windows elsewhere.
+    /// KVM's window exits land at the first VM exit after the window
+    /// opened; in a guest that polls with interrupts on, that is some
+    /// later pass of its loop, which the loop's RIP names well enough (a
+    /// loop whose registers change between passes shows in the state hash).
+    fn run_to_window(&mut self, i: usize, rip: u64, limit: u64) -> Result<VcpuExit, MachineError> {
+        let err = |source| MachineError::Vcpu { vcpu: i as u32, source };
+        let mut ran = 0u64;
+        loop {
+            self.vcpus[i].request_interrupt_window(true);
+            let exit = self.run_to_exit(i, limit.saturating_sub(ran))?;
+            if exit != VcpuExit::InterruptWindow || self.vcpus[i].rip() == rip || ran >= limit {
+                return Ok(exit);
+            }
+            // Not there yet: one instruction with the window shut.
+            self.vcpus[i].request_interrupt_window(false);
+            let exit = self.vcpus[i].run(&self.mem, 1).map_err(err)?;
+            ran += 1;
+            if exit != VcpuExit::BudgetExhausted {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Run a counting vCPU to its next exit (`BudgetExhausted` if none
+    /// comes within `limit` instructions).
+    fn run_to_exit(&mut self, i: usize, limit: u64) -> Result<VcpuExit, MachineError> {
+        let chunk = self.config.quantum.max(1);
+        let mut ran = 0u64;
+        loop {
+            let exit =
+                self.vcpus[i].run(&self.mem, chunk).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
+            ran = ran.saturating_add(chunk);
+            if exit != VcpuExit::BudgetExhausted || ran >= limit {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// How far vCPU `i` may run to find an exit the recorded run reached
+    /// at TSC `to` (see `EXIT_SEARCH_LIMIT`).
+    fn search_limit(&self, i: usize, to: Option<u64>) -> u64 {
+        let took = to.map_or(0, |t| t.saturating_sub(self.tsc_seen[i]));
+        took.saturating_mul(MAX_INSNS_PER_TICK).max(EXIT_SEARCH_LIMIT)
     }
 
     fn notify_slice(&mut self, i: usize, event: SliceEvent, now: u64) {
@@ -891,7 +1128,22 @@ impl Machine {
         if direct.is_none() && !extint && self.lapics[i].pending_interrupt().is_none() {
             return;
         }
-        if self.vcpus[i].interrupt_ready() {
+        // A vCPU preempted on exit time stopped at an instruction nobody
+        // counted: an interrupt taken there cannot be placed on replay.
+        let ready = self.interrupt_ready(i);
+        let replaying = self.replaying_exits(i);
+        if ready && self.preempted[i] {
+            let why = format!(
+                "vCPU {i} took an interrupt where the recorded run had preempted it (between exits, at an \
+                 instruction the log cannot name): a run on KVM replays only while interrupts arrive at exits"
+            );
+            if replaying {
+                self.unplaceable.get_or_insert(why);
+                return;
+            }
+            tracing::debug!("{why}");
+        }
+        if ready {
             let vector = match direct {
                 Some(d) => Some(d),
                 None if extint => {
@@ -905,12 +1157,49 @@ impl Machine {
                 self.run_state[i] = RunState::Running;
             }
         } else if self.run_state[i] == RunState::Running {
-            self.vcpus[i].request_interrupt_window(true);
+            self.set_window(i, true);
         } else if self.vcpus[i].state().rflags & rflags::IF != 0 {
             // Halted with IF set but in a shadow cannot happen after HLT;
             // wake it so the window logic takes over.
             self.run_state[i] = RunState::Running;
-            self.vcpus[i].request_interrupt_window(true);
+            self.set_window(i, true);
+        }
+    }
+
+    /// Whether the machine replays exit time on a CPU that counts
+    /// instructions (vCPU `i`'s exits come from the log).
+    fn replaying_exits(&self, i: usize) -> bool {
+        self.time == TimeSource::Exits && self.vcpus[i].retired_instructions().is_some()
+    }
+
+    /// Whether vCPU `i` can take an interrupt now. On exit time KVM decides
+    /// (its answer depends on where the host stopped it), so the answer
+    /// goes through the door; a door that cannot answer ends the round
+    /// with a divergence.
+    fn interrupt_ready(&mut self, i: usize) -> bool {
+        let ready = self.vcpus[i].interrupt_ready();
+        if self.time == TimeSource::Instructions {
+            return ready;
+        }
+        let at = Stamp { icount: self.retired, now_ns: self.now_ns, vcpu: i as u32 };
+        match self.door.query(at, Query::KvmReady { vcpu: i as u32, ready }) {
+            Ok(Input::KvmReady { ready, .. }) => ready,
+            Ok(other) => {
+                self.unplaceable.get_or_insert(format!("asked whether vCPU {i} is ready, got {other:?}"));
+                false
+            }
+            Err(e) => {
+                self.unplaceable.get_or_insert(e.0);
+                false
+            }
+        }
+    }
+
+    /// Ask vCPU `i` for an interrupt window (or stop asking). Replaying exit
+    /// time, windows follow the log instead (see `next_exit`).
+    fn set_window(&mut self, i: usize, on: bool) {
+        if !self.replaying_exits(i) {
+            self.vcpus[i].request_interrupt_window(on);
         }
     }
 

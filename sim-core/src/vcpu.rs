@@ -10,7 +10,7 @@ use crate::paging::{self, Access, PageFault};
 use crate::state::ArchState;
 
 /// Why `Vcpu::run` returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum VcpuExit {
     /// IN/INS: answer with `Completion::Data` (low `size` bytes used).
     IoIn {
@@ -89,6 +89,11 @@ pub trait Vcpu {
     fn state(&self) -> ArchState;
     fn set_state(&mut self, state: &ArchState);
 
+    /// RIP (cheap access: the machine notes it at every exit on exit time).
+    fn rip(&self) -> u64 {
+        self.state().rip
+    }
+
     /// General-purpose registers (cheap access for hypercall handling).
     fn gprs(&self) -> [u64; 16];
     fn set_gprs(&mut self, gpr: &[u64; 16]);
@@ -110,6 +115,15 @@ pub trait Vcpu {
     /// Set the TSC to `tsc` now. The interpreter then advances it by
     /// `clock::TSC_PER_INSN` per retired instruction; KVM by the host clock.
     fn set_tsc(&mut self, tsc: u64);
+
+    /// Mark in `mem`'s dirty bitmap the RAM pages this CPU wrote without
+    /// going through `GuestMemory` since the last call (KVM writes guest RAM
+    /// directly; its dirty log says where). Returns whether the bitmap now
+    /// holds every write of this CPU. The interpreter marks its stores as it
+    /// makes them: nothing to do.
+    fn sync_dirty(&self, _mem: &GuestMemory) -> bool {
+        true
+    }
 
     /// Translate a guest-virtual address through the guest's page tables as
     /// an access at CPL 0 (hypercall arguments), without setting A/D bits.

@@ -82,6 +82,8 @@ pub struct Interpreter {
     l0_gen: u64,
     /// Status flags not yet computed (see lazy_flags.rs).
     pub(crate) lazy: Lazy,
+    /// A byte OUT to this port is a hypercall (see `set_hypercall_port`).
+    pub(crate) hypercall_port: Option<u16>,
 }
 
 type L0 = [L0Entry; L0_ENTRIES];
@@ -96,6 +98,14 @@ struct L0Entry {
 }
 
 impl Interpreter {
+    /// Treat a byte OUT to `port` as a hypercall: it retires and `run`
+    /// returns `VcpuExit::Hypercall`, as KVM reports the hypercall-page
+    /// stubs that end in `out port, al` (sim_core::layout::HYPERCALL_PORT).
+    /// A run recorded on KVM replays on the interpreter with this set.
+    pub fn set_hypercall_port(&mut self, port: Option<u16>) {
+        self.hypercall_port = port;
+    }
+
     pub fn new(id: u32, vcpu_count: u32, cpuid: Arc<CpuidTable>) -> Interpreter {
         let mut i = Interpreter {
             s: ArchState::reset(),
@@ -128,6 +138,7 @@ impl Interpreter {
             run_target: 0,
             l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])),
             l0_gen: 1,
+            hypercall_port: None,
             lazy: Lazy::default(),
         };
         i.refresh_mode();
@@ -589,6 +600,10 @@ impl Vcpu for Interpreter {
         self.flush_tlb();
         self.refresh_mode();
         self.update_attention();
+    }
+
+    fn rip(&self) -> u64 {
+        self.s.rip
     }
 
     fn gprs(&self) -> [u64; 16] {

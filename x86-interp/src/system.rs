@@ -366,6 +366,11 @@ impl Interpreter {
         let port =
             if ins.op_kind(0) == OpKind::Register { self.s.gpr[gpr::RDX] as u16 } else { ins.immediate8() as u16 };
         let data = self.reg(r) as u32;
+        if size == 1 && self.hypercall_port == Some(port) {
+            // Retires like VMCALL; the machine then handles the hypercall.
+            self.exit = Some(VcpuExit::Hypercall);
+            return Ok(());
+        }
         self.exit_write(VcpuExit::IoOut { port, size: size as u8, data })
     }
 

@@ -1330,3 +1330,29 @@ fn interpreter_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<x86_interp::Interpreter>();
 }
+
+#[test]
+fn a_byte_out_to_the_hypercall_port_is_a_hypercall_once_set() {
+    // mov eax, 17 (5 bytes); out 0xe8, al (2); out 0xe8, ax (3); hlt
+    let prog = |a: &mut iced_x86::code_asm::CodeAssembler| {
+        a.mov(eax, 17u32)?;
+        a.out(0xe8u32, al)?;
+        a.out(0xe8u32, ax)?;
+        a.hlt()
+    };
+    // Unset: an ordinary port write.
+    let mut r = Rig::long();
+    r.asm(64, CODE, prog);
+    assert_eq!(r.run(100), VcpuExit::IoOut { port: 0xe8, size: 1, data: 17 });
+    // Set: the byte OUT retires and exits as a hypercall (as KVM reports the
+    // hypercall-page stub); the word OUT to the same port stays port I/O.
+    let mut r = Rig::long();
+    r.cpu.set_hypercall_port(Some(0xe8));
+    r.asm(64, CODE, prog);
+    assert_eq!(r.run(100), VcpuExit::Hypercall);
+    assert_eq!(r.state().rip, CODE + 5 + 2, "RIP after the OUT");
+    let mut g = r.cpu.gprs();
+    g[gpr::RAX] = 0x1234;
+    r.cpu.set_gprs(&g);
+    assert_eq!(r.run(100), VcpuExit::IoOut { port: 0xe8, size: 2, data: 0x1234 });
+}

@@ -159,6 +159,17 @@ pub fn arch_differences(e: &ArchState, a: &ArchState) -> Vec<String> {
 }
 
 impl Machine {
+    /// vCPU `i`'s registers. On exit time its TSC is the one of its last
+    /// exit, as the door gave it: the TSC KVM holds now is a fresh reading
+    /// of the host clock that no log has.
+    fn vcpu_arch(&self, i: usize) -> crate::state::ArchState {
+        let mut arch = self.vcpus[i].state();
+        if self.time == crate::clock::TimeSource::Exits {
+            arch.tsc = self.tsc_seen[i];
+        }
+        arch
+    }
+
     /// Everything but RAM, at a round boundary.
     pub fn save_state(&self) -> MachineState {
         let overlays = self
@@ -178,7 +189,7 @@ impl Machine {
             wall_clock_ns: self.wall_clock_ns,
             vcpus: (0..self.vcpus.len())
                 .map(|i| VcpuState {
-                    arch: self.vcpus[i].state(),
+                    arch: self.vcpu_arch(i),
                     run_state: self.run_state[i],
                     extint_pending: self.extint_pending[i],
                 })
@@ -223,6 +234,9 @@ impl Machine {
         for (i, v) in s.vcpus.iter().enumerate() {
             self.vcpus[i].set_state(&v.arch);
             self.vcpus[i].set_tsc(v.arch.tsc);
+            self.tsc_seen[i] = v.arch.tsc;
+            self.preempted[i] = false;
+            self.ahead[i] = None;
             self.run_state[i] = v.run_state;
             self.extint_pending[i] = v.extint_pending;
         }
@@ -237,6 +251,7 @@ impl Machine {
         self.wall_clock_ns = s.wall_clock_ns;
         self.effects.clear();
         self.console.clear();
+        self.unplaceable = None;
         Ok(())
     }
 
@@ -254,10 +269,16 @@ impl Machine {
         RamImage { full: true, pages }
     }
 
-    /// Whether the dirty bitmap sees every RAM write: true when every vCPU
-    /// is the interpreter (its stores mark pages); KVM writes RAM behind it.
+    /// Bring the dirty bitmap up to date (KVM's dirty log folded in) and
+    /// say whether it sees every RAM write: true when every vCPU's backend
+    /// tracks its writes (the interpreter's stores mark pages; KVM logs them).
     pub fn dirty_tracking_exact(&self) -> bool {
-        self.vcpus.iter().all(|v| v.retired_instructions().is_some())
+        // Every vCPU syncs, whatever the others say.
+        let mut exact = true;
+        for v in &self.vcpus {
+            exact &= v.sync_dirty(&self.mem);
+        }
+        exact
     }
 
     /// RAM for a snapshot that follows the previous one (`delta`), or a full
@@ -282,6 +303,7 @@ impl Machine {
 
     /// RAM frames written since the last snapshot or restore.
     pub fn dirty_frames(&self) -> Vec<u64> {
+        self.dirty_tracking_exact();
         self.mem.dirty_frames()
     }
 
@@ -305,6 +327,8 @@ impl Machine {
             }
             n += 1;
         }
+        // KVM's log of writes from before the restore goes with it.
+        self.dirty_tracking_exact();
         self.mem.take_dirty();
         Ok(n)
     }
@@ -333,14 +357,17 @@ impl Machine {
             }
         }
         // RAM is now the image's: later deltas start from here.
+        self.dirty_tracking_exact();
         self.mem.take_dirty();
         Ok(())
     }
 
     /// RAM hashes by region. Incremental where writes are tracked exactly
-    /// (the interpreter): only regions with pages written since the last
-    /// digest are read again, which keeps checkpoints cheap.
+    /// (the interpreter; KVM with its dirty log): only regions with pages
+    /// written since the last digest are read again, which keeps
+    /// checkpoints cheap.
     fn ram_digest(&self) -> Vec<(u64, Hash)> {
+        let exact = self.dirty_tracking_exact();
         let written = self.mem.take_hash_dirty();
         let mut cache = self.ram_hashes.lock().unwrap_or_else(|e| e.into_inner());
         let mut buf = vec![0u8; RAM_REGION as usize];
@@ -351,7 +378,7 @@ impl Machine {
                 Err(_) => [0; 32],
             }
         };
-        if cache.is_empty() || !self.dirty_tracking_exact() {
+        if cache.is_empty() || !exact {
             cache.clear();
             for &(start, len) in self.mem.ram_ranges() {
                 let mut gpa = start;

@@ -1,0 +1,325 @@
+//! Record on KVM, replay on the interpreter. KVM's time follows the host
+//! clock and it cannot count instructions, so a KVM run is timed by its
+//! exits: each exit's kind, data and guest TSC go through the door into the
+//! log, and the interpreter replays by running to each recorded exit and
+//! taking the recorded TSC as its own. For guests whose asynchronous events
+//! arrive at exits (they block or halt until a timer or an event) the replay
+//! reproduces console output and the final state hash; a guest that reads
+//! the TSC between exits, or takes an interrupt where KVM preempted it,
+//! is reported as a divergence. Skipped, with the reason printed, when
+//! /dev/kvm cannot be used.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use iced_x86::code_asm::*;
+use kvm_backend::KvmVm;
+use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
+use sim_core::boot::{BootConfig, BootImage};
+use sim_core::clock::TimeSource;
+use sim_core::door::{ClosedDoor, Input};
+use sim_core::layout::HYPERCALL_PORT;
+use sim_core::machine::{Machine, MachineConfig, StopReason, VcpuFactory};
+use sim_core::vcpu::VcpuExit;
+use xen_model::hypercall_page::HypercallGate;
+use xen_model::{XenConfig, XenPlatform};
+use xensim::guest::asm::CODE64_SEL;
+use xensim::guest::xen::{self, HypercallEntry};
+use xensim::guest::{Boot, GuestError, GuestProgram, Mode};
+use xensim_tests::Capture;
+
+fn kvm(test: &str) -> Option<Arc<KvmVm>> {
+    KvmVm::new().map_err(|e| eprintln!("skipping {test}: {e}")).ok()
+}
+
+fn config(cpus: u32) -> MachineConfig {
+    MachineConfig { cpus, memory_mib: 16, ..Default::default() }
+}
+
+/// A machine with the Xen platform as KVM has it (hypercall-page stubs end
+/// in a port write), `kernel` booted, console captured.
+fn xen_machine(kernel: &[u8], cpus: u32, factory: &mut VcpuFactory<'_>) -> (Machine, Capture) {
+    let xen = XenConfig { hypercall_gate: HypercallGate::Port(HYPERCALL_PORT as u8), ..Default::default() };
+    let platform = XenPlatform::new(xen, cpus);
+    let mut m = Machine::with_platform(config(cpus), Some(Box::new(platform)), factory).expect("machine");
+    let cap = Capture::default();
+    m.set_console(Box::new(cap.clone()));
+    m.boot(BootConfig {
+        kernel: BootImage { name: "guest".into(), bytes: kernel.to_vec() },
+        modules: Vec::new(),
+        cmdline: String::new(),
+        rsdp: 0,
+        reserved: Vec::new(),
+    })
+    .expect("boot");
+    (m, cap)
+}
+
+/// The interpreter as the replay of a KVM run uses it.
+fn interp_as_kvm(
+) -> impl FnMut(u32, u32, Arc<sim_core::cpuid::CpuidTable>) -> Result<Box<dyn sim_core::Vcpu>, sim_core::VcpuError> {
+    |id, n, cpuid| {
+        let mut cpu = x86_interp::Interpreter::new(id, n, cpuid);
+        cpu.set_hypercall_port(Some(HYPERCALL_PORT));
+        Ok(Box::new(cpu))
+    }
+}
+
+fn header(kernel: &[u8], cpus: u32) -> Header {
+    let c = config(cpus);
+    Header {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: LogConfig {
+            cpus: c.cpus,
+            memory_mib: c.memory_mib,
+            quantum: c.quantum,
+            max_instructions: c.max_instructions,
+            vendor: c.vendor,
+        },
+        cmdline: String::new(),
+        images: vec![ImageHash::of("guest", kernel)],
+        checkpoint_every: 10,
+    }
+}
+
+struct Recorded {
+    stop: StopReason,
+    output: String,
+    log: Log,
+}
+
+fn record_on_kvm(vm: &Arc<KvmVm>, kernel: &[u8], cpus: u32, path: &Path) -> Recorded {
+    let (mut m, cap) = xen_machine(kernel, cpus, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
+    assert_eq!(m.time_source(), TimeSource::Exits, "KVM runs on exit time");
+    let mut w = LogWriter::create(path, &header(kernel, cpus)).unwrap();
+    let stop = replay::record(&mut m, Box::new(ClosedDoor), &mut w, 10).unwrap();
+    w.finish().unwrap();
+    Recorded { stop, output: cap.text(), log: Log::read(path).unwrap() }
+}
+
+fn replay_on_interp(kernel: &[u8], cpus: u32, log: &Log) -> (Replayed, String, Machine) {
+    let (mut m, cap) = xen_machine(kernel, cpus, &mut interp_as_kvm());
+    let r = replay::replay(&mut m, log, None, &mut |_| {}).unwrap();
+    (r, cap.text(), m)
+}
+
+fn end_hash(log: &Log) -> [u8; 32] {
+    match log.records.last() {
+        Some(Record::End { digest, .. }) => digest.hash(),
+        other => panic!("log ends with {other:?}"),
+    }
+}
+
+fn exits(log: &Log) -> Vec<VcpuExit> {
+    log.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Answered { input: Input::KvmExit(seen), .. } => Some(seen.exit),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Recordings a test makes before it gives up on one that replays.
+const ATTEMPTS: usize = 3;
+
+/// Record `kernel` on KVM and replay it on the interpreter: the same exits,
+/// output and final state hash. A host under load may stop the guest where
+/// a replay cannot follow (seen: an interrupt delivered at a preemption
+/// between `STI` and `HLT`; one vCPU preempted while the other wrote what
+/// it polls for): replay reports such a recording as diverged, and the test
+/// records again, up to `ATTEMPTS` times; a flaw in the machine fails every
+/// attempt.
+fn expect_identical(name: &str, kernel: &[u8], cpus: u32, expected_output: &str, expected_stop: StopReason) {
+    let mut failures = Vec::new();
+    for _ in 0..ATTEMPTS {
+        // A VM per machine: vCPU ids are per VM.
+        let vm = KvmVm::new().expect("KVM");
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record_on_kvm(&vm, kernel, cpus, &dir.path().join("kvm.log"));
+        assert_eq!(rec.output, expected_output, "{name} on KVM");
+        assert_eq!(rec.stop, expected_stop, "{name} on KVM");
+        assert_eq!(replay::drive::time_source(&rec.log), TimeSource::Exits);
+        // Every exit is logged, down to the guest's last: its isa-debug-exit write.
+        assert_eq!(
+            exits(&rec.log).last(),
+            Some(&VcpuExit::IoOut { port: 0xf4, size: 1, data: 0 }),
+            "{name}: the last exit logged"
+        );
+        let (replayed, output, m) = replay_on_interp(kernel, cpus, &rec.log);
+        if let Replayed::Diverged(d) = &replayed {
+            eprintln!("{name}: recording not replayable, recording again: {d}");
+            failures.push(d.to_string());
+            continue;
+        }
+        assert!(matches!(replayed, Replayed::Identical { stop, .. } if stop == rec.stop), "{name}: {replayed:?}");
+        assert_eq!(output, rec.output, "{name}: the replay prints what KVM printed");
+        assert_eq!(m.digest().hash(), end_hash(&rec.log), "{name}: the final state hash");
+        return;
+    }
+    panic!("{name}: no recording out of {ATTEMPTS} replayed:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn xen_events_recorded_on_kvm_replay_on_the_interpreter() {
+    if kvm("xen_events_recorded_on_kvm_replay_on_the_interpreter").is_none() {
+        return;
+    }
+    // Upcalls by vector and LAPIC, a singleshot timer and SCHEDOP_block;
+    // the deadline from shared_info's system_time (written at exits).
+    let kernel = xen::xen_events_without_rdtsc(HypercallEntry::Page).unwrap();
+    expect_identical("xen_events", &kernel, 1, xen::XEN_EVENTS_EXPECTED, StopReason::DebugExit(1));
+}
+
+#[test]
+fn xen_events_computing_time_with_rdtsc_is_reported_as_a_divergence() {
+    let Some(vm) = kvm("xen_events_computing_time_with_rdtsc_is_reported_as_a_divergence") else { return };
+    // The stock guest computes "now" from the pvclock and RDTSC between
+    // exits: the deadline it writes into its hypercall arguments differs.
+    let kernel = xen::xen_events_via(HypercallEntry::Page).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log"));
+    assert_eq!(rec.output, xen::XEN_EVENTS_EXPECTED);
+    let (replayed, output, _) = replay_on_interp(&kernel, 1, &rec.log);
+    // Where it shows depends on the host's timing: in RAM at the end (the
+    // arguments), or in an exit (the timer fired at a different moment).
+    let Replayed::Diverged(_) = replayed else { panic!("not detected: {replayed:?}") };
+    assert!(rec.output.starts_with(&output), "the replay printed only what KVM printed: {output:?}");
+}
+
+const VECTOR: u32 = 0x40;
+const APIC: u32 = 0xfee0_0000;
+
+fn apic_write(g: &mut GuestProgram, reg: u32, value: u32) -> Result<(), GuestError> {
+    g.a.mov(eax, APIC + reg)?;
+    g.a.mov(dword_ptr(rax), value)?;
+    Ok(())
+}
+
+/// A LAPIC periodic timer, an IDT handler counting ticks, and a main loop
+/// that waits with HLT until `ticks` have come; with `rdtsc`, it then prints
+/// the TSC it reads (a value that exists only between exits).
+fn hlt_loop_guest(ticks: u32, rdtsc: bool) -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    let idt = g.scratch(4096, 4096);
+    let count = g.scratch(4, 4);
+    let mut idtr = 4095u16.to_le_bytes().to_vec();
+    idtr.extend_from_slice(&idt.to_le_bytes());
+    let idtr_at = g.data(&idtr, 16) as u64;
+    let (mut handler, mut main) = (g.a.create_label(), g.a.create_label());
+    g.a.jmp(main)?;
+    g.a.set_label(&mut handler)?;
+    g.a.push(rax)?;
+    g.a.inc(dword_ptr(count))?;
+    g.a.mov(eax, APIC + 0xb0)?; // EOI
+    g.a.mov(dword_ptr(rax), 0u32)?;
+    g.a.pop(rax)?;
+    g.a.iretq()?;
+    g.a.set_label(&mut main)?;
+    let e = idt + VECTOR as u64 * 16;
+    g.a.lea(rax, ptr(handler))?;
+    g.a.mov(word_ptr(e), ax)?;
+    g.a.mov(word_ptr(e + 2), CODE64_SEL as u32)?;
+    g.a.mov(word_ptr(e + 4), 0x8e00u32)?;
+    g.a.shr(rax, 16)?;
+    g.a.mov(word_ptr(e + 6), ax)?;
+    g.a.lidt(ptr(idtr_at))?;
+    apic_write(&mut g, 0xf0, 0x1ff)?; // SVR: software enable
+    apic_write(&mut g, 0x3e0, 0xb)?; // divide by 1
+    apic_write(&mut g, 0x320, VECTOR | 1 << 17)?; // periodic
+    apic_write(&mut g, 0x380, 500_000)?; // 0.5 ms at 1 GHz
+    let (mut top, mut done) = (g.a.create_label(), g.a.create_label());
+    g.a.set_label(&mut top)?;
+    g.a.cli()?;
+    g.a.cmp(dword_ptr(count), ticks)?;
+    g.a.jae(done)?;
+    g.a.sti()?;
+    g.a.hlt()?; // in STI's shadow: no interrupt is lost in between
+    g.a.jmp(top)?;
+    g.a.set_label(&mut done)?;
+    apic_write(&mut g, 0x380, 0)?; // stop the timer
+    g.print(&format!("{ticks} ticks\n"))?;
+    if rdtsc {
+        g.a.rdtsc()?;
+        g.a.shl(rdx, 32)?;
+        g.a.or(rax, rdx)?;
+        g.print("tsc ")?;
+        g.print_hex()?;
+        g.print("\n")?;
+    }
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
+
+#[test]
+fn a_lapic_timer_hlt_loop_recorded_on_kvm_replays_on_the_interpreter() {
+    if kvm("a_lapic_timer_hlt_loop_recorded_on_kvm_replays_on_the_interpreter").is_none() {
+        return;
+    }
+    let kernel = hlt_loop_guest(5, false).unwrap();
+    expect_identical("hlt loop", &kernel, 1, "5 ticks\n", StopReason::DebugExit(1));
+}
+
+#[test]
+fn a_guest_printing_its_tsc_is_reported_as_a_divergence() {
+    let Some(vm) = kvm("a_guest_printing_its_tsc_is_reported_as_a_divergence") else { return };
+    let kernel = hlt_loop_guest(2, true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log"));
+    assert!(rec.output.starts_with("2 ticks\ntsc "), "{}", rec.output);
+    let (replayed, _, _) = replay_on_interp(&kernel, 1, &rec.log);
+    let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
+    // The TSC the interpreter reads between exits is its own: the first
+    // digit printed differently is an exit (a port write) the log does not
+    // have.
+    let text = d.differences.join("\n");
+    assert!(text.contains("IoOut"), "names the differing exit: {d}");
+    assert!(text.contains("the recorded run exited with"), "{d}");
+}
+
+#[test]
+fn two_vcpus_recorded_on_kvm_replay_on_the_interpreter() {
+    if kvm("two_vcpus_recorded_on_kvm_replay_on_the_interpreter").is_none() {
+        return;
+    }
+    // vCPU 0 starts vCPU 1 (VCPUOP_initialise, VCPUOP_up); they meet
+    // through shared memory and hypercalls.
+    let kernel = xen::xen_two_vcpus_via(HypercallEntry::Page).unwrap();
+    expect_identical("two vcpus", &kernel, 2, xen::XEN_TWO_VCPUS_EXPECTED, StopReason::DebugExit(1));
+}
+
+#[test]
+fn an_interrupt_taken_where_kvm_preempted_the_guest_is_reported() {
+    let Some(vm) = kvm("an_interrupt_taken_where_kvm_preempted_the_guest_is_reported") else { return };
+    let kernel = hlt_loop_guest(2, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log")).log;
+    // Make the log say that KVM preempted the guest where it had halted,
+    // and then delivered the timer's interrupt there: an interrupt at a
+    // point between exits, which no replay can place.
+    let ready_after = |records: &[Record], k: usize| {
+        records[k + 1..]
+            .iter()
+            .take_while(|r| !matches!(r, Record::Answered { input: Input::KvmExit(_), .. }))
+            .any(|r| matches!(r, Record::Answered { input: Input::KvmReady { ready: true, .. }, .. }))
+    };
+    let k = (0..log.records.len())
+        .find(|&k| {
+            matches!(&log.records[k], Record::Answered { input: Input::KvmExit(s), .. } if s.exit == VcpuExit::Halt)
+                && ready_after(&log.records, k)
+        })
+        .expect("a halt the timer's interrupt ended");
+    if let Record::Answered { input: Input::KvmExit(s), .. } = &mut log.records[k] {
+        s.exit = VcpuExit::BudgetExhausted;
+    }
+    // A recording takes no checkpoint while a vCPU is preempted.
+    let mut n = 0;
+    log.records.retain(|r| {
+        n += 1;
+        n <= k || !matches!(r, Record::Checkpoint(_))
+    });
+    let (replayed, _, _) = replay_on_interp(&kernel, 1, &log);
+    let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
+    // Found where the replay reaches the halt the log no longer has.
+    assert!(d.differences.iter().any(|l| l.contains("delivered an interrupt before this exit")), "{d}");
+}
