@@ -101,17 +101,55 @@ fn template(mode: Mode) -> Result<(Vec<u8>, ArchState), String> {
     Ok((img, s))
 }
 
-/// Execute one input in a fresh sandbox (a new lazily-zeroed 2 MiB guest
-/// memory and CPU: nothing carries over from an earlier input).
+/// One sandbox memory per mode, kept across inputs: before each input the
+/// pages written since the last reset (the dirty bitmap; the interpreter
+/// marks every page it writes) go back to the template or to zero, so the
+/// memory is exactly a fresh sandbox's, without a new mapping per input.
+struct Sandbox {
+    mode: Mode,
+    mem: GuestMemory,
+}
+
+thread_local! {
+    static SANDBOXES: std::cell::RefCell<Vec<Sandbox>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_sandbox<T>(mode: Mode, f: impl FnOnce(&GuestMemory, ArchState) -> Result<T, String>) -> Result<T, String> {
+    TEMPLATES.with(|t| {
+        let (_, img, s) = t.iter().find(|(m, _, _)| *m == mode).ok_or("no sandbox template")?;
+        SANDBOXES.with(|sb| {
+            let mut sb = sb.borrow_mut();
+            let i = match sb.iter().position(|b| b.mode == mode) {
+                Some(i) => i,
+                None => {
+                    let mem = GuestMemory::new(2).map_err(|e| format!("sandbox memory: {e}"))?;
+                    mem.write(0, img).map_err(|e| format!("sandbox write: {e}"))?;
+                    sb.push(Sandbox { mode, mem });
+                    sb.len() - 1
+                }
+            };
+            let mem = &mut sb[i].mem;
+            const ZERO: [u8; 4096] = [0; 4096];
+            for gfn in mem.take_dirty() {
+                let at = gfn << 12;
+                let page = img.get(at as usize..at as usize + 4096).unwrap_or(&ZERO);
+                mem.write(at, page).map_err(|e| format!("sandbox write: {e}"))?;
+            }
+            mem.take_dirty();
+            f(mem, s.clone())
+        })
+    })
+}
+
+/// Execute one input in a sandbox that is exactly a fresh one (`Sandbox`)
+/// with a fresh CPU: nothing carries over from an earlier input.
 pub fn run(input: &Input) -> Result<(), String> {
+    with_sandbox(input.mode, |mem, s| run_in(input, mem, s))
+}
+
+fn run_in(input: &Input, mem: &GuestMemory, mut s: ArchState) -> Result<(), String> {
     let cpuid = CPUID.with(Arc::clone);
-    let mem = GuestMemory::new(2).map_err(|e| format!("sandbox memory: {e}"))?;
     let mut cpu = Interpreter::new(0, 1, cpuid);
-    let mut s = TEMPLATES.with(|t| {
-        let (_, img, s) = t.iter().find(|(m, _, _)| *m == input.mode).ok_or("no sandbox template")?;
-        mem.write(0, img).map_err(|e| format!("sandbox write: {e}"))?;
-        Ok::<_, String>(s.clone())
-    })?;
     let w = |a: u64, b: &[u8]| mem.write(a, b).map_err(|e| format!("sandbox write: {e}"));
     w(CODE, &input.code[..input.code.len().min(4096)])?;
     w(DATA, &input.data[..input.data.len().min(4096)])?;
@@ -123,7 +161,7 @@ pub fn run(input: &Input) -> Result<(), String> {
     cpu.set_state(&s);
     let mut answers = input.answers.iter().copied();
     for _ in 0..RUNS {
-        let exit = cpu.run(&mem, BUDGET).map_err(|e| format!("run failed: {e}"))?;
+        let exit = cpu.run(mem, BUDGET).map_err(|e| format!("run failed: {e}"))?;
         match exit {
             VcpuExit::IoIn { .. } | VcpuExit::MmioRead { .. } | VcpuExit::MsrRead { .. } => {
                 cpu.complete(Completion::Data(answers.next().unwrap_or(0)))
@@ -261,4 +299,56 @@ fn tss_desc(base: u64, limit: u64) -> (u64, u64) {
         | ((limit >> 16) & 0xf) << 48
         | ((base >> 24) & 0xff) << 56;
     (lo, base >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After an input that writes its code, data, stack and page tables,
+    /// the next input's memory is byte for byte a fresh sandbox's.
+    #[test]
+    fn the_sandbox_memory_is_reset_exactly() {
+        // mov [rsp-8], rax; mov [0x7ff00], eax (far beyond the tables);
+        // mov [0x10000], eax (its own code); mov [0x1000], rax (the PML4,
+        // last: it breaks the translation); hlt.
+        let code = [
+            0x48, 0x89, 0x44, 0x24, 0xf8, 0x89, 0x04, 0x25, 0x00, 0xff, 0x07, 0x00, 0x89, 0x04, 0x25, 0x00, 0x00, 0x01,
+            0x00, 0x48, 0x89, 0x04, 0x25, 0x00, 0x10, 0x00, 0x00, 0xf4,
+        ];
+        let input = Input {
+            mode: Mode::Long,
+            gprs: [0x1111_2222_3333_4444, 0, 0, 0, 0, 0, 0],
+            flags: 0,
+            data: vec![0xaa; 300],
+            answers: vec![],
+            code: code.to_vec(),
+        };
+        with_sandbox(Mode::Long, |mem, s| {
+            run_in(&input, mem, s)?;
+            // The writes happened (so the reset below has work to do).
+            for at in [STACK_TOP - 8, PML4, 0x7ff00] {
+                assert_eq!(mem.read_u32(at).unwrap(), 0x3333_4444, "at {at:#x}");
+            }
+            assert_eq!(mem.read_u8(DATA).unwrap(), 0xaa);
+            Ok(())
+        })
+        .unwrap();
+        let (img, _) = template(Mode::Long).unwrap();
+        let fresh = GuestMemory::new(2).unwrap();
+        fresh.write(0, &img).unwrap();
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+        let mut pages = 0;
+        with_sandbox(Mode::Long, |mem, _| {
+            for gpa in (0..2u64 << 20).step_by(4096) {
+                mem.read(gpa, &mut a).unwrap();
+                fresh.read(gpa, &mut b).unwrap();
+                assert!(a == b, "page {gpa:#x} differs from a fresh sandbox's");
+                pages += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pages, 512);
+    }
 }

@@ -308,6 +308,9 @@ struct Real {
 thread_local! {
     /// vcpu_info lives in shared_info here; the memory is only a handle.
     static MEM: GuestMemory = GuestMemory::new(2).unwrap_or_else(|e| panic!("fuzz: guest memory: {e}"));
+    /// One shared_info page for every input (zeroed before each): a new
+    /// page per input would cost an mmap and a munmap.
+    static SHINFO: SharedInfo = SharedInfo::new();
 }
 
 pub fn run(input: &Input) -> Result<(), String> {
@@ -316,7 +319,9 @@ pub fn run(input: &Input) -> Result<(), String> {
 
 fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
     let vcpus = u32::from(input.vcpus % 4) + 1;
-    let mut sh = SharedInfo::new();
+    let mut sh = SHINFO.with(SharedInfo::clone);
+    sh.clear();
+    sh.gfn = None;
     sh.set_compat(input.compat);
     let mut real = Real { ev: EventChannels::new(vcpus), sh, vi: (0..vcpus).map(VcpuInfoAt::Shared).collect() };
     let mut model = RefModel::new(vcpus, input.compat);

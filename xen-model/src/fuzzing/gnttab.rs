@@ -8,12 +8,14 @@
 //! captured at the first pin. Entries and access flags are read from the
 //! table frames by their ABI offsets.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
+
 use sim_core::GuestMemory;
 
-use crate::gnttab::{GrantError, GrantTable, MapHandle};
+use crate::gnttab::{GrantError, GrantTable, GrantTableState, MapHandle};
 
 const READING: u16 = 1 << 3;
 const WRITING: u16 = 1 << 4;
@@ -174,15 +176,25 @@ fn refused(e: &GrantError) -> Option<Refused> {
 
 thread_local! {
     static MEM: GuestMemory = GuestMemory::new(2).unwrap_or_else(|e| panic!("fuzz: guest memory: {e}"));
+    /// A table per frame limit, with its state when new: each input starts
+    /// from that state restored into the same frames (a new table per input
+    /// would map and unmap its frame pages).
+    static TABLES: RefCell<Vec<(GrantTable, GrantTableState)>> = RefCell::new(
+        (1..=4).map(|max| { let t = GrantTable::new(max); let s = t.save_state(); (t, s) }).collect()
+    );
 }
 
 pub fn run(input: &Input) -> Result<(), String> {
-    MEM.with(|mem| run_on(mem, input))
+    let max_frames = u32::from(input.max_frames % 4) + 1;
+    TABLES.with(|tables| {
+        let mut tables = tables.borrow_mut();
+        let (t, fresh) = &mut tables[max_frames as usize - 1];
+        t.restore_state(fresh).map_err(|e| format!("resetting the table: {e}"))?;
+        MEM.with(|mem| run_on(mem, t, max_frames, input))
+    })
 }
 
-fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
-    let max_frames = u32::from(input.max_frames % 4) + 1;
-    let mut t = GrantTable::new(max_frames);
+fn run_on(mem: &GuestMemory, t: &mut GrantTable, max_frames: u32, input: &Input) -> Result<(), String> {
     let mut m = RefModel { v2: input.v2, frames: 1, max_frames, ..Default::default() };
     if input.v2 {
         t.set_version(2).map_err(|e| format!("set_version(2) on a fresh table: {e:?}"))?;
@@ -196,7 +208,7 @@ fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
                 let (g, fl, d, f) =
                     (u32::from(*gref), flags & !(READING | WRITING), u16::from(*domid % 3), u64::from(*frame));
                 if g < m.nr_entries() {
-                    write_entry(&t, m.v2, g, fl, d, f);
+                    write_entry(t, m.v2, g, fl, d, f);
                     m.entries.insert(g, (fl, d, f));
                 }
                 Ok(())
@@ -208,7 +220,7 @@ fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
                 match (got, want) {
                     (Ok(h), Ok(idx)) => {
                         live.push((h, idx));
-                        check_frames(&t, &m, h, idx)
+                        check_frames(t, &m, h, idx)
                     }
                     (Err(e), Err(w)) if refused(&e).as_ref() == Some(&w) => Ok(()),
                     (got, want) => Err(format!("map {refs:?}: model {got:?}, reference {want:?}")),
@@ -241,11 +253,11 @@ fn run_on(mem: &GuestMemory, input: &Input) -> Result<(), String> {
                 }
             }
         };
-        r.and_then(|()| compare(&t, &m, touched))
+        r.and_then(|()| compare(t, &m, touched))
             .and_then(|()| t.check_invariants(false))
             .map_err(|e| format!("op {i} ({op:?}): {e}"))?;
     }
-    compare(&t, &m, 0..m.nr_entries()).and_then(|()| t.check_invariants(true)).map_err(|e| format!("at the end: {e}"))
+    compare(t, &m, 0..m.nr_entries()).and_then(|()| t.check_invariants(true)).map_err(|e| format!("at the end: {e}"))
 }
 
 /// The guest's entry write, by the ABI layout (flags last).
@@ -316,4 +328,31 @@ fn check_frames(t: &GrantTable, m: &RefModel, h: MapHandle, idx: usize) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+
+    /// After an input that switched to v2, grew the table, wrote and mapped
+    /// entries, the next input's table is exactly a new one.
+    #[test]
+    fn each_input_starts_from_a_new_table() {
+        let input = Input {
+            v2: true,
+            max_frames: 3,
+            ops: vec![
+                Op::Frame(2),
+                Op::Write { gref: 700, flags: 1, domid: 0, frame: 0x42 },
+                Op::Map { refs: vec![700], writable: true },
+            ],
+        };
+        assert_eq!(run(&input), Ok(()));
+        let bytes = |t: &GrantTable| rmp_serde::to_vec(&t.save_state()).unwrap();
+        let used = TABLES.with(|t| bytes(&t.borrow()[3].0));
+        assert_ne!(used, bytes(&GrantTable::new(4)), "the input changed the table");
+        let next = Input { v2: false, max_frames: 3, ops: vec![] };
+        assert_eq!(run(&next), Ok(()));
+        assert_eq!(TABLES.with(|t| bytes(&t.borrow()[3].0)), bytes(&GrantTable::new(4)));
+    }
 }

@@ -1,18 +1,28 @@
 //! `xenstore_wire`: raw bytes as a guest's ring traffic and as Unix-socket
-//! clients' traffic, split wherever the input splits them, reassembled by
-//! `PacketAssembler` and handled by a `Store` with domain 1 introduced.
-//! "Ring" here is the domain-1 connection fed in chunks as a ring consumer
-//! reads them (a framing error is a ring reset), not `xenstore::ring` over a
-//! ring page (that transport landed after this target was written); socket clients follow `socket.rs`
-//! (`SocketInput`, a framing error closes the client). After every step:
-//! tree accounting, connection counters and quotas; at the end: a
-//! serialize/deserialize round trip is identical, and every connection still
-//! answers a valid request.
+//! clients' traffic, split wherever the input splits them, handled by a
+//! `Store` with domain 1 introduced.
+//!
+//! The ring is the real transport: `xenstore::ring::RingServer` over a
+//! `xenstore_domain_interface` page. The guest writes requests into it,
+//! consumes replies, asks for a reconnect, and may write anything anywhere in
+//! the page (garbage indexes: req_prod far ahead of req_cons, rsp_cons past
+//! rsp_prod, a bogus connection state). The server is serviced after every
+//! step, as dom0 does after each notification; it must never panic, spin or
+//! write what the guest owns, and it stops a broken ring (the error feature)
+//! until the guest reconnects. Socket clients follow `socket.rs`
+//! (`SocketInput`; a framing error closes the client).
+//!
+//! After every step: tree accounting, connection counters and quotas, the
+//! ring's indexes as the server left them. At the end: a serialize/
+//! deserialize round trip is identical, and every connection still answers
+//! a valid request (the ring after a reconnect).
 
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
+use sim_core::OverlayPage;
 
+use crate::xenstore::ring::{off, RingServer, CONNECTED, RECONNECT, RING_SIZE};
 use crate::xenstore::socket::{apply_input, ClientId, SocketInput};
 use crate::xenstore::{ConnId, GuestSpec, MsgType, Packet, PacketAssembler, Store};
 
@@ -23,7 +33,8 @@ pub struct Input {
 
 #[derive(Arbitrary, Debug, Clone)]
 pub enum Step {
-    /// Bytes on domain 1's ring.
+    /// The guest produces these bytes into the request queue (as many as
+    /// its view of the indexes leaves room for) and notifies.
     Ring(Vec<u8>),
     /// Bytes from socket client `n % 3` (opened on first use).
     Socket(u8, Vec<u8>),
@@ -36,9 +47,23 @@ pub enum Step {
     },
     /// Socket client `n % 3` hangs up.
     Close(u8),
-    /// The ring reconnects (XS_RESUME path: reset the connection).
+    /// The guest asks for a reconnect (connection = XENSTORE_RECONNECT).
     RingReset,
-    /// Replies are left unread until the next drain.
+    /// The guest consumes the response queue.
+    Consume,
+    /// A broken guest sets ring index `which % 4` (req_cons, req_prod,
+    /// rsp_cons, rsp_prod) to `value`, or moves it by `value`.
+    Index {
+        which: u8,
+        value: u32,
+        relative: bool,
+    },
+    /// A broken guest writes anywhere in the ring page.
+    PokePage {
+        at: u16,
+        bytes: Vec<u8>,
+    },
+    /// Socket clients' replies are left unread until the next drain.
     Hold,
     Drain,
 }
@@ -48,29 +73,141 @@ struct Client {
     asm: PacketAssembler,
 }
 
+/// The ring page and its server, with the guest's side of it.
+struct Ring {
+    page: OverlayPage,
+    server: RingServer,
+    /// What the guest has read off the response queue, framed.
+    replies: PacketAssembler,
+    got: Vec<Packet>,
+}
+
+fn rd32(page: &OverlayPage, at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    page.read(at, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr32(page: &OverlayPage, at: usize, v: u32) {
+    page.write(at, &v.to_le_bytes());
+}
+
+impl Ring {
+    /// The guest's producer: bytes at req_prod as far as its view of the
+    /// free space goes (none if the indexes make no sense).
+    fn send(&self, bytes: &[u8]) -> usize {
+        let (cons, mut prod) = (rd32(&self.page, off::REQ_CONS), rd32(&self.page, off::REQ_PROD));
+        let used = prod.wrapping_sub(cons);
+        let n = bytes.len().min(RING_SIZE.saturating_sub(used) as usize);
+        for &b in &bytes[..n] {
+            self.page.write(off::REQ + (prod % RING_SIZE) as usize, &[b]);
+            prod = prod.wrapping_add(1);
+        }
+        wr32(&self.page, off::REQ_PROD, prod);
+        n
+    }
+
+    /// The guest's consumer: everything between rsp_cons and rsp_prod (when
+    /// that is at most a ring), framed into packets.
+    fn consume(&mut self) {
+        let (mut cons, prod) = (rd32(&self.page, off::RSP_CONS), rd32(&self.page, off::RSP_PROD));
+        if prod.wrapping_sub(cons) > RING_SIZE {
+            return;
+        }
+        let mut bytes = Vec::new();
+        while cons != prod {
+            let mut b = [0u8];
+            self.page.read(off::RSP + (cons % RING_SIZE) as usize, &mut b);
+            bytes.push(b[0]);
+            cons = cons.wrapping_add(1);
+        }
+        wr32(&self.page, off::RSP_CONS, cons);
+        match self.replies.push(&bytes) {
+            Ok(ps) => self.got.extend(ps),
+            // The guest's own framing of what the server wrote.
+            Err(e) => self.got.push(Packet {
+                msg_type: u32::MAX,
+                req_id: 0,
+                tx_id: 0,
+                payload: format!("{e:?}").into_bytes(),
+            }),
+        }
+    }
+
+    /// The guest reconnects: its own view of the stream starts over too.
+    fn reconnect(&mut self) {
+        wr32(&self.page, off::CONNECTION, RECONNECT);
+        self.replies.reset();
+    }
+}
+
+/// The ring page as 512 little-endian words.
+fn page_words(page: &OverlayPage) -> PageWords {
+    let mut bytes = [0u8; 4096];
+    page.read(0, &mut bytes);
+    let mut w = Box::new([0u64; 512]);
+    for (w, b) in w.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(b);
+        *w = u64::from_le_bytes(x);
+    }
+    w
+}
+
+/// Masks (as `page_words`) of the bytes only the guest writes: everything
+/// but the response queue, rsp_prod, req_cons and the error indicator; on a
+/// reconnect also every index and the connection state.
+type PageWords = Box<[u64; 512]>;
+
+static GUEST_BYTES: std::sync::LazyLock<(PageWords, PageWords)> = std::sync::LazyLock::new(|| {
+    let mask = |server: &[std::ops::Range<usize>]| {
+        let mut bytes = [0xffu8; 4096];
+        for r in server {
+            bytes[r.clone()].fill(0);
+        }
+        let p = OverlayPage::new();
+        p.write(0, &bytes);
+        page_words(&p)
+    };
+    let own = [
+        off::RSP..off::RSP + RING_SIZE as usize,
+        off::REQ_CONS..off::REQ_CONS + 4,
+        off::RSP_PROD..off::RSP_PROD + 4,
+        off::ERROR..off::ERROR + 4,
+    ];
+    let mut on_reconnect = own.to_vec();
+    on_reconnect.extend([off::REQ_CONS..off::RSP_PROD + 4, off::CONNECTION..off::CONNECTION + 4]);
+    (mask(&own), mask(&on_reconnect))
+});
+
 struct Harness {
     store: Store,
-    ring: ConnId,
-    ring_asm: PacketAssembler,
-    /// Ring packets the store could not take yet (outstanding quota).
-    ring_backlog: Vec<Packet>,
+    ring: Ring,
     clients: BTreeMap<u8, Client>,
     conns: BTreeMap<ClientId, ConnId>,
     next_client: u64,
     hold: bool,
 }
 
-impl Harness {
-    fn new() -> Self {
+thread_local! {
+    /// The store with domain 1's nodes and connection, built once (it is
+    /// most of the setup), and one page reused as the ring.
+    static PRISTINE: (Store, ConnId, OverlayPage) = {
         let mut store = Store::new();
         // The toolstack's nodes for domain 1, then the guest is introduced.
         let _ = store.create_guest_nodes(&GuestSpec::domain1(0xfeffc, 1, 0xfeffd, 2));
-        let ring = store.introduce_domain(1, 0xfeffc, 1);
+        let conn = store.introduce_domain(1, 0xfeffc, 1);
+        (store, conn, OverlayPage::new())
+    };
+}
+
+impl Harness {
+    fn new() -> Self {
+        let (store, conn, page) = PRISTINE.with(|(s, c, p)| (s.clone(), *c, p.clone()));
+        RingServer::init_page(&page);
         Harness {
             store,
-            ring,
-            ring_asm: PacketAssembler::new(),
-            ring_backlog: Vec::new(),
+            ring: Ring { page, server: RingServer::new(conn), replies: PacketAssembler::new(), got: Vec::new() },
             clients: BTreeMap::new(),
             conns: BTreeMap::new(),
             next_client: 0,
@@ -96,30 +233,43 @@ impl Harness {
         }
     }
 
-    fn ring_bytes(&mut self, bytes: &[u8]) {
-        match self.ring_asm.push(bytes) {
-            Ok(ps) => self.ring_backlog.extend(ps),
-            Err(_) => self.ring_reset(),
-        }
-        self.pump_ring();
-    }
-
-    /// Hand queued ring requests to the store while it accepts them.
-    fn pump_ring(&mut self) {
-        // A dom0 client may release and re-introduce the domain.
+    /// dom0's side after a notification (or after socket traffic, which may
+    /// have fired the guest's watches): the server does what the ring allows.
+    /// It may write only its own fields; the indexes it leaves make sense
+    /// unless it stopped the ring. Returns whether the server did anything
+    /// (if not, it handled no request and the store is as it was).
+    fn service(&mut self) -> Result<bool, String> {
+        // A dom0 client may release and re-introduce the domain: the new
+        // connection is served on the same page.
         if let Some(c) = self.store.domain(1).and_then(|d| d.conn) {
-            self.ring = c;
+            if c != self.ring.server.conn() {
+                self.ring.server = RingServer::new(c);
+            }
         }
-        while !self.ring_backlog.is_empty() && self.store.can_accept(self.ring) {
-            let p = self.ring_backlog.remove(0);
-            self.store.handle(self.ring, &p);
+        let page = &self.ring.page;
+        let before = page_words(page);
+        let reconnect = rd32(page, off::CONNECTION) == RECONNECT;
+        let changed = self.ring.server.service(&mut self.store, page);
+        let after = page_words(page);
+        // Bytes the server may not write: one fold over the page (not a
+        // comparison per byte, which coverage tracing makes slow).
+        let guest = if reconnect { &GUEST_BYTES.1 } else { &GUEST_BYTES.0 };
+        let wrote = before.iter().zip(after.iter()).zip(guest.iter()).fold(0, |d, ((b, a), m)| d | ((b ^ a) & m));
+        if wrote != 0 {
+            let at = (0..512).find(|&i| (before[i] ^ after[i]) & guest[i] != 0).unwrap_or(0);
+            return Err(format!("the ring server wrote the guest's bytes in {:#x}..{:#x}", at * 8, at * 8 + 8));
         }
-    }
-
-    fn ring_reset(&mut self) {
-        self.ring_asm.reset();
-        self.ring_backlog.clear();
-        self.store.reset_connection(self.ring);
+        if reconnect && rd32(page, off::CONNECTION) != CONNECTED {
+            return Err("the ring server left a reconnect request unanswered".into());
+        }
+        if self.ring.server.error().is_none() {
+            let req = rd32(page, off::REQ_PROD).wrapping_sub(rd32(page, off::REQ_CONS));
+            let rsp = rd32(page, off::RSP_PROD).wrapping_sub(rd32(page, off::RSP_CONS));
+            if req > RING_SIZE || rsp > RING_SIZE {
+                return Err(format!("ring served with {req} request and {rsp} response bytes outstanding"));
+            }
+        }
+        Ok(changed)
     }
 
     fn socket_bytes(&mut self, n: u8, bytes: &[u8]) {
@@ -135,10 +285,12 @@ impl Harness {
         }
     }
 
-    /// The transports write everything queued (clients read it all).
+    /// The socket transport writes everything queued (clients read it all);
+    /// the ring's output stays for its server.
     fn drain(&mut self) -> BTreeMap<ConnId, Vec<Packet>> {
         let mut out = BTreeMap::new();
-        let conns: Vec<ConnId> = self.store.connections().map(|(c, _)| c).collect();
+        let ring = self.ring.server.conn();
+        let conns: Vec<ConnId> = self.store.connections().map(|(c, _)| c).filter(|&c| c != ring).collect();
         for c in conns {
             let v: &mut Vec<Packet> = out.entry(c).or_default();
             while let Some(p) = self.store.pop_output(c) {
@@ -146,7 +298,6 @@ impl Harness {
             }
         }
         self.store.woken();
-        self.pump_ring();
         out
     }
 }
@@ -163,38 +314,63 @@ fn packet_bytes(msg_type: u32, req_id: u32, tx_id: u32, payload: &[u8]) -> Vec<u
 pub fn run(input: &Input) -> Result<(), String> {
     let mut h = Harness::new();
     for (i, step) in input.steps.iter().take(super::MAX_STEPS).enumerate() {
+        // Socket traffic and hang-ups reach the store directly.
+        let socket = matches!(step, Step::Socket(..) | Step::Request { socket: Some(_), .. } | Step::Close(_));
         match step {
-            Step::Ring(b) => h.ring_bytes(b),
+            Step::Ring(b) => {
+                h.ring.send(b);
+            }
             Step::Socket(n, b) => h.socket_bytes(*n, b),
             Step::Request { socket, msg_type, tx_id, payload } => {
                 let p: Vec<u8> = payload.iter().copied().take(4096).collect();
                 let bytes = packet_bytes(u32::from(*msg_type % 28), 0x5eed, u32::from(*tx_id % 4), &p);
                 match socket {
                     Some(n) => h.socket_bytes(*n, &bytes),
-                    None => h.ring_bytes(&bytes),
+                    None => {
+                        h.ring.send(&bytes);
+                    }
                 }
             }
             Step::Close(n) => h.close(*n),
-            Step::RingReset => h.ring_reset(),
+            Step::RingReset => h.ring.reconnect(),
+            Step::Consume => h.ring.consume(),
+            Step::Index { which, value, relative } => {
+                let at = [off::REQ_CONS, off::REQ_PROD, off::RSP_CONS, off::RSP_PROD][usize::from(which % 4)];
+                let v = if *relative { rd32(&h.ring.page, at).wrapping_add(*value) } else { *value };
+                wr32(&h.ring.page, at, v);
+            }
+            Step::PokePage { at, bytes } => {
+                let at = usize::from(*at) % 4096;
+                let n = bytes.len().min(4096 - at);
+                h.ring.page.write(at, &bytes[..n]);
+            }
             Step::Hold => h.hold = true,
             Step::Drain => {
                 h.hold = false;
                 h.drain();
             }
         }
+        let serviced = h.service();
         if !h.hold {
             h.drain();
         }
-        check(&h.store).map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
+        // The tree is checked again only if something could change it.
+        serviced
+            .and_then(|ring| check(&h.store, ring || socket))
+            .map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
     }
     h.drain();
+    check(&h.store, true).map_err(|e| format!("at the end: {e}"))?;
     round_trip(&h.store)?;
     still_answers(&mut h)
 }
 
-/// Tree accounting and per-connection counters within their quotas.
-pub fn check(store: &Store) -> Result<(), String> {
-    store.tree().check()?;
+/// Tree accounting (if `tree`) and per-connection counters within their
+/// quotas.
+pub fn check(store: &Store, tree: bool) -> Result<(), String> {
+    if tree {
+        store.tree().check()?;
+    }
     for (id, c) in store.connections() {
         let replies = c.out.iter().filter(|p| p.msg_type != MsgType::WatchEvent as u32).count();
         if replies != c.outstanding as usize {
@@ -228,9 +404,10 @@ fn round_trip(store: &Store) -> Result<(), String> {
     Ok(())
 }
 
-/// A valid READ of the domain's own node is answered on every connection
-/// (after a ring reset or on a fresh socket client if the old framing is
-/// mid-packet or failed, as a real client would reconnect).
+/// A valid READ of the domain's own node is answered on every connection:
+/// on the ring after the guest reconnects (whatever state it left the ring
+/// in, as Linux's xenbus does on resume), on a fresh socket client if the old
+/// one is mid-packet.
 fn still_answers(h: &mut Harness) -> Result<(), String> {
     let req_id = 0xdead_beef;
     let read = |path: &str| {
@@ -238,10 +415,26 @@ fn still_answers(h: &mut Harness) -> Result<(), String> {
         p.push(0);
         packet_bytes(MsgType::Read as u32, req_id, 0, &p)
     };
-    if !h.ring_asm.is_idle() || !h.ring_backlog.is_empty() {
-        h.ring_reset();
+    if h.store.domain(1).and_then(|d| d.conn).is_some() {
+        h.ring.reconnect();
+        h.service()?;
+        h.ring.got.clear();
+        if h.ring.send(&read("domid")) == 0 {
+            return Err("no room in the request queue after a reconnect".into());
+        }
+        // The guest reads replies as they come; a ring that makes progress
+        // answers within a few rounds (the reply is under 1 KiB).
+        for _ in 0..4 {
+            h.service()?;
+            h.ring.consume();
+        }
+        let answers: Vec<&Packet> = h.ring.got.iter().filter(|p| p.req_id == req_id).collect();
+        // Answered once (a reply or an error: a dom0 client may have
+        // removed the node), never dropped.
+        if answers.len() != 1 {
+            return Err(format!("the ring answered a valid READ of domid with {answers:?}"));
+        }
     }
-    h.ring_bytes(&read("domid"));
     let clients: Vec<u8> = (0..3).collect();
     for n in clients {
         if h.clients.get(&n).is_some_and(|c| !c.asm.is_idle()) {
@@ -250,14 +443,8 @@ fn still_answers(h: &mut Harness) -> Result<(), String> {
         h.socket_bytes(n, &read("/local/domain/1/domid"));
     }
     let out = h.drain();
-    let mut answered = Vec::new();
-    if h.store.connection(h.ring).is_some() {
-        answered.push(h.ring);
-    }
     for c in h.clients.values() {
-        answered.extend(h.conns.get(&c.id));
-    }
-    for c in answered {
+        let Some(&c) = h.conns.get(&c.id) else { continue };
         let got = out.get(&c).map(|v| v.iter().filter(|p| p.req_id == req_id).count()).unwrap_or(0);
         // The request is answered once (a reply or an error), never dropped.
         if got != 1 {
@@ -265,4 +452,73 @@ fn still_answers(h: &mut Harness) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_domid(h: &mut Harness, req_id: u32) -> Vec<Packet> {
+        h.ring.send(&packet_bytes(MsgType::Read as u32, req_id, 0, b"domid\0"));
+        h.service().unwrap();
+        h.ring.consume();
+        std::mem::take(&mut h.ring.got)
+    }
+
+    /// By xs_wire.h's layout: req[1024] rsp[1024] req_cons req_prod rsp_cons
+    /// rsp_prod server_features connection error, then padding.
+    #[test]
+    fn the_guest_owns_the_request_queue_and_its_own_indexes() {
+        let (normal, reconnect) = &*GUEST_BYTES;
+        assert_eq!(normal[0], u64::MAX, "req[]");
+        assert_eq!(normal[128], 0, "rsp[]");
+        assert_eq!(normal[256], 0xffff_ffff_0000_0000, "req_cons (server), req_prod (guest)");
+        assert_eq!(normal[257], 0x0000_0000_ffff_ffff, "rsp_cons (guest), rsp_prod (server)");
+        assert_eq!(normal[258], u64::MAX, "server_features, connection");
+        assert_eq!(normal[259], 0xffff_ffff_0000_0000, "error (server), padding");
+        assert_eq!((reconnect[256], reconnect[257], reconnect[258]), (0, 0, 0x0000_0000_ffff_ffff));
+        assert_eq!(normal[511], u64::MAX);
+    }
+
+    #[test]
+    fn a_request_on_the_ring_page_is_answered_on_it() {
+        let mut h = Harness::new();
+        let got = read_domid(&mut h, 7);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].msg_type, got[0].req_id, &got[0].payload[..]), (MsgType::Read as u32, 7, &b"1"[..]));
+        assert_eq!(rd32(&h.ring.page, off::REQ_CONS), 16 + 6, "header and payload consumed");
+    }
+
+    /// xenstore-ring.txt: indexes more than a ring apart are
+    /// XENSTORE_ERROR_RINGIDX (2); the server stops serving the ring until the
+    /// guest reconnects, and the socket side is not affected.
+    #[test]
+    fn garbage_indexes_stop_the_ring_until_a_reconnect() {
+        for (at, value) in [(off::REQ_PROD, 5000u32), (off::RSP_CONS, 1), (off::RSP_PROD, 0x8000_0000)] {
+            let mut h = Harness::new();
+            wr32(&h.ring.page, at, value);
+            h.service().unwrap();
+            assert_eq!(rd32(&h.ring.page, off::ERROR), 2, "index at {at:#x} = {value}");
+            assert!(h.ring.server.error().is_some());
+            // Nothing is served while stopped.
+            wr32(&h.ring.page, at, 0);
+            assert!(read_domid(&mut h, 1).is_empty());
+            h.ring.reconnect();
+            h.service().unwrap();
+            assert_eq!(rd32(&h.ring.page, off::CONNECTION), CONNECTED);
+            assert_eq!(rd32(&h.ring.page, off::ERROR), 0);
+            assert_eq!(read_domid(&mut h, 2).len(), 1, "served again after the reconnect");
+            assert_eq!(still_answers(&mut h), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_packet_longer_than_the_payload_limit_is_a_protocol_error() {
+        let mut h = Harness::new();
+        h.ring.send(&packet_bytes(MsgType::Read as u32, 1, 0, &[])[..12]);
+        h.ring.send(&5000u32.to_le_bytes());
+        h.service().unwrap();
+        assert_eq!(rd32(&h.ring.page, off::ERROR), 3, "XENSTORE_ERROR_PROTO");
+        assert_eq!(still_answers(&mut h), Ok(()));
+    }
 }
