@@ -323,3 +323,78 @@ fn an_interrupt_taken_where_kvm_preempted_the_guest_is_reported() {
     // Found where the replay reaches the halt the log no longer has.
     assert!(d.differences.iter().any(|l| l.contains("delivered an interrupt before this exit")), "{d}");
 }
+
+/// Prints, computes for `iterations` loop passes (two instructions each, no
+/// exit), prints again and exits.
+fn compute_guest(iterations: u32) -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    g.print("a")?;
+    let mut top = g.a.create_label();
+    g.a.mov(ecx, iterations)?;
+    g.a.set_label(&mut top)?;
+    g.a.dec(ecx)?;
+    g.a.jnz(top)?;
+    g.print("b")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
+
+#[test]
+fn a_tampered_exit_tsc_is_reported_within_the_tsc_bound() {
+    let Some(vm) = kvm("a_tampered_exit_tsc_is_reported_within_the_tsc_bound") else { return };
+    use sim_core::machine::{EXIT_SEARCH_LIMIT, MAX_INSNS_PER_TICK};
+    // 300,000 instructions between the two prints: more than the floor.
+    let iterations = 150_000;
+    let kernel = compute_guest(iterations).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log"));
+    assert_eq!(rec.output, "ab");
+    // Untampered, the TSC the loop took on KVM is room enough.
+    let (replayed, output, _) = replay_on_interp(&kernel, 1, &rec.log);
+    assert!(matches!(replayed, Replayed::Identical { .. }), "{replayed:?}");
+    assert_eq!(output, "ab");
+    // Make the log say the loop took 100 TSC ticks: no CPU retires 300,000 instructions in that, so the replay gives
+    // up after the floor.
+    let mut log = rec.log.clone();
+    let out = |c: u8| VcpuExit::IoOut { port: 0xe9, size: 1, data: c as u32 };
+    let exit_at = |log: &Log, k: usize| match &log.records[k] {
+        Record::Answered { input: Input::KvmExit(s), .. } => Some(*s),
+        _ => None,
+    };
+    let a = (0..log.records.len()).find(|&k| exit_at(&log, k).is_some_and(|s| s.exit == out(b'a'))).expect("a");
+    let b = (a..log.records.len()).find(|&k| exit_at(&log, k).is_some_and(|s| s.exit == out(b'b'))).expect("b");
+    // KVM's preemptions in the loop move into those 100 ticks too, and so
+    // do the stamps that name their times (machine time is the TSC seen).
+    let a_tsc = exit_at(&log, a).unwrap().tsc;
+    let mut moved = std::collections::HashMap::new();
+    let mut n = 0;
+    for r in &mut log.records[a + 1..=b] {
+        if let Record::Answered { input: Input::KvmExit(s), .. } = r {
+            n += 1;
+            let tsc = a_tsc + n.min(99);
+            moved.insert(s.tsc, tsc);
+            s.tsc = tsc;
+        }
+    }
+    if let Record::Answered { input: Input::KvmExit(s), .. } = &mut log.records[b] {
+        s.tsc = a_tsc + 100;
+    }
+    for r in &mut log.records[a + 1..=b] {
+        if let Record::Answered { at, .. } | Record::Polled { at, .. } = r {
+            at.now_ns = moved.get(&at.now_ns).copied().unwrap_or(at.now_ns);
+        }
+    }
+    assert!(100 * MAX_INSNS_PER_TICK < EXIT_SEARCH_LIMIT && EXIT_SEARCH_LIMIT < 2 * iterations as u64);
+    let (replayed, output, m) = replay_on_interp(&kernel, 1, &log);
+    let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
+    assert_eq!(output, "a");
+    let text = d.differences.join("\n");
+    assert!(text.contains(&format!("no exit within {EXIT_SEARCH_LIMIT} instructions")), "{d}");
+    // The replay ran the floor's worth of instructions past the first
+    // print, and no more: at most what the whole guest takes with one pass
+    // of its loop on top.
+    let whole = xensim_tests::boot(compute_guest(1).unwrap(), &Default::default());
+    assert_eq!(whole.output, "ab");
+    let retired = m.vcpu(0).retired_instructions().unwrap();
+    assert!((EXIT_SEARCH_LIMIT..EXIT_SEARCH_LIMIT + whole.instructions).contains(&retired), "retired {retired}");
+}
