@@ -238,6 +238,7 @@ fn measure_replay(scale: u64) -> Result<(f64, f64, f64), String> {
         cmdline: String::new(),
         images: vec![replay::ImageHash::of("benchmark guest", &image)],
         checkpoint_every: 10_000_000,
+        hypercalls: replay::Hypercalls::Vmcall,
     };
     let mut m = bench_machine(&image)?;
     let mut log = replay::LogWriter::create(&path, &header).map_err(|e| e.to_string())?;

@@ -3,3 +3,4 @@
 
 pub mod fuzz;
 pub mod guest;
+pub mod hypercalls;

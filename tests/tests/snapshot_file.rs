@@ -170,6 +170,7 @@ fn xen_guest_records_and_replays_identically() {
         cmdline: String::new(),
         images: images(),
         checkpoint_every: 2_000,
+        hypercalls: replay::Hypercalls::Vmcall,
     };
     let (mut m, cap) = xen_machine();
     let mut w = replay::LogWriter::create(&path, &header).unwrap();
