@@ -87,6 +87,17 @@ struct Recorded {
 /// kernel's own VMCALL sites armed, as `xensim run` does); the log's header
 /// says which.
 fn record_on_kvm(vm: &Arc<KvmVm>, kernel: &[u8], cpus: u32, path: &Path) -> Recorded {
+    record_on_kvm_with(vm, kernel, cpus, path, Box::new(ClosedDoor))
+}
+
+/// `record_on_kvm` with outside inputs from `door`.
+fn record_on_kvm_with(
+    vm: &Arc<KvmVm>,
+    kernel: &[u8],
+    cpus: u32,
+    path: &Path,
+    door: Box<dyn sim_core::door::Door>,
+) -> Recorded {
     let page_only = xensim::hypercalls::recorded(Some(vm.hypercall_strategy()), None);
     let (mut m, cap, info) = xen_machine(kernel, cpus, &page_only, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
     assert_eq!(m.time_source(), TimeSource::Exits, "KVM runs on exit time");
@@ -94,7 +105,7 @@ fn record_on_kvm(vm: &Arc<KvmVm>, kernel: &[u8], cpus: u32, path: &Path) -> Reco
     assert!(!armed.is_loss(), "{armed}");
     let hypercalls = xensim::hypercalls::recorded(Some(vm.hypercall_strategy()), Some(&armed));
     let mut w = LogWriter::create(path, &header(kernel, cpus, hypercalls)).unwrap();
-    let stop = replay::record(&mut m, Box::new(ClosedDoor), &mut w, 10).unwrap();
+    let stop = replay::record(&mut m, door, &mut w, 10).unwrap();
     w.finish().unwrap();
     Recorded { stop, output: cap.text(), log: Log::read(path).unwrap() }
 }
@@ -444,4 +455,23 @@ fn a_tampered_exit_tsc_is_reported_within_the_tsc_bound() {
     assert_eq!(whole.output, "ab");
     let retired = m.vcpu(0).retired_instructions().unwrap();
     assert!((EXIT_SEARCH_LIMIT..EXIT_SEARCH_LIMIT + whole.instructions).contains(&retired), "retired {retired}");
+}
+
+/// replay.rs's recorded serial input, on KVM: the input the guest polled
+/// for (one exit a poll) is in the log, and the interpreter replays the
+/// run from the log alone.
+#[test]
+fn serial_input_recorded_on_kvm_replays_without_the_input_present() {
+    let Some(vm) = kvm("serial_input_recorded_on_kvm_replays_without_the_input_present") else { return };
+    let kernel = xensim::guest::programs::serial_echo().unwrap();
+    let inputs = vec![(40, Input::Serial(b"kvm ".to_vec())), (200, Input::Serial(b"echo.".to_vec()))];
+    let dir = tempfile::tempdir().unwrap();
+    let door = Box::new(sim_core::door::ScriptDoor::new(inputs));
+    let rec = record_on_kvm_with(&vm, &kernel, 1, &dir.path().join("kvm.log"), door);
+    assert_eq!(rec.output, xensim::guest::programs::serial_echo_expected(b"kvm echo."));
+    assert!(rec.log.records.iter().any(|r| matches!(r, Record::Polled { input: Input::Serial(_), .. })));
+    let (replayed, output, m) = replay_on_interp(&kernel, 1, &rec.log);
+    assert!(matches!(replayed, Replayed::Identical { stop, .. } if stop == rec.stop), "{replayed:?}");
+    assert_eq!(output, rec.output);
+    assert_eq!(m.digest().hash(), end_hash(&rec.log));
 }
