@@ -1,6 +1,8 @@
 //! The state digest hashes RAM incrementally on the interpreter (only regions
 //! written since the last digest are read again). A machine digested at every
 //! round must end with the same hashes as a twin digested once, from scratch.
+//!
+//! On KVM (dirty log): kvm_dirty.rs.
 
 use sim_core::machine::MachineConfig;
 use xensim::guest::programs;

@@ -1,6 +1,9 @@
 //! Record and replay guests end to end: identical output and final state,
 //! inputs fed back from the log alone, divergence reports naming what
 //! differs, and one-line errors for damaged logs.
+//!
+//! Recording on KVM (replayed on the interpreter, which is the only CPU
+//! that replays): kvm_record.rs. The log-format tests need no CPU.
 
 use std::path::Path;
 

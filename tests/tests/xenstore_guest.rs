@@ -189,3 +189,31 @@ fn snapshot_mid_run_with_live_rings_restores_to_the_same_end() {
     assert!(cap.text().contains("hello ring"), "console input still reaches the restored guest");
     assert_eq!(r.digest().hash(), whole_hash, "{:?}", r.digest().differences(&m.digest()));
 }
+
+/// The same on KVM: a snapshot taken between exits (KVM counts exits),
+/// restored into a machine on a fresh VM, goes on to print what the
+/// uninterrupted run printed after that point.
+#[test]
+fn snapshot_mid_run_with_live_rings_on_kvm_restores_to_the_same_end() {
+    let Some(vm) = kvm_or_skip("snapshot_mid_run_with_live_rings_on_kvm_restores_to_the_same_end") else { return };
+    let (mut m, cap) = machine_on(HypercallEntry::Page, Cpu::Kvm(&vm), |_| {});
+    // Typed ahead (no instruction count to wait for), delivered at the first round.
+    m.set_door(Box::new(ScriptDoor::new(vec![(0, Input::Console(b"hello ring\n".to_vec()))])));
+    let mut snap = None;
+    let stop = run_rounds(&mut m, |m| {
+        if snap.is_none() && m.retired_instructions() >= 40 {
+            snap = Some((m.save_state(), m.save_ram(), cap.text()));
+        }
+    });
+    assert_eq!(stop, StopReason::DebugExit(1));
+    let whole = cap.text();
+    assert_eq!(whole, xenstore::xenstore_guest_expected("hello ring\n"));
+    let (state, ram, printed) = snap.expect("the guest makes more than 40 exits");
+    let vm = kvm_backend::KvmVm::new().unwrap();
+    let (mut r, cap) = machine_on(HypercallEntry::Page, Cpu::Kvm(&vm), |_| {});
+    r.set_door(Box::new(ScriptDoor::new(Vec::new())));
+    r.restore_ram(&ram).unwrap();
+    r.restore_state(&state).unwrap();
+    assert_eq!(run_rounds(&mut r, |_| {}), StopReason::DebugExit(1));
+    assert_eq!(printed + &cap.text(), whole, "the restored guest goes on where the snapshot was taken");
+}
