@@ -30,7 +30,7 @@ struct Bench {
     name: &'static str,
     unit: &'static str,
     /// Arguments: the CPUs, the scale and the work divisor.
-    measure: fn(&crate::Cpus, u64, u64) -> Result<f64, String>,
+    measure: fn(&crate::Cpus, u64, u64) -> Result<Sampled, String>,
 }
 
 /// Guest-loop work per unit of --scale: about a second on the interpreter.
@@ -48,12 +48,12 @@ const INTERP_BENCHES: &[Bench] = &[
     Bench {
         name: "interp-alu-mips",
         unit: "M insn/s",
-        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s, d))),
+        measure: |c, s, d| one(guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s, d)))),
     },
     Bench {
         name: "interp-memcpy-mips",
         unit: "M insn/s",
-        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_memcpy(1 << 20, work(c, 40 * s, d))),
+        measure: |c, s, d| one(guest_mips(c, xensim::guest::programs::bench_memcpy(1 << 20, work(c, 40 * s, d)))),
     },
 ];
 
@@ -61,22 +61,22 @@ const KVM_BENCHES: &[Bench] = &[
     Bench {
         name: "kvm-alu-mips",
         unit: "M insn/s",
-        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s, d))),
+        measure: |c, s, d| one(guest_mips(c, xensim::guest::programs::bench_alu(work(c, 15_000_000 * s, d)))),
     },
     Bench {
         name: "kvm-memcpy-mips",
         unit: "M insn/s",
-        measure: |c, s, d| guest_mips(c, xensim::guest::programs::bench_memcpy(64 << 10, work(c, 4000 * s, d))),
+        measure: |c, s, d| one(guest_mips(c, xensim::guest::programs::bench_memcpy(64 << 10, work(c, 4000 * s, d)))),
     },
     Bench {
         name: "kvm-exit-rtt-us",
         unit: "us",
-        measure: |_, s, _| kvm_backend::measure::pio_exit_rtt_us(2000 * s as u32).map_err(|e| e.to_string()),
+        measure: |_, s, _| one(kvm_backend::measure::pio_exit_rtt_us(2000 * s as u32).map_err(|e| e.to_string())),
     },
     Bench {
         name: "kvm-hypercall-rtt-us",
         unit: "us",
-        measure: |_, s, _| kvm_backend::measure::hypercall_rtt_us(2000 * s as u32).map_err(|e| e.to_string()),
+        measure: |_, s, _| one(kvm_backend::measure::hypercall_rtt_us(2000 * s as u32).map_err(|e| e.to_string())),
     },
 ];
 
@@ -91,23 +91,26 @@ const REPLAY_BENCHES: &[Bench] = &[
     Bench {
         name: "log-bytes-per-minsn",
         unit: "bytes/M insn",
-        measure: |_, s, _| replay_figures(s).map(|f| f.log_bytes_per_minsn),
+        measure: |_, s, _| one(replay_figures(s).map(|f| f.log_bytes_per_minsn)),
     },
     Bench { name: "replay-speed-ratio", unit: "x", measure: |_, s, _| replay_figures(s).map(|f| f.replay_speed_ratio) },
-    Bench { name: "snapshot-restore-ms", unit: "ms", measure: |_, s, _| snapshot_restore_ms(s) },
+    Bench { name: "snapshot-restore-ms", unit: "ms", measure: |_, s, _| one(snapshot_restore_ms(s)) },
+    Bench { name: "seek-ms", unit: "ms", measure: |_, _, _| one(seek_ms()) },
 ];
 
 const XENSTORE_BENCHES: &[Bench] = &[
     Bench {
         name: "xenstore-ops-per-s",
         unit: "ops/s",
-        measure: |_, s, _| Ok(xs_bench::bench_ops(1_000_000 * s as usize).ops_per_s()),
+        measure: |_, s, _| Ok(Sampled::of(vec![xs_bench::bench_ops(1_000_000 * s as usize).ops_per_s()])),
     },
     Bench {
         name: "xenstore-socket-rtt-us",
         unit: "us",
         measure: |_, s, _| {
-            xs_bench::bench_socket_rtt(20_000 * s as usize).map(|d| d.as_secs_f64() * 1e6).map_err(|e| e.to_string())
+            one(xs_bench::bench_socket_rtt(20_000 * s as usize)
+                .map(|d| d.as_secs_f64() * 1e6)
+                .map_err(|e| e.to_string()))
         },
     },
 ];
@@ -144,7 +147,18 @@ pub fn run(args: BenchArgs) -> ExitCode {
         let result = (b.measure)(&cpus, args.scale, args.divide);
         progress.finish_and_clear();
         match result {
-            Ok(v) => println!("{}: {v:.1} {}", b.name, b.unit),
+            // Ratios near 1 need two decimals to say which side they are on.
+            Ok(v) => {
+                let p = if b.unit == "x" { 2 } else { 1 };
+                print!("{}: {:.p$} {}", b.name, v.value, b.unit);
+                if v.n > 1 {
+                    print!(
+                        " (best of {}; median ratio {:.p$}, per-run ratios {:.p$} .. {:.p$})",
+                        v.n, v.median, v.min, v.max
+                    );
+                }
+                println!();
+            }
             Err(e) => {
                 eprintln!("xensim: benchmark {}: {e}", b.name);
                 return ExitCode::from(crate::status::INTERNAL);
@@ -191,18 +205,61 @@ fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duratio
     Ok((counted, elapsed))
 }
 
+/// Repetitions of the plain/recorded/replayed runs, interleaved. Each run is
+/// timed by its thread's CPU time, and each figure compares the best
+/// (least) time of each kind: load from other processes on a shared host
+/// (a sibling hyperthread, cache and memory traffic) only ever adds time, so
+/// the best run of each kind is the one nearest its own cost. The median and
+/// range of the per-repetition ratios are printed with it.
+const REPS: usize = 7;
+
+/// A figure, and the median and range of the samples it comes from.
+#[derive(Clone, Copy, Debug)]
+struct Sampled {
+    value: f64,
+    median: f64,
+    min: f64,
+    max: f64,
+    /// How many samples.
+    n: usize,
+}
+
+impl Sampled {
+    fn of(mut samples: Vec<f64>) -> Sampled {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => samples[n / 2],
+            _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+        };
+        let (min, max) = (samples.first().copied(), samples.last().copied());
+        Sampled { value: median, median, min: min.unwrap_or(f64::NAN), max: max.unwrap_or(f64::NAN), n }
+    }
+
+    /// `value`, with the median and range of `samples`.
+    fn with_samples(value: f64, samples: Vec<f64>) -> Sampled {
+        Sampled { value, ..Sampled::of(samples) }
+    }
+}
+
+/// A figure measured once.
+fn one(v: Result<f64, String>) -> Result<Sampled, String> {
+    v.map(|v| Sampled::of(vec![v]))
+}
+
+#[derive(Clone)]
 struct ReplayFigures {
-    record_overhead_pct: f64,
+    record_overhead_pct: Sampled,
     log_bytes_per_minsn: f64,
-    replay_speed_ratio: f64,
+    replay_speed_ratio: Sampled,
 }
 
 /// Plain run, recorded run and replay of the same CPU-bound guest, measured
 /// once per process and shared by the three figures.
 fn replay_figures(scale: u64) -> Result<ReplayFigures, String> {
-    static FIGURES: std::sync::OnceLock<Result<(f64, f64, f64), String>> = std::sync::OnceLock::new();
-    let r = FIGURES.get_or_init(|| measure_replay(scale)).clone()?;
-    Ok(ReplayFigures { record_overhead_pct: r.0, log_bytes_per_minsn: r.1, replay_speed_ratio: r.2 })
+    static FIGURES: std::sync::OnceLock<Result<ReplayFigures, String>> = std::sync::OnceLock::new();
+    FIGURES.get_or_init(|| measure_replay(scale)).clone()
 }
 
 fn bench_machine(image: &[u8]) -> Result<sim_core::machine::Machine, String> {
@@ -214,19 +271,10 @@ fn bench_machine(image: &[u8]) -> Result<sim_core::machine::Machine, String> {
     Ok(m)
 }
 
-fn measure_replay(scale: u64) -> Result<(f64, f64, f64), String> {
-    let image = xensim::guest::programs::bench_alu(5_000_000 * scale).map_err(|e| e.to_string())?;
-    // Plain.
-    let mut m = bench_machine(&image)?;
-    let t0 = Instant::now();
-    m.run().map_err(|e| e.to_string())?;
-    let plain = t0.elapsed();
-    let insns = m.retired_instructions();
-    // Recorded, with the CLI's default checkpoint interval.
-    let path = std::env::temp_dir().join(format!("xensim-bench-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+/// The header `xensim run --record` would write for the benchmark guest.
+fn bench_header(image: &[u8], checkpoint_every: u64) -> replay::Header {
     let c = MachineConfig { memory_mib: 64, ..Default::default() };
-    let header = replay::Header {
+    replay::Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
         config: replay::LogConfig {
             cpus: c.cpus,
@@ -236,31 +284,124 @@ fn measure_replay(scale: u64) -> Result<(f64, f64, f64), String> {
             vendor: c.vendor,
         },
         cmdline: String::new(),
-        images: vec![replay::ImageHash::of("benchmark guest", &image)],
-        checkpoint_every: 10_000_000,
+        images: vec![replay::ImageHash::of("benchmark guest", image)],
+        checkpoint_every,
         hypercalls: replay::Hypercalls::Vmcall,
-    };
-    let mut m = bench_machine(&image)?;
-    let mut log = replay::LogWriter::create(&path, &header).map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    replay::record(&mut m, Box::new(sim_core::door::ClosedDoor), &mut log, header.checkpoint_every)
-        .map_err(|e| e.to_string())?;
-    log.finish().map_err(|e| e.to_string())?;
-    let recorded = t0.elapsed();
-    let bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
-    // Replayed.
-    let log = replay::Log::read(&path).map_err(|e| e.to_string());
-    let _ = std::fs::remove_file(&path);
-    let log = log?;
-    let mut m = bench_machine(&image)?;
-    let t0 = Instant::now();
-    let outcome = replay::replay(&mut m, &log, None, &mut |_| {}).map_err(|e| e.to_string())?;
-    let replayed = t0.elapsed();
+    }
+}
+
+/// A temporary file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(what: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("xensim-bench-{}-{what}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// CPU time this thread has used (user and system). The record/replay
+/// figures compare runs on one thread by it, so time the host gives to
+/// other processes while a run waits does not count.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// Thread CPU time and wall time spent in `f`.
+fn timed<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(T, Duration, Duration), String> {
+    let (cpu0, wall0) = (thread_cpu_time(), Instant::now());
+    let v = f()?;
+    Ok((v, thread_cpu_time().saturating_sub(cpu0), wall0.elapsed()))
+}
+
+/// Record `image` to `path`; returns the thread CPU time of the run.
+fn timed_record(image: &[u8], path: &std::path::Path, checkpoint_every: u64) -> Result<Duration, String> {
+    let header = bench_header(image, checkpoint_every);
+    let mut m = bench_machine(image)?;
+    // Logs are never overwritten: this one is the benchmark's own.
+    let _ = std::fs::remove_file(path);
+    let mut log = replay::LogWriter::create(path, &header).map_err(|e| e.to_string())?;
+    let ((), cpu, _) = timed(|| {
+        replay::record(&mut m, Box::new(sim_core::door::ClosedDoor), &mut log, checkpoint_every)
+            .map_err(|e| e.to_string())?;
+        log.finish().map(|_| ()).map_err(|e| e.to_string())
+    })?;
+    Ok(cpu)
+}
+
+/// A plain run of `image`: thread CPU time and instructions retired.
+fn timed_plain(image: &[u8]) -> Result<(Duration, u64), String> {
+    let mut m = bench_machine(image)?;
+    let (_, cpu, _) = timed(|| m.run().map_err(|e| e.to_string()))?;
+    Ok((cpu, m.retired_instructions()))
+}
+
+/// A replay of `log` on a fresh machine: thread CPU time.
+fn timed_replay(image: &[u8], log: &replay::Log) -> Result<Duration, String> {
+    let mut m = bench_machine(image)?;
+    let (outcome, cpu, _) = timed(|| replay::replay(&mut m, log, None, &mut |_| {}).map_err(|e| e.to_string()))?;
     if !matches!(outcome, replay::Replayed::Identical { .. }) {
         return Err("the benchmark's replay was not identical".into());
     }
-    let overhead = (recorded.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0;
-    Ok((overhead, bytes as f64 / (insns as f64 / 1e6), plain.as_secs_f64() / replayed.as_secs_f64()))
+    Ok(cpu)
+}
+
+/// How much longer `recorded` took than `plain`, in percent.
+fn overhead_pct(recorded: Duration, plain: Duration) -> f64 {
+    (recorded.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0
+}
+
+/// The CLI's default checkpoint interval.
+const CHECKPOINT_EVERY: u64 = 10_000_000;
+
+fn measure_replay(scale: u64) -> Result<ReplayFigures, String> {
+    let image = xensim::guest::programs::bench_alu(5_000_000 * scale).map_err(|e| e.to_string())?;
+    // An untimed recording first: the log every replay reads, and a warm-up.
+    let first = TempFile::new("first.log");
+    timed_record(&image, &first.0, CHECKPOINT_EVERY)?;
+    let bytes = std::fs::metadata(&first.0).map_err(|e| e.to_string())?.len();
+    let log = replay::Log::read(&first.0).map_err(|e| e.to_string())?;
+    let again = TempFile::new("again.log");
+    let (mut overhead, mut speed, mut insns) = (Vec::new(), Vec::new(), 0);
+    let mut best = [Duration::MAX; 3];
+    for rep in 0..REPS {
+        // The three runs interleaved, in an order that rotates per
+        // repetition so none is always first after a pause.
+        let mut t = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let kind = (rep + k) % 3;
+            t[kind] = match kind {
+                0 => {
+                    let (d, n) = timed_plain(&image)?;
+                    insns = n;
+                    d
+                }
+                1 => timed_record(&image, &again.0, CHECKPOINT_EVERY)?,
+                _ => timed_replay(&image, &log)?,
+            };
+            best[kind] = best[kind].min(t[kind]);
+        }
+        overhead.push(overhead_pct(t[1], t[0]));
+        speed.push(t[0].as_secs_f64() / t[2].as_secs_f64());
+    }
+    Ok(ReplayFigures {
+        record_overhead_pct: Sampled::with_samples(overhead_pct(best[1], best[0]), overhead),
+        log_bytes_per_minsn: bytes as f64 / (insns as f64 / 1e6),
+        replay_speed_ratio: Sampled::with_samples(best[0].as_secs_f64() / best[2].as_secs_f64(), speed),
+    })
 }
 
 /// Restore a 64 MiB machine to a snapshot taken a few thousand instructions
@@ -283,4 +424,92 @@ fn snapshot_restore_ms(scale: u64) -> Result<f64, String> {
         total += t0.elapsed();
     }
     Ok(total.as_secs_f64() * 1e3 / rounds as f64)
+}
+
+/// A temporary directory removed (with its files) when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Result<TempDir, String> {
+        let path = std::env::temp_dir().join(format!("xensim-bench-{}-{what}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Instructions between the snapshots `seek-ms` seeks from.
+const SEEK_SNAPSHOT_EVERY: u64 = 100_000_000;
+
+/// `xensim replay LOG --until N` in process, as the CLI does it: read the
+/// log, build the machine, restore the nearest earlier snapshot file, replay
+/// forward to N. Returns the time taken and the icount reached.
+fn timed_seek(image: &[u8], log_path: &std::path::Path, dir: &std::path::Path, until: u64) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let log = replay::Log::read(log_path).map_err(|e| e.to_string())?;
+    let mut m = bench_machine(image)?;
+    let stem = crate::file_stem(log_path);
+    let start = xensim::snapshots::seek(&mut m, dir, &stem, until, &log.header.config, &log.header.images)?
+        .map(|(_, start)| start);
+    if start.is_none() {
+        return Err(format!("no snapshot to seek from for icount {until}"));
+    }
+    let r = replay::replay_from(&mut m, &log, start, Some(until), &mut |_| {}, &mut |_, _| Ok(()))
+        .map_err(|e| e.to_string())?;
+    let elapsed = t0.elapsed();
+    match r {
+        replay::Replayed::Reached { icount, .. } if icount >= until => Ok(elapsed),
+        other => Err(format!("seek to {until} ended with {other:?}")),
+    }
+}
+
+/// The slowest of a few seeks in a recorded run of about 10^9 instructions
+/// with snapshots every 10^8 (written by a replay, as `replay
+/// --snapshot-every` does). The worst case is just before a snapshot: a
+/// whole interval to replay after the restore.
+fn seek_ms() -> Result<f64, String> {
+    // 20 instructions a loop iteration: 10^9 instructions.
+    let image = xensim::guest::programs::bench_alu(50_000_000).map_err(|e| e.to_string())?;
+    let dir = TempDir::new("seek")?;
+    let log_path = dir.0.join("seek.log");
+    timed_record(&image, &log_path, CHECKPOINT_EVERY)?;
+    let log = replay::Log::read(&log_path).map_err(|e| e.to_string())?;
+    let mut m = bench_machine(&image)?;
+    let base = replay::SnapHeader {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: log.header.config.clone(),
+        cmdline: String::new(),
+        images: log.header.images.clone(),
+        icount: 0,
+        now_ns: 0,
+        inputs_consumed: None,
+        parent: None,
+    };
+    let stem = crate::file_stem(&log_path);
+    let mut snapper =
+        xensim::snapshots::Snapshotter::new(dir.0.clone(), stem, Some(SEEK_SNAPSHOT_EVERY), Vec::new(), base, 0);
+    replay::replay_from(&mut m, &log, None, None, &mut |_| {}, &mut |m, n| {
+        snapper.as_mut().map_or(Ok(()), |s| s.round(m, Some(n)))
+    })
+    .map_err(|e| e.to_string())?;
+    let total = m.retired_instructions();
+    // Snapshots land on the first round boundary at or past each multiple.
+    let mut targets = vec![total / 2 + 12_345];
+    for k in [3, 6, 9] {
+        let snap = k * SEEK_SNAPSHOT_EVERY;
+        if snap < total {
+            targets.push(snap - 1);
+        }
+    }
+    let mut worst = Duration::ZERO;
+    for until in targets {
+        worst = worst.max(timed_seek(&image, &log_path, &dir.0, until)?);
+    }
+    Ok(worst.as_secs_f64() * 1e3)
 }

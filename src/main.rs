@@ -16,7 +16,7 @@ use xen_model::xenstore::socket_door::{SharedSocket, SocketDoor};
 
 mod bench;
 mod progress;
-mod snapshots;
+use xensim::snapshots;
 
 /// Exit statuses of `xensim run` besides the guest's own isa-debug-exit
 /// status (which is always odd, as QEMU makes it).
@@ -607,7 +607,7 @@ fn run(args: RunArgs) -> ExitCode {
 const SNAPSHOT_ERROR_TAG: &str = " (snapshot not written)";
 
 /// The file name of `p` (for naming snapshots after it).
-fn file_stem(p: &Path) -> String {
+pub(crate) fn file_stem(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "snapshot".into())
 }
 
@@ -706,22 +706,13 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
     // Seek: start from the nearest earlier snapshot of this log, if any.
     let mut start = None;
     if let Some(until) = args.until {
-        let fits = |s: &replay::Snapshot| s.check_fits(&log.header.config, &images).is_ok();
-        let dir = if snap_dir.as_os_str().is_empty() { Path::new(".") } else { snap_dir.as_path() };
-        if let Some(path) = snapshots::nearest(dir, &stem, until, fits) {
-            let restored = replay::snapfile::read_chain(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|s| s.restore_into(&mut machine).map(|_| s).map_err(|e| format!("{}: {e}", path.display())));
-            match restored {
-                Ok(s) => {
-                    eprintln!("xensim: seeking from {} (icount {})", path.display(), s.header.icount);
-                    start = Some(replay::Start {
-                        icount: s.header.icount,
-                        inputs_consumed: s.header.inputs_consumed.unwrap_or(0),
-                    });
-                }
-                Err(e) => return fail(status::USER_ERROR, e),
+        match snapshots::seek(&mut machine, &snap_dir, &stem, until, &log.header.config, &images) {
+            Ok(Some((path, s))) => {
+                eprintln!("xensim: seeking from {} (icount {})", path.display(), s.icount);
+                start = Some(s);
             }
+            Ok(None) => {}
+            Err(e) => return fail(status::USER_ERROR, e),
         }
     }
     let snap_base = replay::SnapHeader {

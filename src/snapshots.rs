@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use replay::snapfile::{self, SnapHeader, Snapshot};
+use replay::{ImageHash, LogConfig, Start};
 use sim_core::machine::Machine;
 
 pub struct Snapshotter {
@@ -92,4 +93,27 @@ pub fn nearest(dir: &Path, stem: &str, until: u64, fits: impl Fn(&Snapshot) -> b
         }
     }
     best.map(|(_, p)| p)
+}
+
+/// Seek for `replay --until`: restore `machine` from the nearest snapshot of
+/// the log `stem` in `dir` at or before `until` that fits the log's machine
+/// and images. Returns the file and where replay goes on from; `None` when
+/// no snapshot fits (replay starts at power-on).
+pub fn seek(
+    machine: &mut Machine,
+    dir: &Path,
+    stem: &str,
+    until: u64,
+    config: &LogConfig,
+    images: &[ImageHash],
+) -> Result<Option<(PathBuf, Start)>, String> {
+    let fits = |s: &Snapshot| s.check_fits(config, images).is_ok();
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Some(path) = nearest(dir, stem, until, fits) else {
+        return Ok(None);
+    };
+    let s = snapfile::read_chain(&path).map_err(|e| e.to_string())?;
+    s.restore_into(machine).map_err(|e| format!("{}: {e}", path.display()))?;
+    let start = Start { icount: s.header.icount, inputs_consumed: s.header.inputs_consumed.unwrap_or(0) };
+    Ok(Some((path, start)))
 }

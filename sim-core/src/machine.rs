@@ -143,9 +143,9 @@ pub struct Machine {
     extint_pending: Vec<bool>,
     /// Every outside value comes through here (see `door`).
     door: Box<dyn Door>,
-    /// RAM hashes by 2 MiB region from the last state digest; regions with
-    /// pages written since are hashed again (empty: hash everything).
-    ram_hashes: std::sync::Mutex<Vec<(u64, snapshot::Hash)>>,
+    /// RAM hashes by region from the last state digest, with what updates
+    /// them from the pages written since (see `ram_hash`).
+    ram_hashes: std::sync::Mutex<ram_hash::RamHashes>,
     /// Wall-clock time at power-on (asked of the door before the first round).
     wall_clock_ns: Option<u64>,
     /// Where time comes from (see `clock::TimeSource` and `exits`).
@@ -194,6 +194,7 @@ macro_rules! platform_ctx {
     };
 }
 
+mod ram_hash;
 pub mod snapshot;
 
 impl std::fmt::Debug for Machine {
@@ -285,7 +286,7 @@ impl Machine {
             pic: Pic8259Pair::new(),
             extint_pending,
             door: Box::new(ClosedDoor),
-            ram_hashes: std::sync::Mutex::new(Vec::new()),
+            ram_hashes: std::sync::Mutex::new(ram_hash::RamHashes::default()),
             wall_clock_ns: None,
             time,
             tsc_seen: vec![0; n],

@@ -237,6 +237,12 @@ impl GuestMemory {
         })
     }
 
+    /// Read RAM itself, ignoring overlay pages mapped over it: what dirty
+    /// tracking covers (overlay pages are the platform's, not RAM's).
+    pub fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.ram.read_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::Unbacked(gpa))
+    }
+
     /// Write guest-physical memory; the range may cross pages and backings.
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
         self.for_each_page(gpa, buf.len(), |addr, off, len| {

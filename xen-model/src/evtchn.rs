@@ -122,6 +122,11 @@ pub struct EventChannels {
     backend: BTreeMap<u32, BackendPort>,
     /// vCPUs whose evtchn_upcall_pending went 0 -> 1, for the platform.
     pub upcalls: Vec<u32>,
+    /// A deliberately different model for tests (see
+    /// `XenPlatform::testing_skew_event_channels`): free ports passed over
+    /// before one is allocated. 0 otherwise; not part of the saved state.
+    #[serde(skip)]
+    pub(crate) skip_free: u32,
 }
 
 /// Resolve a domid argument that must name the caller: DOMID_SELF or its
@@ -143,6 +148,7 @@ impl EventChannels {
             pirqs: BTreeMap::new(),
             backend: BTreeMap::new(),
             upcalls: Vec::new(),
+            skip_free: 0,
         };
         e.grow_to(0);
         e.chans[0].state = ChanState::Reserved;
@@ -180,7 +186,8 @@ impl EventChannels {
 
     fn free_port(&mut self, d: &SharedInfo) -> Result<u32, Errno> {
         let max = Self::max_ports(d);
-        let found = self.chans.iter().position(|c| c.state == ChanState::Free).map(|p| p as u32);
+        let mut free = self.chans.iter().enumerate().filter(|(_, c)| c.state == ChanState::Free);
+        let found = free.nth(self.skip_free as usize).map(|(p, _)| p as u32);
         let port = found.unwrap_or(self.chans.len() as u32);
         if port >= max {
             return Err(Errno(ENOSPC));

@@ -362,40 +362,15 @@ impl Machine {
         Ok(())
     }
 
-    /// RAM hashes by region. Incremental where writes are tracked exactly
-    /// (the interpreter; KVM with its dirty log): only regions with pages
-    /// written since the last digest are read again, which keeps
-    /// checkpoints cheap.
+    /// RAM hashes by region, rebuilt from the pages written since the last
+    /// digest where writes are tracked exactly (the interpreter; KVM with
+    /// its dirty log; see `ram_hash`).
     fn ram_digest(&self) -> Vec<(u64, Hash)> {
+        // First: on KVM this folds the dirty log into the hash plane.
         let exact = self.dirty_tracking_exact();
         let written = self.mem.take_hash_dirty();
         let mut cache = self.ram_hashes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buf = vec![0u8; RAM_REGION as usize];
-        let mut hash_region = |start: u64, end: u64| {
-            let n = RAM_REGION.min(end - start) as usize;
-            match self.mem.read(start, &mut buf[..n]) {
-                Ok(()) => hash_bytes(&buf[..n]),
-                Err(_) => [0; 32],
-            }
-        };
-        if cache.is_empty() || !exact {
-            cache.clear();
-            for &(start, len) in self.mem.ram_ranges() {
-                let mut gpa = start;
-                while gpa < start + len {
-                    cache.push((gpa, hash_region(gpa, start + len)));
-                    gpa += RAM_REGION.min(start + len - gpa);
-                }
-            }
-        } else {
-            let regions: std::collections::BTreeSet<u64> =
-                written.iter().map(|&gfn| (gfn << 12) & !(RAM_REGION - 1)).collect();
-            for (gpa, h) in cache.iter_mut().filter(|(g, _)| regions.contains(&(g & !(RAM_REGION - 1)))) {
-                let end = self.mem.ram_ranges().iter().find(|&&(s, l)| *gpa >= s && *gpa < s + l).map(|&(s, l)| s + l);
-                *h = end.map_or([0; 32], |end| hash_region(*gpa, end));
-            }
-        }
-        cache.clone()
+        cache.update(&self.mem, &written, exact)
     }
 
     /// The state's hashes, by component.

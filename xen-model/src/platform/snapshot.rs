@@ -159,7 +159,10 @@ impl XenPlatform {
             ctx.mem.map_overlay(gfn, page);
         }
         self.dom0.restore_state(&s.dom0, ctx.mem, checkpoint)?;
+        // The test-only skew is the model's, not the state's: it stays.
+        let skip_free = self.evtchn.skip_free;
         self.evtchn.clone_from(&s.evtchn);
+        self.evtchn.skip_free = skip_free;
         self.vi.clone_from(&s.vi);
         self.vcpus.clone_from(&s.vcpus);
         self.callback = s.callback;
