@@ -286,6 +286,7 @@ fn bench_header(image: &[u8], checkpoint_every: u64) -> replay::Header {
         cmdline: String::new(),
         images: vec![replay::ImageHash::of("benchmark guest", image)],
         checkpoint_every,
+        hypercalls: replay::Hypercalls::Vmcall,
     }
 }
 

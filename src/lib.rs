@@ -4,4 +4,5 @@
 
 pub mod fuzz;
 pub mod guest;
+pub mod hypercalls;
 pub mod snapshots;

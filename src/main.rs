@@ -269,18 +269,14 @@ impl Cpus {
 }
 
 /// The interpreter as a run recorded on KVM had its CPU, for replaying it:
-/// KVM's hypercall page on hosts without KVM_CAP_XEN_HVM (stubs ending in a
-/// port write, which the interpreter then reports as hypercalls, as KVM
-/// did; a kernel's own VMCALLs are hypercalls on both). A log recorded on a
-/// host with KVM_CAP_XEN_HVM had a VMCALL page: its replay diverges.
-fn interp_as_kvm(config: MachineConfig) -> Result<Machine, String> {
-    let gate = HypercallGate::Port(sim_core::layout::HYPERCALL_PORT as u8);
+/// the hypercall page the recording host's interception needed, and the
+/// same instructions taken as hypercalls (`xensim::hypercalls`).
+fn interp_as_kvm(config: MachineConfig, hypercalls: &replay::Hypercalls) -> Result<Machine, String> {
+    let gate = xensim::hypercalls::gate(hypercalls);
     let xen = XenConfig { hypercall_gate: gate, ..Default::default() }.with_pv_rings();
     let platform: Option<Box<dyn sim_core::platform::Platform>> = Some(Box::new(XenPlatform::new(xen, config.cpus)));
     Machine::with_platform(config, platform, &mut |id, n, cpuid| {
-        let mut cpu = x86_interp::Interpreter::new(id, n, cpuid);
-        cpu.set_hypercall_port(Some(sim_core::layout::HYPERCALL_PORT));
-        Ok(Box::new(cpu))
+        Ok(Box::new(xensim::hypercalls::interpreter(hypercalls, id, n, cpuid)))
     })
     .map_err(|e| e.to_string())
 }
@@ -393,7 +389,8 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// A machine with `kernel` and `modules` booted on `cpus`.
+/// A machine with `kernel` and `modules` booted on `cpus`, and how its
+/// hypercalls reach the platform (for a recording's header).
 fn build_machine(
     config: MachineConfig,
     cpus: &Cpus,
@@ -401,7 +398,7 @@ fn build_machine(
     modules: Vec<BootImage>,
     cmdline: String,
     sink: Option<Box<dyn xen_model::dom0::XenstoreSink>>,
-) -> Result<Machine, String> {
+) -> Result<(Machine, replay::Hypercalls), String> {
     let (mut machine, vm) = cpus.machine_and_vm(config, sink)?;
     let funcs = match vm {
         Some(_) => sim_core::boot::kernel_symbols(&kernel.bytes, &guest_debug::LINUX_HYPERCALL_FUNCTIONS),
@@ -410,6 +407,7 @@ fn build_machine(
     let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
     let info = machine.boot(boot).map_err(|e| e.to_string())?;
     tracing::info!(protocol = ?info.protocol, "kernel loaded");
+    let mut hypercalls = xensim::hypercalls::recorded(None, None);
     if let Some(vm) = vm {
         // Strategy 3: the kernel's own VMCALL/VMMCALL sites, if any.
         let code = guest_debug::hypercall_code(&info.exec_segments, &funcs);
@@ -419,8 +417,9 @@ fn build_machine(
         } else {
             tracing::info!("KVM: {armed}");
         }
+        hypercalls = xensim::hypercalls::recorded(Some(vm.hypercall_strategy()), Some(&armed));
     }
-    Ok(machine)
+    Ok((machine, hypercalls))
 }
 
 const DEMO_NAME: &str = "built-in demo guest";
@@ -489,17 +488,23 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let images: Vec<replay::ImageHash> =
         std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect();
-    let header = args.record.as_ref().map(|_| replay::Header {
+    let mut header = args.record.as_ref().map(|_| replay::Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
         config: log_config.clone(),
         cmdline: args.append.clone(),
         images: images.clone(),
         checkpoint_every: args.checkpoint_every,
+        hypercalls: replay::Hypercalls::Vmcall,
     });
     let kernel_name = kernel.name.clone();
     let sink = socket.map(|s| Box::new(s) as Box<dyn xen_model::dom0::XenstoreSink>);
     let mut machine = match build_machine(config, &cpus, kernel, modules, args.append.clone(), sink) {
-        Ok(m) => m,
+        Ok((m, hypercalls)) => {
+            if let Some(h) = header.as_mut() {
+                h.hypercalls = hypercalls;
+            }
+            m
+        }
         Err(e) => return fail(status::USER_ERROR, e),
     };
     if let Some(path) = &args.restore {
@@ -683,9 +688,9 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
     let cmdline = log.header.cmdline.clone();
     let built = match replay::drive::time_source(&log) {
         sim_core::clock::TimeSource::Instructions => {
-            build_machine(config, &Cpus::Interp, kernel, modules, cmdline, None)
+            build_machine(config, &Cpus::Interp, kernel, modules, cmdline, None).map(|(m, _)| m)
         }
-        sim_core::clock::TimeSource::Exits => interp_as_kvm(config).and_then(|mut m| {
+        sim_core::clock::TimeSource::Exits => interp_as_kvm(config, &log.header.hypercalls).and_then(|mut m| {
             let boot = BootConfig { kernel, modules, cmdline, rsdp: 0, reserved: Vec::new() };
             m.boot(boot).map_err(|e| e.to_string())?;
             Ok(m)
@@ -786,6 +791,14 @@ fn inspect(args: InspectArgs) -> ExitCode {
         println!("image: {} ({} bytes, BLAKE3 {})", i.name, i.len, sim_core::machine::snapshot::hex(&i.blake3, 32));
     }
     println!("checkpoint every {} instructions", h.checkpoint_every);
+    match &h.hypercalls {
+        replay::Hypercalls::Vmcall => println!("hypercalls: VMCALL/VMMCALL (hypercall page and direct)"),
+        replay::Hypercalls::PortStub { port, sites } => {
+            let sites: Vec<String> = sites.iter().map(|a| format!("{a:#x}")).collect();
+            let sites = if sites.is_empty() { "none".to_string() } else { sites.join(", ") };
+            println!("hypercalls: hypercall-page stubs write port {port:#x}; VMCALL/VMMCALL at {sites}")
+        }
+    }
     for r in &log.records {
         let icount = r.icount();
         if args.from.is_some_and(|f| icount < f) || args.to.is_some_and(|t| icount > t) {

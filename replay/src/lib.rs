@@ -9,6 +9,6 @@ pub mod seek;
 pub mod snapfile;
 
 pub use drive::{record, record_with, replay, replay_from, Divergence, DriveError, Replayed, Start};
-pub use log::{Header, ImageHash, Log, LogConfig, LogError, LogWriter, Record};
+pub use log::{Header, Hypercalls, ImageHash, Log, LogConfig, LogError, LogWriter, Record};
 pub use seek::SnapshotStore;
 pub use snapfile::{SnapError, SnapHeader, Snapshot};

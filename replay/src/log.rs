@@ -18,7 +18,8 @@ use sim_core::door::{Input, Stamp};
 use sim_core::machine::snapshot::{Hash, StateDigest};
 
 pub const MAGIC: &[u8; 8] = b"XSIMLOG\n";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the header records the recording host's hypercall interception.
+pub const FORMAT_VERSION: u32 = 2;
 /// No chunk is larger (a checkpoint is a few KiB; inputs are flushed long before).
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Records are flushed as a chunk once their encoding reaches this size.
@@ -35,6 +36,26 @@ pub struct Header {
     /// A checkpoint is taken at the first round boundary at or past each
     /// multiple of this many instructions.
     pub checkpoint_every: u64,
+    /// How the recording CPU delivered hypercalls; replay builds the same.
+    pub hypercalls: Hypercalls,
+}
+
+/// How the recording CPU delivered the guest's hypercalls to the platform:
+/// what the hypercall page's stubs enter it with, and which VMCALL/VMMCALL
+/// instructions were hypercalls. A replay builds the same page and treats
+/// the same instructions as hypercalls.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hypercalls {
+    /// Stubs use VMCALL/VMMCALL and every VMCALL/VMMCALL is a hypercall:
+    /// the interpreter, and KVM with KVM_CAP_XEN_HVM (strategy 1, every
+    /// VMCALL exits as KVM_EXIT_XEN).
+    #[default]
+    Vmcall,
+    /// KVM without Xen support: stubs end in `OUT port, AL` (strategy 2);
+    /// a VMCALL/VMMCALL was a hypercall only at `sites` (linear addresses
+    /// with hardware breakpoints, strategy 3), and KVM's own hypercall
+    /// handler answered it anywhere else.
+    PortStub { port: u8, sites: Vec<u64> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -163,13 +163,19 @@ pub struct Machine {
 }
 
 /// How far a CPU that counts instructions runs, replaying exit time, to
-/// find the exit the log has next before the replay is declared diverged,
-/// at least. A recorded run that took long to get there (KVM on fast
-/// hardware) raises it to `MAX_INSNS_PER_TICK` per TSC tick it took.
-pub const EXIT_SEARCH_LIMIT: u64 = 1 << 28;
-/// More instructions than any CPU retires per TSC tick (TSCs tick at 1 GHz
-/// or more).
-const MAX_INSNS_PER_TICK: u64 = 16;
+/// find the exit the log has next before the replay is declared diverged:
+/// as many instructions as the recorded vCPU could have retired in the TSC
+/// ticks it took to get there (`MAX_INSNS_PER_TICK` a tick), and at least
+/// this floor. The floor only matters where the TSC says next to nothing
+/// (under 1 µs between two exits, less than a VM exit's round trip) or
+/// nothing (a guest that set its TSC back), so a tampered or diverged log
+/// is reported after a fraction of a second, not after 2^28 instructions.
+pub const EXIT_SEARCH_LIMIT: u64 = 1 << 16;
+/// More instructions than a vCPU can retire per guest TSC tick: no x86 core
+/// retires more than 8 instructions a cycle or clocks above 8 GHz, and a KVM
+/// guest's TSC ticks at 1 GHz or more (`clock::TSC_HZ` where the host scales
+/// it, else the host's nominal rate).
+pub const MAX_INSNS_PER_TICK: u64 = 64;
 
 /// A `PlatformCtx` from the machine's fields (a macro so the borrows stay
 /// disjoint from `self.platform` and `self.vcpus`).
@@ -786,9 +792,10 @@ impl Machine {
     /// Run a counting vCPU to its next exit (`BudgetExhausted` if none
     /// comes within `limit` instructions).
     fn run_to_exit(&mut self, i: usize, limit: u64) -> Result<VcpuExit, MachineError> {
-        let chunk = self.config.quantum.max(1);
         let mut ran = 0u64;
         loop {
+            // Never past the limit: a divergence is reported after exactly that many.
+            let chunk = self.config.quantum.min(limit.saturating_sub(ran)).max(1);
             let exit =
                 self.vcpus[i].run(&self.mem, chunk).map_err(|source| MachineError::Vcpu { vcpu: i as u32, source })?;
             ran = ran.saturating_add(chunk);

@@ -1,6 +1,12 @@
 //! Boot guest programs through PVH (32- and 64-bit) and Multiboot (ELF and
 //! a.out kludge) on the interpreter and compare their whole console
 //! transcripts with what the boot protocols say they must have been given.
+//!
+//! On KVM: kvm_boot.rs boots the same guests (RAM above 4 GiB included).
+//! Interpreter only, as KVM cannot have them: identical instruction counts
+//! and final state from the same inputs (KVM's time follows the host; on
+//! KVM that is record/replay's job, kvm_record.rs) and the instruction limit
+//! (KVM counts no instructions; the CLI refuses `--max-instructions` there).
 
 use sim_core::machine::{MachineConfig, StopReason};
 use xensim::guest::programs::{self, MultibootInputs, PvhInputs};

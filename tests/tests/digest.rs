@@ -2,6 +2,8 @@
 //! from the hashes of zeroed regions and reads again only regions written
 //! since the last digest. Whether digested at every round or once at the
 //! end, the RAM hashes must equal BLAKE3 computed here over every region.
+//!
+//! On KVM (dirty log): kvm_dirty.rs.
 
 use sim_core::door::{Input, ScriptDoor};
 use sim_core::machine::snapshot::RAM_REGION;

@@ -1,6 +1,11 @@
 //! The nondeterminism door: console input reaches the guest only through it,
 //! the same inputs give the same machine, and no source file outside the
 //! door reads the host clock, stdin or a random source.
+//!
+//! On KVM: kvm_boot.rs echoes serial input (delivered at exit counts).
+//! Interpreter only: waiting until an instruction limit, and the same
+//! machine from the same inputs at the same instructions (KVM counts
+//! neither instructions nor time deterministically).
 
 use std::path::{Path, PathBuf};
 

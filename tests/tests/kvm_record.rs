@@ -14,14 +14,12 @@ use std::sync::Arc;
 
 use iced_x86::code_asm::*;
 use kvm_backend::KvmVm;
-use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
-use sim_core::boot::{BootConfig, BootImage};
+use replay::{Header, Hypercalls, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
+use sim_core::boot::{BootConfig, BootImage, BootInfo};
 use sim_core::clock::TimeSource;
 use sim_core::door::{ClosedDoor, Input};
-use sim_core::layout::HYPERCALL_PORT;
 use sim_core::machine::{Machine, MachineConfig, StopReason, VcpuFactory};
 use sim_core::vcpu::VcpuExit;
-use xen_model::hypercall_page::HypercallGate;
 use xen_model::{XenConfig, XenPlatform};
 use xensim::guest::asm::CODE64_SEL;
 use xensim::guest::xen::{self, HypercallEntry};
@@ -36,36 +34,32 @@ fn config(cpus: u32) -> MachineConfig {
     MachineConfig { cpus, memory_mib: 16, ..Default::default() }
 }
 
-/// A machine with the Xen platform as KVM has it (hypercall-page stubs end
-/// in a port write), `kernel` booted, console captured.
-fn xen_machine(kernel: &[u8], cpus: u32, factory: &mut VcpuFactory<'_>) -> (Machine, Capture) {
-    let xen = XenConfig { hypercall_gate: HypercallGate::Port(HYPERCALL_PORT as u8), ..Default::default() };
+/// A machine with the Xen platform whose hypercall page `hypercalls`
+/// needs, `kernel` booted, console captured.
+fn xen_machine(
+    kernel: &[u8],
+    cpus: u32,
+    hypercalls: &Hypercalls,
+    factory: &mut VcpuFactory<'_>,
+) -> (Machine, Capture, BootInfo) {
+    let xen = XenConfig { hypercall_gate: xensim::hypercalls::gate(hypercalls), ..Default::default() };
     let platform = XenPlatform::new(xen, cpus);
     let mut m = Machine::with_platform(config(cpus), Some(Box::new(platform)), factory).expect("machine");
     let cap = Capture::default();
     m.set_console(Box::new(cap.clone()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: kernel.to_vec() },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
-    (m, cap)
+    let info = m
+        .boot(BootConfig {
+            kernel: BootImage { name: "guest".into(), bytes: kernel.to_vec() },
+            modules: Vec::new(),
+            cmdline: String::new(),
+            rsdp: 0,
+            reserved: Vec::new(),
+        })
+        .expect("boot");
+    (m, cap, info)
 }
 
-/// The interpreter as the replay of a KVM run uses it.
-fn interp_as_kvm(
-) -> impl FnMut(u32, u32, Arc<sim_core::cpuid::CpuidTable>) -> Result<Box<dyn sim_core::Vcpu>, sim_core::VcpuError> {
-    |id, n, cpuid| {
-        let mut cpu = x86_interp::Interpreter::new(id, n, cpuid);
-        cpu.set_hypercall_port(Some(HYPERCALL_PORT));
-        Ok(Box::new(cpu))
-    }
-}
-
-fn header(kernel: &[u8], cpus: u32) -> Header {
+fn header(kernel: &[u8], cpus: u32, hypercalls: Hypercalls) -> Header {
     let c = config(cpus);
     Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
@@ -79,6 +73,7 @@ fn header(kernel: &[u8], cpus: u32) -> Header {
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", kernel)],
         checkpoint_every: 10,
+        hypercalls,
     }
 }
 
@@ -88,17 +83,40 @@ struct Recorded {
     log: Log,
 }
 
+/// Record `kernel` on KVM with the host's hypercall interception (the
+/// kernel's own VMCALL sites armed, as `xensim run` does); the log's header
+/// says which.
 fn record_on_kvm(vm: &Arc<KvmVm>, kernel: &[u8], cpus: u32, path: &Path) -> Recorded {
-    let (mut m, cap) = xen_machine(kernel, cpus, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
+    record_on_kvm_with(vm, kernel, cpus, path, Box::new(ClosedDoor))
+}
+
+/// `record_on_kvm` with outside inputs from `door`.
+fn record_on_kvm_with(
+    vm: &Arc<KvmVm>,
+    kernel: &[u8],
+    cpus: u32,
+    path: &Path,
+    door: Box<dyn sim_core::door::Door>,
+) -> Recorded {
+    let page_only = xensim::hypercalls::recorded(Some(vm.hypercall_strategy()), None);
+    let (mut m, cap, info) = xen_machine(kernel, cpus, &page_only, &mut |id, n, cpuid| vm.create_vcpu(id, n, cpuid));
     assert_eq!(m.time_source(), TimeSource::Exits, "KVM runs on exit time");
-    let mut w = LogWriter::create(path, &header(kernel, cpus)).unwrap();
-    let stop = replay::record(&mut m, Box::new(ClosedDoor), &mut w, 10).unwrap();
+    let armed = vm.arm_direct_calls(&m.mem, &info.exec_segments, m.cpuid().vendor());
+    assert!(!armed.is_loss(), "{armed}");
+    let hypercalls = xensim::hypercalls::recorded(Some(vm.hypercall_strategy()), Some(&armed));
+    let mut w = LogWriter::create(path, &header(kernel, cpus, hypercalls)).unwrap();
+    let stop = replay::record(&mut m, door, &mut w, 10).unwrap();
     w.finish().unwrap();
     Recorded { stop, output: cap.text(), log: Log::read(path).unwrap() }
 }
 
+/// Replay `log` on the interpreter, built as its header says the recording
+/// host delivered hypercalls.
 fn replay_on_interp(kernel: &[u8], cpus: u32, log: &Log) -> (Replayed, String, Machine) {
-    let (mut m, cap) = xen_machine(kernel, cpus, &mut interp_as_kvm());
+    let h = log.header.hypercalls.clone();
+    let (mut m, cap, _) = xen_machine(kernel, cpus, &h, &mut |id, n, cpuid| {
+        Ok(Box::new(xensim::hypercalls::interpreter(&h, id, n, cpuid)))
+    });
     let r = replay::replay(&mut m, log, None, &mut |_| {}).unwrap();
     (r, cap.text(), m)
 }
@@ -129,8 +147,8 @@ const ATTEMPTS: usize = 3;
 /// between `STI` and `HLT`; one vCPU preempted while the other wrote what
 /// it polls for): replay reports such a recording as diverged, and the test
 /// records again, up to `ATTEMPTS` times; a flaw in the machine fails every
-/// attempt.
-fn expect_identical(name: &str, kernel: &[u8], cpus: u32, expected_output: &str, expected_stop: StopReason) {
+/// attempt. Returns the log that replayed.
+fn expect_identical(name: &str, kernel: &[u8], cpus: u32, expected_output: &str, expected_stop: StopReason) -> Log {
     let mut failures = Vec::new();
     for _ in 0..ATTEMPTS {
         // A VM per machine: vCPU ids are per VM.
@@ -155,7 +173,7 @@ fn expect_identical(name: &str, kernel: &[u8], cpus: u32, expected_output: &str,
         assert!(matches!(replayed, Replayed::Identical { stop, .. } if stop == rec.stop), "{name}: {replayed:?}");
         assert_eq!(output, rec.output, "{name}: the replay prints what KVM printed");
         assert_eq!(m.digest().hash(), end_hash(&rec.log), "{name}: the final state hash");
-        return;
+        return rec.log;
     }
     panic!("{name}: no recording out of {ATTEMPTS} replayed:\n{}", failures.join("\n"));
 }
@@ -168,7 +186,47 @@ fn xen_events_recorded_on_kvm_replay_on_the_interpreter() {
     // Upcalls by vector and LAPIC, a singleshot timer and SCHEDOP_block;
     // the deadline from shared_info's system_time (written at exits).
     let kernel = xen::xen_events_without_rdtsc(HypercallEntry::Page).unwrap();
-    expect_identical("xen_events", &kernel, 1, xen::XEN_EVENTS_EXPECTED, StopReason::DebugExit(1));
+    let log = expect_identical("xen_events", &kernel, 1, xen::XEN_EVENTS_EXPECTED, StopReason::DebugExit(1));
+    // This host's interception is in the header: strategy 2 without Xen
+    // support (port stubs; the guest has no VMCALL of its own), else 1.
+    let vm = KvmVm::new().unwrap();
+    let expected = match vm.hypercall_strategy() {
+        kvm_backend::HypercallStrategy::PortStub => Hypercalls::PortStub { port: 0xe8, sites: vec![] },
+        kvm_backend::HypercallStrategy::XenHvm => Hypercalls::Vmcall,
+    };
+    assert_eq!(log.header.hypercalls, expected);
+}
+
+/// Strategy 3: the guest's one VMCALL (a function, as Linux's
+/// xen_hypercall_intel) had a hardware breakpoint on KVM; the log names the
+/// site, and the replay takes a VMCALL there, and only there, as a
+/// hypercall. On a host with KVM_CAP_XEN_HVM every VMCALL is one (strategy 1).
+#[test]
+fn xen_events_through_a_breakpointed_vmcall_replay_on_the_interpreter() {
+    let Some(vm) = kvm("xen_events_through_a_breakpointed_vmcall_replay_on_the_interpreter") else { return };
+    let kernel = xen::xen_events_without_rdtsc(HypercallEntry::Function).unwrap();
+    let log = expect_identical("xen_events (VMCALL)", &kernel, 1, xen::XEN_EVENTS_EXPECTED, StopReason::DebugExit(1));
+    if vm.hypercall_strategy() == kvm_backend::HypercallStrategy::XenHvm {
+        assert_eq!(log.header.hypercalls, Hypercalls::Vmcall);
+        return;
+    }
+    let Hypercalls::PortStub { port: 0xe8, sites } = &log.header.hypercalls else { panic!("{:?}", log.header) };
+    // The function's VMCALL, where the guest runs it (its link and load
+    // addresses are one: a guest loaded identity-mapped).
+    let (m, _, _) = xen_machine(&kernel, 1, &Hypercalls::Vmcall, &mut |id, n, cpuid| {
+        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
+    });
+    let vmcall = sites.iter().all(|&a| {
+        let mut b = [0u8; 3];
+        m.mem.read(a, &mut b).is_ok() && b == kvm_backend::guest_debug::VMCALL
+    });
+    assert!(!sites.is_empty() && vmcall, "{sites:#x?}");
+    // Without the sites, the replay lets KVM's handler answer that VMCALL
+    // (-ENOSYS): the guest goes another way.
+    let mut wrong = log.clone();
+    wrong.header.hypercalls = Hypercalls::PortStub { port: 0xe8, sites: vec![] };
+    let (replayed, _, _) = replay_on_interp(&kernel, 1, &wrong);
+    assert!(matches!(replayed, Replayed::Diverged(_)), "{replayed:?}");
 }
 
 #[test]
@@ -322,4 +380,98 @@ fn an_interrupt_taken_where_kvm_preempted_the_guest_is_reported() {
     let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
     // Found where the replay reaches the halt the log no longer has.
     assert!(d.differences.iter().any(|l| l.contains("delivered an interrupt before this exit")), "{d}");
+}
+
+/// Prints, computes for `iterations` loop passes (two instructions each, no
+/// exit), prints again and exits.
+fn compute_guest(iterations: u32) -> Result<Vec<u8>, GuestError> {
+    let mut g = GuestProgram::new(Mode::Long64)?;
+    g.print("a")?;
+    let mut top = g.a.create_label();
+    g.a.mov(ecx, iterations)?;
+    g.a.set_label(&mut top)?;
+    g.a.dec(ecx)?;
+    g.a.jnz(top)?;
+    g.print("b")?;
+    g.exit(0)?;
+    g.build(Boot::Pvh)
+}
+
+#[test]
+fn a_tampered_exit_tsc_is_reported_within_the_tsc_bound() {
+    let Some(vm) = kvm("a_tampered_exit_tsc_is_reported_within_the_tsc_bound") else { return };
+    use sim_core::machine::{EXIT_SEARCH_LIMIT, MAX_INSNS_PER_TICK};
+    // 300,000 instructions between the two prints: more than the floor.
+    let iterations = 150_000;
+    let kernel = compute_guest(iterations).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = record_on_kvm(&vm, &kernel, 1, &dir.path().join("kvm.log"));
+    assert_eq!(rec.output, "ab");
+    // Untampered, the TSC the loop took on KVM is room enough.
+    let (replayed, output, _) = replay_on_interp(&kernel, 1, &rec.log);
+    assert!(matches!(replayed, Replayed::Identical { .. }), "{replayed:?}");
+    assert_eq!(output, "ab");
+    // Make the log say the loop took 100 TSC ticks: no CPU retires 300,000 instructions in that, so the replay gives
+    // up after the floor.
+    let mut log = rec.log.clone();
+    let out = |c: u8| VcpuExit::IoOut { port: 0xe9, size: 1, data: c as u32 };
+    let exit_at = |log: &Log, k: usize| match &log.records[k] {
+        Record::Answered { input: Input::KvmExit(s), .. } => Some(*s),
+        _ => None,
+    };
+    let a = (0..log.records.len()).find(|&k| exit_at(&log, k).is_some_and(|s| s.exit == out(b'a'))).expect("a");
+    let b = (a..log.records.len()).find(|&k| exit_at(&log, k).is_some_and(|s| s.exit == out(b'b'))).expect("b");
+    // KVM's preemptions in the loop move into those 100 ticks too, and so
+    // do the stamps that name their times (machine time is the TSC seen).
+    let a_tsc = exit_at(&log, a).unwrap().tsc;
+    let mut moved = std::collections::HashMap::new();
+    let mut n = 0;
+    for r in &mut log.records[a + 1..=b] {
+        if let Record::Answered { input: Input::KvmExit(s), .. } = r {
+            n += 1;
+            let tsc = a_tsc + n.min(99);
+            moved.insert(s.tsc, tsc);
+            s.tsc = tsc;
+        }
+    }
+    if let Record::Answered { input: Input::KvmExit(s), .. } = &mut log.records[b] {
+        s.tsc = a_tsc + 100;
+    }
+    for r in &mut log.records[a + 1..=b] {
+        if let Record::Answered { at, .. } | Record::Polled { at, .. } = r {
+            at.now_ns = moved.get(&at.now_ns).copied().unwrap_or(at.now_ns);
+        }
+    }
+    assert!(100 * MAX_INSNS_PER_TICK < EXIT_SEARCH_LIMIT && EXIT_SEARCH_LIMIT < 2 * iterations as u64);
+    let (replayed, output, m) = replay_on_interp(&kernel, 1, &log);
+    let Replayed::Diverged(d) = replayed else { panic!("not detected: {replayed:?}") };
+    assert_eq!(output, "a");
+    let text = d.differences.join("\n");
+    assert!(text.contains(&format!("no exit within {EXIT_SEARCH_LIMIT} instructions")), "{d}");
+    // The replay ran the floor's worth of instructions past the first
+    // print, and no more: at most what the whole guest takes with one pass
+    // of its loop on top.
+    let whole = xensim_tests::boot(compute_guest(1).unwrap(), &Default::default());
+    assert_eq!(whole.output, "ab");
+    let retired = m.vcpu(0).retired_instructions().unwrap();
+    assert!((EXIT_SEARCH_LIMIT..EXIT_SEARCH_LIMIT + whole.instructions).contains(&retired), "retired {retired}");
+}
+
+/// replay.rs's recorded serial input, on KVM: the input the guest polled
+/// for (one exit a poll) is in the log, and the interpreter replays the
+/// run from the log alone.
+#[test]
+fn serial_input_recorded_on_kvm_replays_without_the_input_present() {
+    let Some(vm) = kvm("serial_input_recorded_on_kvm_replays_without_the_input_present") else { return };
+    let kernel = xensim::guest::programs::serial_echo().unwrap();
+    let inputs = vec![(40, Input::Serial(b"kvm ".to_vec())), (200, Input::Serial(b"echo.".to_vec()))];
+    let dir = tempfile::tempdir().unwrap();
+    let door = Box::new(sim_core::door::ScriptDoor::new(inputs));
+    let rec = record_on_kvm_with(&vm, &kernel, 1, &dir.path().join("kvm.log"), door);
+    assert_eq!(rec.output, xensim::guest::programs::serial_echo_expected(b"kvm echo."));
+    assert!(rec.log.records.iter().any(|r| matches!(r, Record::Polled { input: Input::Serial(_), .. })));
+    let (replayed, output, m) = replay_on_interp(&kernel, 1, &rec.log);
+    assert!(matches!(replayed, Replayed::Identical { stop, .. } if stop == rec.stop), "{replayed:?}");
+    assert_eq!(output, rec.output);
+    assert_eq!(m.digest().hash(), end_hash(&rec.log));
 }

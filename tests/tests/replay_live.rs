@@ -55,6 +55,7 @@ fn header(every: u64) -> Header {
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", &xenstore::xenstore_guest().unwrap())],
         checkpoint_every: every,
+        hypercalls: replay::Hypercalls::Vmcall,
     }
 }
 

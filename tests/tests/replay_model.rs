@@ -53,6 +53,7 @@ fn header() -> Header {
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", &xen::xen_events().unwrap())],
         checkpoint_every: EVERY,
+        hypercalls: replay::Hypercalls::Vmcall,
     }
 }
 

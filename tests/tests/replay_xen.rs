@@ -68,6 +68,7 @@ fn header(g: &Guest, every: u64) -> Header {
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", &g.kernel)],
         checkpoint_every: every,
+        hypercalls: replay::Hypercalls::Vmcall,
     }
 }
 

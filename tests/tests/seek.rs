@@ -62,6 +62,7 @@ fn recorded_with_snapshots(dir: &Path, every: u64) -> (Log, Vec<u64>) {
         cmdline: String::new(),
         images: images(),
         checkpoint_every: 2_000,
+        hypercalls: replay::Hypercalls::Vmcall,
     };
     let mut w = LogWriter::create(&path, &header).unwrap();
     replay::record(&mut xen_machine(), Box::new(sim_core::door::ClosedDoor), &mut w, 2_000).unwrap();

@@ -1,6 +1,11 @@
 //! State hashes and snapshots: the same run hashes the same, a different
 //! input shows up in the component it changed, and a machine restored from
 //! a mid-run snapshot ends exactly where the uninterrupted run ends.
+//!
+//! On KVM: kvm_boot.rs restores mid-run snapshots on a fresh VM and
+//! refuses a different machine's. Interpreter only: equal digests of two
+//! runs (a KVM run's time follows the host; kvm_record.rs replays one to
+//! the recorded hash) and inputs placed at instruction counts.
 
 use sim_core::door::{Input, ScriptDoor};
 use sim_core::machine::{Machine, MachineConfig, StopReason};

@@ -3,6 +3,10 @@
 //! machine and continued ends exactly like the uninterrupted run; corrupt,
 //! truncated, other-version and mismatched files are refused; in-memory
 //! snapshots restore by rewriting only the pages that can differ.
+//!
+//! Interpreter only: its guests are checked by final state hashes against the
+//! uninterrupted run's, which a KVM run (host time) cannot reproduce;
+//! snapshots on KVM are in kvm_boot.rs, xenstore_guest.rs and kvm_dirty.rs.
 
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::cpuid::Vendor;
@@ -170,6 +174,7 @@ fn xen_guest_records_and_replays_identically() {
         cmdline: String::new(),
         images: images(),
         checkpoint_every: 2_000,
+        hypercalls: replay::Hypercalls::Vmcall,
     };
     let (mut m, cap) = xen_machine();
     let mut w = replay::LogWriter::create(&path, &header).unwrap();

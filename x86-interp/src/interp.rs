@@ -84,6 +84,9 @@ pub struct Interpreter {
     pub(crate) lazy: Lazy,
     /// A byte OUT to this port is a hypercall (see `set_hypercall_port`).
     pub(crate) hypercall_port: Option<u16>,
+    /// VMCALL/VMMCALL is a hypercall only at these linear addresses (see
+    /// `set_hypercall_sites`); None: everywhere.
+    pub(crate) hypercall_sites: Option<Vec<u64>>,
 }
 
 type L0 = [L0Entry; L0_ENTRIES];
@@ -104,6 +107,16 @@ impl Interpreter {
     /// A run recorded on KVM replays on the interpreter with this set.
     pub fn set_hypercall_port(&mut self, port: Option<u16>) {
         self.hypercall_port = port;
+    }
+
+    /// Make VMCALL/VMMCALL a hypercall exit only at `sites` (linear
+    /// addresses), as on a KVM host without Xen support whose hardware
+    /// breakpoints caught the kernel's own hypercall instructions there
+    /// (strategy 3; no sites under strategy 2). Elsewhere the instruction
+    /// gets the answer KVM's own hypercall handler gave (see kvm_calls.rs).
+    /// None (the default): a hypercall wherever it runs.
+    pub fn set_hypercall_sites(&mut self, sites: Option<Vec<u64>>) {
+        self.hypercall_sites = sites;
     }
 
     pub fn new(id: u32, vcpu_count: u32, cpuid: Arc<CpuidTable>) -> Interpreter {
@@ -139,6 +152,7 @@ impl Interpreter {
             l0: Some(Box::new([L0Entry { la: 0, gen: 0, c: Cached::new(Instruction::default(), 64) }; L0_ENTRIES])),
             l0_gen: 1,
             hypercall_port: None,
+            hypercall_sites: None,
             lazy: Lazy::default(),
         };
         i.refresh_mode();
@@ -259,7 +273,7 @@ impl Interpreter {
 
     /// Linear address of RIP.
     #[inline(always)]
-    fn rip_la(&self) -> u64 {
+    pub(crate) fn rip_la(&self) -> u64 {
         if self.long64 {
             self.s.rip
         } else {

@@ -36,6 +36,7 @@ mod flow;
 mod gates;
 mod interp;
 mod interrupts;
+mod kvm_calls;
 mod lazy_flags;
 mod mmu;
 mod operands;

@@ -324,12 +324,24 @@ impl Interpreter {
             M::Sysexit | M::Sysexitq => self.sysexit(ins.code() == Code::Sysexitq),
             M::Lar | M::Lsl | M::Verr | M::Verw => self.lar_lsl(m, ins),
             M::Vmcall | M::Vmmcall => {
-                self.exit = Some(VcpuExit::Hypercall);
+                self.vmcall();
                 Ok(())
             }
             M::Arpl => Err(ud()),
             _ => return None,
         })
+    }
+
+    /// A hypercall exit, unless a KVM replay says this site was not one.
+    fn vmcall(&mut self) {
+        use crate::kvm_calls::{kvm_answer, KvmAnswer};
+        if self.hypercall_sites.as_ref().is_some_and(|s| !s.contains(&self.rip_la())) {
+            if let KvmAnswer::Rax(v) = kvm_answer(self.s.gpr[gpr::RAX], self.cpl, self.long64) {
+                self.s.gpr[gpr::RAX] = v;
+                return;
+            }
+        }
+        self.exit = Some(VcpuExit::Hypercall);
     }
 
     fn cli_sti(&mut self, sti: bool) -> R<()> {

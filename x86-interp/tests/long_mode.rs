@@ -1356,3 +1356,41 @@ fn a_byte_out_to_the_hypercall_port_is_a_hypercall_once_set() {
     r.cpu.set_gprs(&g);
     assert_eq!(r.run(100), VcpuExit::IoOut { port: 0xe8, size: 2, data: 0x1234 });
 }
+
+#[test]
+fn with_hypercall_sites_only_those_vmcalls_exit() {
+    // mov eax, 18 (5 bytes); vmcall (3) at CODE+5; mov eax, 18; vmcall at CODE+13; hlt
+    let prog = |a: &mut iced_x86::code_asm::CodeAssembler| {
+        a.mov(eax, 18u32)?;
+        a.vmcall()?;
+        a.mov(eax, 18u32)?;
+        a.vmcall()?;
+        a.hlt()
+    };
+    let mut r = Rig::long();
+    r.cpu.set_hypercall_sites(Some(vec![CODE + 13]));
+    r.asm(64, CODE, prog);
+    // The first VMCALL is no site: KVM's own handler answered it with
+    // -KVM_ENOSYS (-1000) and it retired without an exit.
+    assert_eq!(r.run(100), VcpuExit::Hypercall);
+    assert_eq!(r.state().rip, CODE + 16, "the exit is the second VMCALL's");
+    assert_eq!(r.gpr(gpr::RAX), 18, "the site's call has its number in RAX");
+    // Without sites every VMCALL is a hypercall.
+    let mut r = Rig::long();
+    r.asm(64, CODE, prog);
+    assert_eq!(r.run(100), VcpuExit::Hypercall);
+    assert_eq!(r.state().rip, CODE + 8);
+}
+
+#[test]
+fn a_vmcall_outside_the_sites_gets_kvms_enosys() {
+    let mut r = Rig::long();
+    r.cpu.set_hypercall_sites(Some(Vec::new()));
+    r.asm(64, CODE, |a| {
+        a.mov(eax, 18u32)?;
+        a.vmcall()?;
+        a.hlt()
+    });
+    r.run_to_halt();
+    assert_eq!(r.gpr(gpr::RAX), (-1000i64) as u64);
+}
