@@ -525,6 +525,23 @@ mod tests {
         }
     }
 
+    /// As dom0 does: a socket client's RELEASE and INTRODUCE of domain 1 give it a new
+    /// connection, served on the same page, emptied.
+    #[test]
+    fn a_reintroduced_domain_is_served_on_the_same_page() {
+        let mut h = Harness::new();
+        let old = h.ring.server.conn();
+        h.socket_bytes(0, &packet_bytes(MsgType::Release as u32, 1, 0, b"1\0"));
+        h.socket_bytes(0, &packet_bytes(MsgType::Introduce as u32, 2, 0, b"1\x001044476\x001\x00"));
+        wr32(&h.ring.page, off::REQ_PROD, 9);
+        h.service().unwrap();
+        assert_ne!(h.ring.server.conn(), old);
+        assert_eq!(rd32(&h.ring.page, off::REQ_PROD), 0, "emptied on introduction");
+        let got = read_domid(&mut h, 3);
+        assert_eq!((got.len(), got[0].req_id), (1, 3), "answered: {got:?}");
+        assert_eq!(still_answers(&mut h), Ok(()));
+    }
+
     #[test]
     fn a_packet_longer_than_the_payload_limit_is_a_protocol_error() {
         let mut h = Harness::new();
