@@ -243,6 +243,17 @@ impl GuestMemory {
         self.ram.read_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::Unbacked(gpa))
     }
 
+    /// Write RAM itself, beneath any overlay page mapped over it (restoring
+    /// a RAM image: the overlay's contents are the platform's state), and
+    /// mark the pages dirty.
+    pub fn write_ram(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        self.for_each_page(gpa, buf.len(), |addr, off, len| {
+            self.ram.write_slice(&buf[off..off + len], GuestAddress(addr)).map_err(|_| MemoryError::Unbacked(addr))?;
+            self.dirty.mark(addr);
+            Ok(())
+        })
+    }
+
     /// Write guest-physical memory; the range may cross pages and backings.
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
         self.for_each_page(gpa, buf.len(), |addr, off, len| {

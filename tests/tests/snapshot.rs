@@ -115,3 +115,94 @@ fn a_snapshot_does_not_restore_into_a_different_machine() {
     let (mut r, _, _) = machine(programs::demo().unwrap(), &Run::default());
     assert!(r.restore_state(&bad).is_err());
 }
+
+/// One page of RAM as the guest would see it with no overlay over it.
+fn ram_page(m: &Machine, gfn: u64) -> Vec<u8> {
+    let mut page = vec![0u8; 4096];
+    m.mem.read_ram(gfn << 12, &mut page).unwrap();
+    page
+}
+
+/// A RAM image holds RAM beneath overlay pages (the overlay's contents are
+/// the platform's state, saved apart): restored, the overlay shows its own
+/// bytes, and once it is unmapped the guest sees its RAM page again.
+#[test]
+fn ram_images_hold_the_ram_beneath_overlay_pages() {
+    let run = Run { config: MachineConfig { memory_mib: 16, ..Default::default() }, ..Run::default() };
+    let gfn = 0x300;
+    let marker = b"RAM beneath the overlay";
+    let (mut a, _, _) = machine(programs::demo().unwrap(), &run);
+    a.mem.write(gfn << 12, marker).unwrap();
+    a.mem.map_overlay(gfn, sim_core::OverlayPage::new());
+    a.mem.write(gfn << 12, b"overlay contents").unwrap();
+    let (state, ram) = (a.save_state(), a.save_ram());
+    let saved = ram.pages.iter().find(|(g, _)| *g == gfn).map(|(_, p)| &p[..marker.len()]);
+    assert_eq!(saved, Some(&marker[..]));
+
+    let (mut b, _, _) = machine(programs::demo().unwrap(), &run);
+    // What a platform's restore does: the overlay page exists again.
+    b.mem.map_overlay(gfn, sim_core::OverlayPage::new());
+    b.restore_state(&state).unwrap();
+    b.restore_ram(&ram).unwrap();
+    let mut seen = [0u8; 16];
+    b.mem.read(gfn << 12, &mut seen).unwrap();
+    assert_eq!(&seen, b"overlay contents", "the full image's zeroing left the overlay alone");
+    assert_eq!(b.digest().differences(&a.digest()), Vec::<String>::new());
+    assert_eq!(b.digest().hash(), a.digest().hash());
+
+    a.mem.unmap_overlay(gfn);
+    b.mem.unmap_overlay(gfn);
+    let mut back = vec![0u8; marker.len()];
+    b.mem.read(gfn << 12, &mut back).unwrap();
+    assert_eq!(&back[..], marker);
+    assert_eq!(ram_page(&b, gfn), ram_page(&a, gfn));
+    assert_eq!(b.digest().hash(), a.digest().hash());
+}
+
+/// The same through the Xen platform: the guest maps shared_info
+/// (XENMAPSPACE_shared_info) over a RAM page holding a marker; a delta
+/// snapshot restored into a fresh machine runs to the uninterrupted run's
+/// end state, and with shared_info moved away the marker is back in both.
+#[test]
+fn shared_info_over_ram_snapshot_keeps_the_page_beneath() {
+    use xensim::guest::xen::{xen_events, SHARED_INFO_GFN, XEN_EVENTS_EXPECTED};
+    use xensim_tests::{xen_machine, Cpu};
+    // 1 GiB: shared_info's frame (just below 1008 MiB + 4 KiB) is RAM here.
+    let config =
+        MachineConfig { memory_mib: 1024, max_instructions: Some(200_000_000), quantum: 5_000, ..Default::default() };
+    let marker = b"guest data under shared_info";
+    let new = || {
+        let (m, cap) =
+            xen_machine(xen_events().unwrap(), config.clone(), xen_model::XenConfig::default(), Cpu::Interp, |_| {});
+        assert!(m.mem.is_ram(SHARED_INFO_GFN << 12));
+        (m, cap)
+    };
+    let (mut a, cap_a) = new();
+    a.mem.write(SHARED_INFO_GFN << 12, marker).unwrap();
+    while a.mem.overlay_at(SHARED_INFO_GFN).is_none() {
+        assert_eq!(a.run_round().unwrap(), None, "the guest maps shared_info");
+    }
+    let (state, ram) = (a.save_state(), a.snapshot_ram(true));
+    let at = a.retired_instructions();
+    let printed = cap_a.text().len();
+    // exit(0) is QEMU status 1.
+    assert_eq!(a.run().unwrap(), StopReason::DebugExit(1));
+    assert_eq!(cap_a.text(), XEN_EVENTS_EXPECTED);
+
+    let (mut b, cap_b) = new();
+    b.restore_state(&state).unwrap();
+    b.restore_ram_pages(ram.pages.iter().map(|(g, p)| (*g, Some(&p[..])))).unwrap();
+    assert_eq!(b.retired_instructions(), at);
+    assert_eq!(b.run().unwrap(), StopReason::DebugExit(1));
+    assert_eq!(cap_b.text(), XEN_EVENTS_EXPECTED[printed..], "output after the snapshot point only");
+    assert_eq!(b.digest().differences(&a.digest()), Vec::<String>::new());
+    assert_eq!(b.digest().hash(), a.digest().hash());
+
+    for m in [&mut a, &mut b] {
+        assert!(m.mem.unmap_overlay(SHARED_INFO_GFN).is_some());
+        let mut seen = vec![0u8; marker.len()];
+        m.mem.read(SHARED_INFO_GFN << 12, &mut seen).unwrap();
+        assert_eq!(&seen[..], marker);
+    }
+    assert_eq!(ram_page(&b, SHARED_INFO_GFN), ram_page(&a, SHARED_INFO_GFN));
+}

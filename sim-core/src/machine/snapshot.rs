@@ -29,9 +29,19 @@ pub fn hash_bytes(bytes: &[u8]) -> Hash {
     *blake3::hash(bytes).as_bytes()
 }
 
-/// Hash of `value`'s rmp-serde encoding.
-pub fn hash_of<T: Serialize>(value: &T) -> Hash {
-    hash_bytes(&rmp_serde::to_vec(value).unwrap_or_default())
+/// Hash of `value`'s rmp-serde encoding (of nothing if it does not encode),
+/// encoded straight into the hasher through a buffer: no encoding is kept.
+pub fn hash_of<T: Serialize + ?Sized>(value: &T) -> Hash {
+    use std::io::Write;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = std::io::BufWriter::with_capacity(4096, &mut hasher);
+    let encoded = rmp_serde::encode::write(&mut buf, value).is_ok() && buf.flush().is_ok();
+    drop(buf);
+    if encoded {
+        *hasher.finalize().as_bytes()
+    } else {
+        hash_bytes(&[])
+    }
 }
 
 /// Lower-case hex of the first `n` bytes of a hash.
@@ -172,15 +182,7 @@ impl Machine {
 
     /// Everything but RAM, at a round boundary.
     pub fn save_state(&self) -> MachineState {
-        let overlays = self
-            .mem
-            .overlays()
-            .map(|(gfn, page)| {
-                let mut b = vec![0; PAGE_SIZE as usize];
-                page.read(0, &mut b);
-                (gfn, b)
-            })
-            .collect();
+        let overlays = self.overlay_contents();
         MachineState {
             cpus: self.config.cpus,
             memory_mib: self.config.memory_mib,
@@ -255,13 +257,15 @@ impl Machine {
         Ok(())
     }
 
-    /// Every non-zero RAM page.
+    /// Every non-zero RAM page. RAM images hold RAM itself, beneath any
+    /// overlay page (shared_info, grant frames): the overlays' contents are
+    /// in `MachineState`, and the guest sees the RAM again when it moves them.
     pub fn save_ram(&self) -> RamImage {
         let mut pages = Vec::new();
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         for &(start, len) in self.mem.ram_ranges() {
             for gpa in (start..start + len).step_by(PAGE_SIZE as usize) {
-                if self.mem.read(gpa, &mut buf).is_ok() && buf.iter().any(|&b| b != 0) {
+                if self.mem.read_ram(gpa, &mut buf).is_ok() && buf.iter().any(|&b| b != 0) {
                     pages.push((gpa >> PAGE_SHIFT, buf.clone()));
                 }
             }
@@ -294,7 +298,7 @@ impl Machine {
         let mut pages = Vec::with_capacity(dirty.len());
         for gfn in dirty {
             let mut buf = vec![0u8; PAGE_SIZE as usize];
-            if self.mem.read(gfn << PAGE_SHIFT, &mut buf).is_ok() {
+            if self.mem.read_ram(gfn << PAGE_SHIFT, &mut buf).is_ok() {
                 pages.push((gfn, buf));
             }
         }
@@ -321,7 +325,7 @@ impl Machine {
             let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == gfn && self.mem.is_ram(g));
             match gpa {
                 Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
-                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                    self.mem.write_ram(gpa, bytes).map_err(|e| e.to_string())?
                 }
                 _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
             }
@@ -333,7 +337,8 @@ impl Machine {
         Ok(n)
     }
 
-    /// Load `image` into RAM; a full image also clears every page it does
+    /// Load `image` into RAM (beneath overlay pages, which keep the
+    /// platform's contents); a full image also clears every page it does
     /// not list.
     pub fn restore_ram(&mut self, image: &RamImage) -> Result<(), String> {
         if image.full {
@@ -342,7 +347,7 @@ impl Machine {
                 let mut gpa = start;
                 while gpa < start + len {
                     let n = RAM_REGION.min(start + len - gpa) as usize;
-                    self.mem.write(gpa, &zero[..n]).map_err(|e| e.to_string())?;
+                    self.mem.write_ram(gpa, &zero[..n]).map_err(|e| e.to_string())?;
                     gpa += n as u64;
                 }
             }
@@ -351,7 +356,7 @@ impl Machine {
             let gpa = gfn.checked_shl(PAGE_SHIFT).filter(|&g| g >> PAGE_SHIFT == *gfn && self.mem.is_ram(g));
             match gpa {
                 Some(gpa) if bytes.len() == PAGE_SIZE as usize => {
-                    self.mem.write(gpa, bytes).map_err(|e| e.to_string())?
+                    self.mem.write_ram(gpa, bytes).map_err(|e| e.to_string())?
                 }
                 _ => return Err(format!("RAM page {gfn:#x} is not in this machine's RAM or is not one page long")),
             }
@@ -373,34 +378,58 @@ impl Machine {
         cache.update(&self.mem, &written, exact)
     }
 
-    /// The state's hashes, by component.
+    /// The state's hashes, by component: the hashes of `save_state`'s fields
+    /// (the same encodings), hashed from the machine's own state without
+    /// copying it into a `MachineState` first.
     pub fn digest(&self) -> StateDigest {
-        let s = self.save_state();
-        let mut components = Vec::new();
-        for (i, v) in s.vcpus.iter().enumerate() {
+        let vcpus: Vec<VcpuState> = (0..self.vcpus.len())
+            .map(|i| VcpuState {
+                arch: self.vcpu_arch(i),
+                run_state: self.run_state[i],
+                extint_pending: self.extint_pending[i],
+            })
+            .collect();
+        let mut components = Vec::with_capacity(2 * vcpus.len() + 12);
+        for (i, v) in vcpus.iter().enumerate() {
             components.push((format!("vcpu{i}"), hash_of(v)));
         }
-        for (i, l) in s.lapics.iter().enumerate() {
+        for (i, l) in self.lapics.iter().enumerate() {
             components.push((format!("lapic{i}"), hash_of(l)));
         }
-        components.push(("ioapic".into(), hash_of(&s.ioapic)));
-        components.push(("pic".into(), hash_of(&s.pic)));
-        components.push(("gsi".into(), hash_of(&s.gsi)));
-        components.push(("timers".into(), hash_of(&s.timers)));
-        components.push(("time".into(), hash_of(&(s.now_ns, s.retired, s.wall_clock_ns))));
-        components.push(("console-input".into(), hash_bytes(&s.console_input)));
-        for (name, data) in &s.devices {
-            components.push((name.clone(), hash_bytes(data)));
+        components.push(("ioapic".into(), hash_of(&self.ioapic)));
+        components.push(("pic".into(), hash_of(&self.pic)));
+        components.push(("gsi".into(), hash_of(&self.gsi)));
+        components.push(("timers".into(), hash_of(&self.timers)));
+        components.push(("time".into(), hash_of(&(self.now_ns, self.retired, self.wall_clock_ns))));
+        // The queue's bytes in order: the hash of their concatenation.
+        let (front, back) = self.console_input.as_slices();
+        components
+            .push(("console-input".into(), *blake3::Hasher::new().update(front).update(back).finalize().as_bytes()));
+        for (name, data) in self.bus.save_devices() {
+            components.push((name, hash_bytes(&data)));
         }
-        components.push(("platform".into(), hash_bytes(&s.platform)));
-        components.push(("overlays".into(), hash_of(&s.overlays)));
+        let platform = self.platform.as_ref().map(|p| p.save()).unwrap_or_default();
+        components.push(("platform".into(), hash_bytes(&platform)));
+        components.push(("overlays".into(), hash_of(&self.overlay_contents())));
         let ram = self.ram_digest();
         StateDigest {
-            icount: s.retired,
-            now_ns: s.now_ns,
+            icount: self.retired,
+            now_ns: self.now_ns,
             components,
             ram,
-            vcpus: s.vcpus.into_iter().map(|v| v.arch).collect(),
+            vcpus: vcpus.into_iter().map(|v| v.arch).collect(),
         }
+    }
+
+    /// Each overlay frame and its page's contents, in frame order.
+    fn overlay_contents(&self) -> Vec<(u64, Vec<u8>)> {
+        self.mem
+            .overlays()
+            .map(|(gfn, page)| {
+                let mut b = vec![0; PAGE_SIZE as usize];
+                page.read(0, &mut b);
+                (gfn, b)
+            })
+            .collect()
     }
 }
