@@ -223,7 +223,15 @@ impl XenPlatform {
     fn service_xenstore(&mut self, ctx: &mut PlatformCtx) {
         let Some((rp, server)) = &mut self.dom0.xs else { return };
         let port = rp.port;
-        if server.service(self.dom0.store.get_mut(), &rp.page) {
+        // A dom0 client released the guest and introduced it again (a toolstack does so
+        // on soft reset): the new connection is served on the same page, reset.
+        let live = self.dom0.store.domain(GUEST_DOMID).and_then(|d| d.conn);
+        let mut notify = false;
+        if let Some(conn) = live.filter(|&c| c != server.conn()) {
+            *server = RingServer::introduced(conn, &rp.page);
+            notify = true;
+        }
+        if server.service(self.dom0.store.get_mut(), &rp.page) || notify {
             let _ = self.backend_notify(ctx.mem, port);
         }
         // A guest write may have fired socket clients' watches.

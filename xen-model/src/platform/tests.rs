@@ -876,3 +876,64 @@ impl ConcatFor for Sent {
 
 // Declared last: it uses the `ctx!` macro above.
 mod xen_source;
+
+/// A toolstack on dom0's socket releases the guest and introduces it again with the
+/// same ring frame and port (XS_RELEASE, XS_INTRODUCE). cxenstored forgets the domain on
+/// release (its watches and transactions go with its connection, @releaseDomain fires);
+/// the introduction makes a new connection, empties the ring (domain_conn_reset), marks it
+/// XENSTORE_CONNECTED and notifies the guest. The guest's next request is answered.
+#[test]
+fn a_released_and_reintroduced_guest_is_served_on_its_ring_again() {
+    use sim_core::door::Input;
+    let mut r = pv_rig();
+    let sink = SinkLog::default();
+    r.p.set_xenstore_sink(Box::new(sink.clone()));
+    // The guest watches its data/ and opens a transaction; a stale request is left
+    // half-written in its ring.
+    guest_xs_request(&mut r, 4, 1, b"data\0tok\0");
+    guest_xs_request(&mut r, 6, 2, b"\0");
+    r.sync();
+    guest_xs_replies(&mut r);
+    let old = r.p.xenstore().domain(1).and_then(|d| d.conn).unwrap();
+    let c = r.p.xenstore().connection(old).unwrap();
+    assert_eq!((c.watches.len(), c.transactions.len()), (1, 1));
+    r.p.input(ctx!(r), &Input::XenstoreClient { client: 3, connected: true });
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 3, bytes: wire(4, 1, b"@releaseDomain\0rel\0") });
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 3, bytes: wire(9, 2, b"1\0") });
+    let sent = sink.0.lock().unwrap().concat_for(3);
+    let mut want = wire(4, 1, b"OK\0");
+    want.extend(wire(15, 0, b"@releaseDomain\0rel\0"));
+    want.extend(wire(15, 0, b"@releaseDomain\0rel\0"));
+    want.extend(wire(9, 2, b"OK\0"));
+    assert_eq!(sent, want, "the watch's initial event, @releaseDomain on release, the ack");
+    assert!(r.p.xenstore().connection(old).is_none(), "the old connection (watches, transactions) is gone");
+    assert_eq!(r.p.xenstore().domain(1).and_then(|d| d.conn), None);
+    // Half a request the guest wrote meanwhile (unanswerable: its domain was released).
+    let mut prod = r.mem.read_u32(XS + 2052).unwrap();
+    for b in &wire(2, 3, b"domid\0")[..8] {
+        r.mem.write_u8(XS + (prod % 1024) as u64, *b).unwrap();
+        prod += 1;
+    }
+    r.mem.write_u32(XS + 2052, prod).unwrap();
+    clear_pending(&r);
+    let gfn = format!("1\0{}\0{}\0", 0xfeffc, 1);
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 3, bytes: wire(8, 4, gfn.as_bytes()) });
+    let new = r.p.xenstore().domain(1).and_then(|d| d.conn).unwrap();
+    assert_ne!(new, old);
+    assert!(port_pending(&r, 1), "the guest is notified of the introduction");
+    for (at, v) in [(2048, 0), (2052, 0), (2056, 0), (2060, 0), (2068, 0), (2072, 0)] {
+        assert_eq!(
+            r.mem.read_u32(XS + at).unwrap(),
+            v,
+            "ring word at {at}: empty queues, XENSTORE_CONNECTED (0), no error"
+        );
+    }
+    guest_xs_request(&mut r, 2, 5, b"domid\0");
+    r.sync();
+    // Answered on the new connection: EACCES, because the release dropped domain 1's
+    // entries from the toolstack's nodes' permissions (cxenstored likewise ignores
+    // entries naming a domain younger than the node) until the toolstack writes them again.
+    assert_eq!(guest_xs_replies(&mut r), wire(16, 5, b"EACCES\0"), "answered on the new connection");
+    let c = r.p.xenstore().connection(new).unwrap();
+    assert_eq!((c.domid, c.watches.len(), c.transactions.len()), (1, 0, 0));
+}

@@ -62,6 +62,14 @@ fn wr32(page: &OverlayPage, at: usize, v: u32) {
 }
 
 /// Copies `buf.len()` bytes of the queue at `base` from stream offset `idx`, wrapping.
+/// Empty queues (all four indexes 0), no error, connected; the features stay.
+fn reset_page(page: &OverlayPage) {
+    for at in [off::REQ_CONS, off::REQ_PROD, off::RSP_CONS, off::RSP_PROD, off::ERROR] {
+        wr32(page, at, 0);
+    }
+    wr32(page, off::CONNECTION, CONNECTED);
+}
+
 fn ring_read(page: &OverlayPage, base: usize, idx: u32, buf: &mut [u8]) {
     let start = (idx % RING_SIZE) as usize;
     let first = buf.len().min(RING_SIZE as usize - start);
@@ -111,6 +119,15 @@ impl RingServer {
         wr32(page, off::SERVER_FEATURES, FEATURE_RECONNECTION | FEATURE_ERROR);
     }
 
+    /// Serves `conn`, a domain's new connection after XS_RELEASE and XS_INTRODUCE, on a
+    /// page the guest has already used. As cxenstored's introduce_domain does for a domain
+    /// it did not know (domain_conn_reset, then XENSTORE_CONNECTED): both queues emptied,
+    /// the error cleared, connected. The caller notifies the guest.
+    pub fn introduced(conn: ConnId, page: &OverlayPage) -> Self {
+        reset_page(page);
+        RingServer::new(conn)
+    }
+
     /// Does whatever the ring allows: honours a reconnect request, moves replies and events
     /// out, takes complete requests in (as far as the outstanding-request quota allows),
     /// until neither moves. Returns true if the page changed, i.e. the guest must be
@@ -157,10 +174,7 @@ impl RingServer {
         self.out_pos = 0;
         self.error = None;
         store.reset_connection(self.conn);
-        for at in [off::REQ_CONS, off::REQ_PROD, off::RSP_CONS, off::RSP_PROD, off::ERROR] {
-            wr32(page, at, 0);
-        }
-        wr32(page, off::CONNECTION, CONNECTED);
+        reset_page(page);
     }
 
     /// Writes queued output as far as the response queue has room.

@@ -34,13 +34,26 @@ impl Node {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Tree {
     nodes: BTreeMap<String, Node>,
     /// Nodes per owning domain (the first permission entry). Special '@' nodes are not
     /// counted: they belong to the store itself.
     owned: BTreeMap<u16, u32>,
+    /// Bumped by every insert and remove (the only ways to change the tree), so a
+    /// checker can tell that nothing changed since it last looked. Not state: neither
+    /// saved nor compared.
+    #[serde(skip)]
+    changes: u64,
 }
+
+impl PartialEq for Tree {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes && self.owned == other.owned
+    }
+}
+
+impl Eq for Tree {}
 
 impl Default for Tree {
     fn default() -> Self {
@@ -51,7 +64,7 @@ impl Default for Tree {
 impl Tree {
     /// A tree holding only the root, owned by dom0 with no access for others.
     pub fn new() -> Self {
-        let mut t = Tree { nodes: BTreeMap::new(), owned: BTreeMap::new() };
+        let mut t = Tree { nodes: BTreeMap::new(), owned: BTreeMap::new(), changes: 0 };
         t.insert("/".to_owned(), Node::new(Vec::new(), Perms::owned(0, Access::None)));
         t
     }
@@ -66,6 +79,7 @@ impl Tree {
 
     /// Inserts or replaces a node; keeps the owner counts right. Does not touch the parent.
     pub fn insert(&mut self, path: String, node: Node) {
+        self.changes = self.changes.wrapping_add(1);
         let counted = !path.starts_with('@');
         if counted {
             *self.owned.entry(node.perms.owner()).or_insert(0) += 1;
@@ -80,6 +94,7 @@ impl Tree {
     /// Removes one node (not its children, not the parent's child entry).
     pub fn remove(&mut self, path: &str) -> Option<Node> {
         let old = self.nodes.remove(path)?;
+        self.changes = self.changes.wrapping_add(1);
         if !path.starts_with('@') {
             self.uncount(old.perms.owner());
         }
@@ -93,6 +108,12 @@ impl Tree {
                 self.owned.remove(&owner);
             }
         }
+    }
+
+    /// How many times the tree was changed (inserts and removals) since it was made or
+    /// loaded: equal readings mean the tree is as it was.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Number of nodes owned by `domid`.
@@ -140,5 +161,29 @@ impl Tree {
             return Err("node owner counts are inconsistent".to_owned());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_insert_and_removal_counts_as_a_change_and_nothing_else_does() {
+        let mut t = Tree::new();
+        let c0 = t.changes();
+        let n = Node::new(b"v".to_vec(), Perms::owned(1, Access::None));
+        let _ = (t.get("/a"), t.len(), t.owned_by(1), t.check());
+        assert_eq!(t.changes(), c0, "reads change nothing");
+        t.insert("/a".to_owned(), n.clone());
+        assert_eq!(t.changes(), c0 + 1);
+        t.insert("/a".to_owned(), n);
+        assert_eq!(t.changes(), c0 + 2, "a replacement is a change");
+        assert!(t.remove("/b").is_none());
+        assert_eq!(t.changes(), c0 + 2, "removing nothing changes nothing");
+        assert!(t.remove("/a").is_some());
+        assert_eq!(t.changes(), c0 + 3);
+        // The counter is not state: a tree equals its copy whatever the counts.
+        assert_eq!(t, Tree::new());
     }
 }
