@@ -289,13 +289,7 @@ fn bench_header(image: &[u8], checkpoint_every: u64) -> replay::Header {
     let c = MachineConfig { memory_mib: 64, ..Default::default() };
     replay::Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
-        config: replay::LogConfig {
-            cpus: c.cpus,
-            memory_mib: c.memory_mib,
-            quantum: c.quantum,
-            max_instructions: c.max_instructions,
-            vendor: c.vendor,
-        },
+        config: replay::LogConfig::of(&c),
         cmdline: String::new(),
         images: vec![replay::ImageHash::of("benchmark guest", image)],
         checkpoint_every,

@@ -479,13 +479,7 @@ fn run(args: RunArgs) -> ExitCode {
     if args.record.is_some() && args.restore.is_some() {
         return fail(status::USER_ERROR, "--record starts from power-on; it cannot be combined with --restore");
     }
-    let log_config = replay::LogConfig {
-        cpus: config.cpus,
-        memory_mib: config.memory_mib,
-        quantum: config.quantum,
-        max_instructions: config.max_instructions,
-        vendor: config.vendor,
-    };
+    let log_config = replay::LogConfig::of(&config);
     let images: Vec<replay::ImageHash> =
         std::iter::once(&kernel).chain(&modules).map(|i| replay::ImageHash::of(&i.name, &i.bytes)).collect();
     let mut header = args.record.as_ref().map(|_| replay::Header {

@@ -67,6 +67,19 @@ pub struct LogConfig {
     pub vendor: sim_core::cpuid::Vendor,
 }
 
+impl LogConfig {
+    /// The part of a machine's configuration a log or snapshot records.
+    pub fn of(c: &sim_core::machine::MachineConfig) -> LogConfig {
+        LogConfig {
+            cpus: c.cpus,
+            memory_mib: c.memory_mib,
+            quantum: c.quantum,
+            max_instructions: c.max_instructions,
+            vendor: c.vendor,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageHash {
     /// As given on the command line (a path, or "built-in demo guest").

@@ -63,13 +63,7 @@ fn header(kernel: &[u8], cpus: u32, hypercalls: Hypercalls) -> Header {
     let c = config(cpus);
     Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
-        config: LogConfig {
-            cpus: c.cpus,
-            memory_mib: c.memory_mib,
-            quantum: c.quantum,
-            max_instructions: c.max_instructions,
-            vendor: c.vendor,
-        },
+        config: LogConfig::of(&c),
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", kernel)],
         checkpoint_every: 10,

@@ -17,13 +17,7 @@ use xensim_tests::{machine, Run};
 fn header(run: &Run, kernel: &[u8], every: u64) -> Header {
     Header {
         xensim_version: env!("CARGO_PKG_VERSION").into(),
-        config: LogConfig {
-            cpus: run.config.cpus,
-            memory_mib: run.config.memory_mib,
-            quantum: run.config.quantum,
-            max_instructions: run.config.max_instructions,
-            vendor: run.config.vendor,
-        },
+        config: LogConfig::of(&run.config),
         cmdline: run.cmdline.clone(),
         images: vec![ImageHash::of("guest", kernel)],
         checkpoint_every: every,

@@ -45,13 +45,7 @@ fn header(every: u64) -> Header {
     let c = config();
     Header {
         xensim_version: "test".into(),
-        config: LogConfig {
-            cpus: c.cpus,
-            memory_mib: c.memory_mib,
-            quantum: c.quantum,
-            max_instructions: c.max_instructions,
-            vendor: c.vendor,
-        },
+        config: LogConfig::of(&c),
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", &xenstore::xenstore_guest().unwrap())],
         checkpoint_every: every,

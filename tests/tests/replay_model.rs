@@ -43,13 +43,7 @@ fn header() -> Header {
     let c = config();
     Header {
         xensim_version: "test".into(),
-        config: LogConfig {
-            cpus: c.cpus,
-            memory_mib: c.memory_mib,
-            quantum: c.quantum,
-            max_instructions: c.max_instructions,
-            vendor: c.vendor,
-        },
+        config: LogConfig::of(&c),
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", &xen::xen_events().unwrap())],
         checkpoint_every: EVERY,

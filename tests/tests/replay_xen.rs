@@ -58,13 +58,7 @@ fn header(g: &Guest, every: u64) -> Header {
     let c = config(g);
     Header {
         xensim_version: "test".into(),
-        config: LogConfig {
-            cpus: c.cpus,
-            memory_mib: c.memory_mib,
-            quantum: c.quantum,
-            max_instructions: c.max_instructions,
-            vendor: c.vendor,
-        },
+        config: LogConfig::of(&c),
         cmdline: String::new(),
         images: vec![ImageHash::of("guest", &g.kernel)],
         checkpoint_every: every,

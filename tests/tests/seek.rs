@@ -20,13 +20,7 @@ fn config() -> MachineConfig {
 
 fn log_config() -> LogConfig {
     let c = config();
-    LogConfig {
-        cpus: c.cpus,
-        memory_mib: c.memory_mib,
-        quantum: c.quantum,
-        max_instructions: c.max_instructions,
-        vendor: c.vendor,
-    }
+    LogConfig::of(&c)
 }
 
 fn images() -> Vec<ImageHash> {

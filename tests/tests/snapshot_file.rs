@@ -23,13 +23,7 @@ fn config() -> MachineConfig {
 }
 
 fn log_config(c: &MachineConfig) -> LogConfig {
-    LogConfig {
-        cpus: c.cpus,
-        memory_mib: c.memory_mib,
-        quantum: c.quantum,
-        max_instructions: c.max_instructions,
-        vendor: c.vendor,
-    }
+    LogConfig::of(c)
 }
 
 /// The xen_events guest (callback vector, per-vCPU vector, singleshot timer
