@@ -1511,6 +1511,40 @@ mod tests {
         assert_eq!(log.lock().unwrap().tsc_sets, vec![0, 0, 1000, 2000]);
     }
 
+    /// The do-nothing answers of the `Platform` methods a test fake does
+    /// not care about, by name.
+    macro_rules! inert_platform {
+        ($($method:ident),*) => { $(inert_platform!(@ $method);)* };
+        (@configure_cpuid) => { fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {} };
+        (@hypercall) => {
+            fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
+                PlatformEffect::None
+            }
+        };
+        (@msr_read) => {
+            fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
+                None
+            }
+        };
+        (@msr_write) => {
+            fn msr_write(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu, _: u32, _: u64) -> Option<Result<(), ()>> {
+                None
+            }
+        };
+        (@timer_fired) => { fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {} };
+        (@pending_vector) => {
+            fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
+                None
+            }
+        };
+        (@wake) => {
+            fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
+                true
+            }
+        };
+        (@sync) => { fn sync(&mut self, _: &mut PlatformCtx) {} };
+    }
+
     /// A platform that blocks the caller on every hypercall, wakes it with a
     /// timer 5 us later, and then offers its callback vector once.
     #[derive(Default)]
@@ -1593,33 +1627,12 @@ mod tests {
     }
 
     impl Platform for GsiPlatform {
-        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
+        inert_platform!(configure_cpuid, msr_read, msr_write, timer_fired, pending_vector, wake, sync);
         fn hypercall(&mut self, ctx: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
             self.level = !self.level;
             ctx.gsi.set(self.gsi, crate::irq::source::XEN_CALLBACK, self.level);
             PlatformEffect::None
         }
-        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
-            None
-        }
-        fn msr_write(
-            &mut self,
-            _: &mut PlatformCtx,
-            _: u32,
-            _: &mut dyn Vcpu,
-            _: u32,
-            _: u64,
-        ) -> Option<Result<(), ()>> {
-            None
-        }
-        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
-        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
-            None
-        }
-        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
-            true
-        }
-        fn sync(&mut self, _: &mut PlatformCtx) {}
     }
 
     fn gsi_machine(script: Vec<Step>, gsi: u32) -> (Machine, Arc<Mutex<Log>>) {
@@ -1655,31 +1668,7 @@ mod tests {
     }
 
     impl Platform for RecordingPlatform {
-        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
-        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
-            PlatformEffect::None
-        }
-        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
-            None
-        }
-        fn msr_write(
-            &mut self,
-            _: &mut PlatformCtx,
-            _: u32,
-            _: &mut dyn Vcpu,
-            _: u32,
-            _: u64,
-        ) -> Option<Result<(), ()>> {
-            None
-        }
-        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
-        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
-            None
-        }
-        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
-            true
-        }
-        fn sync(&mut self, _: &mut PlatformCtx) {}
+        inert_platform!(configure_cpuid, hypercall, msr_read, msr_write, timer_fired, pending_vector, wake, sync);
         fn vcpu_online(&mut self, ctx: &mut PlatformCtx, vcpu: u32, online: bool) {
             self.events.lock().unwrap().push((vcpu, format!("online {online} at {}", ctx.now_ns)));
         }
@@ -1921,31 +1910,7 @@ mod tests {
     struct InputPlatform(Arc<Mutex<Vec<(crate::door::Input, usize)>>>);
 
     impl Platform for InputPlatform {
-        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
-        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
-            PlatformEffect::None
-        }
-        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
-            None
-        }
-        fn msr_write(
-            &mut self,
-            _: &mut PlatformCtx,
-            _: u32,
-            _: &mut dyn Vcpu,
-            _: u32,
-            _: u64,
-        ) -> Option<Result<(), ()>> {
-            None
-        }
-        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
-        fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
-            None
-        }
-        fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
-            true
-        }
-        fn sync(&mut self, _: &mut PlatformCtx) {}
+        inert_platform!(configure_cpuid, hypercall, msr_read, msr_write, timer_fired, pending_vector, wake, sync);
         fn input(&mut self, ctx: &mut PlatformCtx, input: &crate::door::Input) {
             self.0.lock().unwrap().push((input.clone(), ctx.console_input.len()));
             if matches!(input, crate::door::Input::XenstoreClient { connected: false, .. }) {
@@ -2024,31 +1989,13 @@ mod tests {
     }
 
     impl Platform for WakeOnInputPlatform {
-        fn configure_cpuid(&mut self, _: &mut CpuidTable, _: u32) {}
-        fn hypercall(&mut self, _: &mut PlatformCtx, _: u32, _: &mut dyn Vcpu) -> PlatformEffect {
-            PlatformEffect::None
-        }
-        fn msr_read(&mut self, _: &mut PlatformCtx, _: u32, _: u32) -> Option<Result<u64, ()>> {
-            None
-        }
-        fn msr_write(
-            &mut self,
-            _: &mut PlatformCtx,
-            _: u32,
-            _: &mut dyn Vcpu,
-            _: u32,
-            _: u64,
-        ) -> Option<Result<(), ()>> {
-            None
-        }
-        fn timer_fired(&mut self, _: &mut PlatformCtx, _: u64) {}
+        inert_platform!(configure_cpuid, hypercall, msr_read, msr_write, timer_fired, sync);
         fn pending_vector(&mut self, _: &GuestMemory, _: u32) -> Option<u8> {
             std::mem::take(&mut self.armed).then_some(0x40)
         }
         fn wake(&mut self, _: &mut PlatformCtx, _: u32) -> bool {
             false
         }
-        fn sync(&mut self, _: &mut PlatformCtx) {}
         fn input(&mut self, _: &mut PlatformCtx, input: &Input) {
             self.armed |= matches!(input, Input::Console(_));
         }
