@@ -1,6 +1,8 @@
 //! Harness for the integration tests: boot a guest image on a machine and
 //! collect what it printed and why it stopped.
 
+pub mod lapic;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 

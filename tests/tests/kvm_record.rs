@@ -21,9 +21,9 @@ use sim_core::door::{ClosedDoor, Input};
 use sim_core::machine::{Machine, MachineConfig, StopReason, VcpuFactory};
 use sim_core::vcpu::VcpuExit;
 use xen_model::{XenConfig, XenPlatform};
-use xensim::guest::asm::CODE64_SEL;
 use xensim::guest::xen::{self, HypercallEntry};
 use xensim::guest::{Boot, GuestError, GuestProgram, Mode};
+use xensim_tests::lapic::{apic_write, counting_timer_prologue};
 use xensim_tests::Capture;
 
 fn kvm(test: &str) -> Option<Arc<KvmVm>> {
@@ -240,44 +240,13 @@ fn xen_events_computing_time_with_rdtsc_is_reported_as_a_divergence() {
 }
 
 const VECTOR: u32 = 0x40;
-const APIC: u32 = 0xfee0_0000;
-
-fn apic_write(g: &mut GuestProgram, reg: u32, value: u32) -> Result<(), GuestError> {
-    g.a.mov(eax, APIC + reg)?;
-    g.a.mov(dword_ptr(rax), value)?;
-    Ok(())
-}
 
 /// A LAPIC periodic timer, an IDT handler counting ticks, and a main loop
 /// that waits with HLT until `ticks` have come; with `rdtsc`, it then prints
 /// the TSC it reads (a value that exists only between exits).
 fn hlt_loop_guest(ticks: u32, rdtsc: bool) -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
-    let idt = g.scratch(4096, 4096);
-    let count = g.scratch(4, 4);
-    let mut idtr = 4095u16.to_le_bytes().to_vec();
-    idtr.extend_from_slice(&idt.to_le_bytes());
-    let idtr_at = g.data(&idtr, 16) as u64;
-    let (mut handler, mut main) = (g.a.create_label(), g.a.create_label());
-    g.a.jmp(main)?;
-    g.a.set_label(&mut handler)?;
-    g.a.push(rax)?;
-    g.a.inc(dword_ptr(count))?;
-    g.a.mov(eax, APIC + 0xb0)?; // EOI
-    g.a.mov(dword_ptr(rax), 0u32)?;
-    g.a.pop(rax)?;
-    g.a.iretq()?;
-    g.a.set_label(&mut main)?;
-    let e = idt + VECTOR as u64 * 16;
-    g.a.lea(rax, ptr(handler))?;
-    g.a.mov(word_ptr(e), ax)?;
-    g.a.mov(word_ptr(e + 2), CODE64_SEL as u32)?;
-    g.a.mov(word_ptr(e + 4), 0x8e00u32)?;
-    g.a.shr(rax, 16)?;
-    g.a.mov(word_ptr(e + 6), ax)?;
-    g.a.lidt(ptr(idtr_at))?;
-    apic_write(&mut g, 0xf0, 0x1ff)?; // SVR: software enable
-    apic_write(&mut g, 0x3e0, 0xb)?; // divide by 1
+    let count = counting_timer_prologue(&mut g, VECTOR)?;
     apic_write(&mut g, 0x320, VECTOR | 1 << 17)?; // periodic
     apic_write(&mut g, 0x380, 500_000)?; // 0.5 ms at 1 GHz
     let (mut top, mut done) = (g.a.create_label(), g.a.create_label());

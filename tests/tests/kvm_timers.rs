@@ -9,12 +9,11 @@
 use iced_x86::code_asm::*;
 use kvm_backend::KvmVm;
 use sim_core::machine::{MachineConfig, StopReason};
-use xensim::guest::asm::CODE64_SEL;
 use xensim::guest::{Boot, GuestError, GuestProgram, Mode};
+use xensim_tests::lapic::{apic_write, counting_timer_prologue, APIC};
 use xensim_tests::{boot, boot_on, Run};
 
 const VECTOR: u32 = 0x40;
-const APIC: u32 = 0xfee0_0000;
 const EXPECTED: &str = "one-shot\nperiodic x5\ntsc-deadline\n";
 
 /// RDX:RAX = TSC as one 64-bit value in RAX.
@@ -22,12 +21,6 @@ fn rdtsc64(g: &mut GuestProgram) -> Result<(), GuestError> {
     g.a.rdtsc()?;
     g.a.shl(rdx, 32)?;
     g.a.or(rax, rdx)?;
-    Ok(())
-}
-
-fn apic_write(g: &mut GuestProgram, reg: u32, value: u32) -> Result<(), GuestError> {
-    g.a.mov(eax, APIC + reg)?;
-    g.a.mov(dword_ptr(rax), value)?;
     Ok(())
 }
 
@@ -70,31 +63,7 @@ fn expect_elapsed(g: &mut GuestProgram, ticks: u32, step: &str) -> Result<(), Gu
 
 fn timer_guest() -> Result<Vec<u8>, GuestError> {
     let mut g = GuestProgram::new(Mode::Long64)?;
-    let idt = g.scratch(4096, 4096);
-    let count = g.scratch(4, 4);
-    let mut idtr = 4095u16.to_le_bytes().to_vec();
-    idtr.extend_from_slice(&idt.to_le_bytes());
-    let idtr_at = g.data(&idtr, 16) as u64;
-    let (mut handler, mut main) = (g.a.create_label(), g.a.create_label());
-    g.a.jmp(main)?;
-    g.a.set_label(&mut handler)?;
-    g.a.push(rax)?;
-    g.a.inc(dword_ptr(count))?;
-    g.a.mov(eax, APIC + 0xb0)?; // EOI
-    g.a.mov(dword_ptr(rax), 0u32)?;
-    g.a.pop(rax)?;
-    g.a.iretq()?;
-    g.a.set_label(&mut main)?;
-    let e = idt + VECTOR as u64 * 16;
-    g.a.lea(rax, ptr(handler))?;
-    g.a.mov(word_ptr(e), ax)?;
-    g.a.mov(word_ptr(e + 2), CODE64_SEL as u32)?;
-    g.a.mov(word_ptr(e + 4), 0x8e00u32)?;
-    g.a.shr(rax, 16)?;
-    g.a.mov(word_ptr(e + 6), ax)?;
-    g.a.lidt(ptr(idtr_at))?;
-    apic_write(&mut g, 0xf0, 0x1ff)?; // SVR: software enable
-    apic_write(&mut g, 0x3e0, 0xb)?; // divide by 1
+    let count = counting_timer_prologue(&mut g, VECTOR)?;
 
     // One-shot: 1 ms.
     apic_write(&mut g, 0x320, VECTOR)?;
