@@ -3,14 +3,17 @@
 //! A region's hash is BLAKE3 of its bytes. BLAKE3 is a tree over 1 KiB
 //! chunks, so a region's hash can be rebuilt from the chaining values of
 //! its 4 KiB pages (subtrees at page-aligned offsets) with one compression
-//! per tree node. Each region keeps its pages' chaining values; a digest
-//! hashes again only the pages written since the last one and re-merges
-//! their regions' trees. Where writes are tracked exactly (the interpreter)
-//! RAM starts zeroed and every write since power-on is in the hash-dirty
-//! plane, so the first digest starts from zero pages instead of reading
-//! all of RAM. Without exact tracking (KVM) every region is hashed whole.
-//! RAM is read beneath any overlay page mapped over it: overlay contents
-//! change without dirty marks and are hashed as a component of their own.
+//! per tree node. Each written region keeps the whole tree of chaining
+//! values above its pages: a digest hashes again only the pages written
+//! since the last one and re-merges only the nodes above them (9 merges
+//! for one page of a 2 MiB region, not 511). A region never written is
+//! zero bytes and keeps no tree. Where writes are tracked exactly (the
+//! interpreter) RAM starts zeroed and every write since power-on is in the
+//! hash-dirty plane, so the first digest starts from zero regions instead
+//! of reading all of RAM. Without exact tracking (KVM) every region is
+//! hashed whole. RAM is read beneath any overlay page mapped over it:
+//! overlay contents change without dirty marks and are hashed as a
+//! component of their own.
 
 use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 
@@ -21,8 +24,107 @@ struct Region {
     start: u64,
     len: u64,
     hash: Hash,
-    /// Chaining value of each page, as a subtree at its offset in the region.
-    pages: Vec<ChainingValue>,
+    /// The chaining values above the region's pages; `None` while the
+    /// region has never been written (zero bytes) or is one page or less
+    /// (hashed from memory: such a region is its own root).
+    tree: Option<Box<PageTree>>,
+    /// Written since `hash` was computed.
+    stale: bool,
+}
+
+/// The BLAKE3 tree of a region longer than a page, down to its pages'
+/// chaining values, laid out in pre-order: a node, then its left subtree,
+/// then its right. Node 0 (the root) holds nothing: the region's hash is
+/// finalized from its two children.
+#[derive(Clone)]
+struct PageTree {
+    len: u64,
+    cvs: Vec<ChainingValue>,
+    /// Nodes above a page written since they were last merged.
+    stale: Vec<bool>,
+}
+
+/// Nodes in the tree of a subtree of `len` bytes: one per page, and one
+/// per merge of two subtrees.
+fn nodes(len: u64) -> usize {
+    (2 * len.div_ceil(PAGE_SIZE) - 1) as usize
+}
+
+impl PageTree {
+    /// The tree of `len` zero bytes (len > PAGE_SIZE).
+    fn zero(len: u64) -> PageTree {
+        static REGION: std::sync::OnceLock<PageTree> = std::sync::OnceLock::new();
+        if len == RAM_REGION {
+            return REGION.get_or_init(|| PageTree::build_zero(RAM_REGION)).clone();
+        }
+        PageTree::build_zero(len)
+    }
+
+    fn build_zero(len: u64) -> PageTree {
+        let n = nodes(len);
+        let mut t = PageTree { len, cvs: vec![ChainingValue::default(); n], stale: vec![false; n] };
+        // Every node computed: mark all stale and merge once, from pages
+        // set to zero pages' chaining values.
+        let zero = [0u8; PAGE_SIZE as usize];
+        for k in 0..len.div_ceil(PAGE_SIZE) {
+            let off = k * PAGE_SIZE;
+            let n = PAGE_SIZE.min(len - off) as usize;
+            t.set_page(off, page_cv(&zero[..n], off));
+        }
+        t.root();
+        t
+    }
+
+    /// Set the chaining value of the page at `offset` and mark the nodes
+    /// above it for merging.
+    fn set_page(&mut self, offset: u64, cv: ChainingValue) {
+        let (mut idx, mut base, mut len) = (0usize, 0u64, self.len);
+        while len > PAGE_SIZE {
+            if let Some(s) = self.stale.get_mut(idx) {
+                *s = true;
+            }
+            let left = left_subtree_len(len);
+            if offset < base + left {
+                idx += 1;
+                len = left;
+            } else {
+                idx += 1 + nodes(left);
+                base += left;
+                len -= left;
+            }
+        }
+        if let Some(c) = self.cvs.get_mut(idx) {
+            *c = cv;
+        }
+    }
+
+    /// The region's hash, merging again the nodes above pages set since.
+    fn root(&mut self) -> Hash {
+        let left = left_subtree_len(self.len);
+        let l = self.merged(1, left);
+        let r = self.merged(1 + nodes(left), self.len - left);
+        if let Some(s) = self.stale.get_mut(0) {
+            *s = false;
+        }
+        *merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()
+    }
+
+    /// The chaining value of the subtree of `len` bytes at node `idx`.
+    fn merged(&mut self, idx: usize, len: u64) -> ChainingValue {
+        let cached = self.cvs.get(idx).copied().unwrap_or_default();
+        if len <= PAGE_SIZE || !self.stale.get(idx).copied().unwrap_or(false) {
+            return cached;
+        }
+        let left = left_subtree_len(len);
+        let l = self.merged(idx + 1, left);
+        let r = self.merged(idx + 1 + nodes(left), len - left);
+        let cv = merge_subtrees_non_root(&l, &r, Mode::Hash);
+        if let (Some(c), Some(s)) = (self.cvs.get_mut(idx), self.stale.get_mut(idx)) {
+            *c = cv;
+            *s = false;
+        }
+        cv
+    }
 }
 
 /// The hashes of every RAM region, and what rebuilds them cheaply.
@@ -53,33 +155,34 @@ impl RamHashes {
             return ram_regions(mem.ram_ranges()).map(|(start, len)| (start, hash_whole(mem, start, len))).collect();
         }
         if self.regions.is_empty() {
-            self.regions = ram_regions(mem.ram_ranges()).map(|(start, len)| zero_region(start, len)).collect();
+            self.regions = ram_regions(mem.ram_ranges())
+                .map(|(start, len)| Region { start, len, hash: zero_hash(len), tree: None, stale: false })
+                .collect();
         }
-        let mut stale = Vec::new();
         let mut buf = [0u8; PAGE_SIZE as usize];
         for &gfn in written {
             let Some(gpa) = gfn.checked_shl(PAGE_SHIFT).filter(|g| g >> PAGE_SHIFT == gfn) else { continue };
             // Regions are in address order and do not overlap.
             let i = self.regions.partition_point(|r| r.start + r.len <= gpa);
             let Some(r) = self.regions.get_mut(i).filter(|r| gpa >= r.start) else { continue };
+            r.stale = true;
+            if r.len <= PAGE_SIZE {
+                continue;
+            }
             let off = gpa - r.start;
             let n = PAGE_SIZE.min(r.len - off) as usize;
             let cv = match mem.read_ram(gpa, &mut buf[..n]) {
                 Ok(()) => page_cv(&buf[..n], off),
                 Err(_) => page_cv(&[0; PAGE_SIZE as usize][..n], off),
             };
-            if let Some(p) = r.pages.get_mut((off >> PAGE_SHIFT) as usize) {
-                *p = cv;
-            }
-            if stale.last() != Some(&i) {
-                stale.push(i);
-            }
+            r.tree.get_or_insert_with(|| Box::new(PageTree::zero(r.len))).set_page(off, cv);
         }
-        stale.dedup();
-        for i in stale {
-            if let Some(r) = self.regions.get_mut(i) {
-                r.hash = root(mem, r);
-            }
+        for r in self.regions.iter_mut().filter(|r| r.stale) {
+            r.stale = false;
+            r.hash = match r.tree.as_mut() {
+                Some(t) => t.root(),
+                None => hash_whole(mem, r.start, r.len),
+            };
         }
         self.regions.iter().map(|r| (r.start, r.hash)).collect()
     }
@@ -90,53 +193,12 @@ fn page_cv(page: &[u8], offset: u64) -> ChainingValue {
     blake3::Hasher::new().set_input_offset(offset).update(page).finalize_non_root()
 }
 
-/// The chaining value of the subtree of `len` bytes at `offset`, from the
-/// pages' (BLAKE3 splits a subtree at the largest power of two below its
-/// length: page boundaries, for subtrees longer than a page).
-fn subtree(pages: &[ChainingValue], offset: u64, len: u64) -> ChainingValue {
-    if len <= PAGE_SIZE {
-        return pages.get((offset >> PAGE_SHIFT) as usize).copied().unwrap_or_default();
-    }
-    let left = left_subtree_len(len);
-    merge_subtrees_non_root(&subtree(pages, offset, left), &subtree(pages, offset + left, len - left), Mode::Hash)
-}
-
-/// The region's hash from its pages' chaining values. A region of one page
-/// or less is its own root and is hashed from memory.
-fn root(mem: &GuestMemory, r: &Region) -> Hash {
-    if r.len <= PAGE_SIZE {
-        return hash_whole(mem, r.start, r.len);
-    }
-    let left = left_subtree_len(r.len);
-    let root = merge_subtrees_root(&subtree(&r.pages, 0, left), &subtree(&r.pages, left, r.len - left), Mode::Hash);
-    *root.as_bytes()
-}
-
-/// A region of zeroes (fresh RAM).
-fn zero_region(start: u64, len: u64) -> Region {
-    static ZERO_PAGES: std::sync::OnceLock<Vec<ChainingValue>> = std::sync::OnceLock::new();
-    static ZERO_HASH: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
-    let zero_pages = ZERO_PAGES.get_or_init(|| {
-        let zero = [0u8; PAGE_SIZE as usize];
-        (0..RAM_REGION / PAGE_SIZE).map(|k| page_cv(&zero, k * PAGE_SIZE)).collect()
-    });
-    let mut pages: Vec<ChainingValue> = zero_pages.iter().take(len.div_ceil(PAGE_SIZE) as usize).copied().collect();
-    if len % PAGE_SIZE != 0 {
-        // A short last page has its own chaining value.
-        if let Some(last) = pages.last_mut() {
-            let off = len / PAGE_SIZE * PAGE_SIZE;
-            *last = page_cv(&[0; PAGE_SIZE as usize][..(len - off) as usize], off);
-        }
-    }
-    let hash = match len {
-        RAM_REGION => *ZERO_HASH.get_or_init(|| zero_hash(RAM_REGION)),
-        _ => zero_hash(len),
-    };
-    Region { start, len, hash, pages }
-}
-
 /// BLAKE3 of `len` zero bytes.
 fn zero_hash(len: u64) -> Hash {
+    static REGION: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
+    if len == RAM_REGION {
+        return *REGION.get_or_init(|| PageTree::zero(RAM_REGION).root());
+    }
     let zero = [0u8; PAGE_SIZE as usize];
     let mut h = blake3::Hasher::new();
     let mut left = len;
@@ -182,13 +244,39 @@ mod tests {
     fn zero_regions_hash_as_blake3_of_zero_bytes() {
         for len in [RAM_REGION, MIB, 3 * PAGE_SIZE + 100, PAGE_SIZE, 100] {
             let want = *blake3::hash(&vec![0u8; len as usize]).as_bytes();
-            assert_eq!(zero_region(0, len).hash, want, "{len} bytes");
-            let r = zero_region(0, len);
+            assert_eq!(zero_hash(len), want, "{len} bytes");
             if len > PAGE_SIZE {
-                let left = left_subtree_len(len);
-                let merged =
-                    merge_subtrees_root(&subtree(&r.pages, 0, left), &subtree(&r.pages, left, len - left), Mode::Hash);
-                assert_eq!(*merged.as_bytes(), want, "{len} bytes rebuilt from zero pages");
+                assert_eq!(PageTree::zero(len).root(), want, "{len} bytes merged from zero pages");
+            }
+        }
+    }
+
+    /// A kept tree, pages set in any order over several rounds, against
+    /// BLAKE3 of the bytes; lengths that are not a power of two pages (the
+    /// tree is not complete) and a short last page included.
+    #[test]
+    fn page_trees_follow_their_bytes_through_rounds_of_writes() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for len in [2 * PAGE_SIZE, 5 * PAGE_SIZE, 7 * PAGE_SIZE + 300, 100 * PAGE_SIZE, RAM_REGION] {
+            let mut bytes = vec![0u8; len as usize];
+            let mut t = PageTree::zero(len);
+            let pages = len.div_ceil(PAGE_SIZE);
+            for round in 0..4 {
+                for _ in 0..(1 + round * 3) {
+                    let page = next() % pages;
+                    let off = page * PAGE_SIZE;
+                    let end = (off + PAGE_SIZE).min(len);
+                    let at = off + next() % (end - off);
+                    bytes[at as usize] = next() as u8;
+                    t.set_page(off, page_cv(&bytes[off as usize..end as usize], off));
+                }
+                assert_eq!(t.root(), *blake3::hash(&bytes).as_bytes(), "{len} bytes, round {round}");
             }
         }
     }
