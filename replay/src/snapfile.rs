@@ -23,7 +23,8 @@ use sim_core::memory::PAGE_SIZE;
 use crate::log::{ImageHash, LogConfig};
 
 pub const MAGIC: &[u8; 8] = b"XSIMSNAP";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: byte buffers in the machine and Xen state encode as MessagePack bin.
+pub const FORMAT_VERSION: u32 = 2;
 /// Preamble: magic, version, metadata length, page count, checksum.
 const PREAMBLE: usize = 8 + 4 + 4 + 4 + 32;
 const PAGE_RECORD: usize = 8 + PAGE_SIZE as usize;

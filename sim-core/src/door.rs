@@ -42,11 +42,15 @@ impl std::fmt::Display for Stamp {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Input {
     /// Bytes arriving on COM1's serial line.
-    Serial(Vec<u8>),
+    Serial(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Bytes for the platform's console (Xen's PV console, hvc0).
-    Console(Vec<u8>),
+    Console(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Bytes a xenstore socket client sent (`client` numbers connections).
-    XenstoreSocket { client: u32, bytes: Vec<u8> },
+    XenstoreSocket {
+        client: u32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// A xenstore socket client connected or hung up.
     XenstoreClient { client: u32, connected: bool },
     /// Wall-clock time at power-on, nanoseconds since the Unix epoch.

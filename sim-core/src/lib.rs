@@ -6,6 +6,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod bus;
+pub mod byte_fields;
 pub mod clock;
 pub mod cpuid;
 pub mod devices;

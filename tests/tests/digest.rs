@@ -110,7 +110,10 @@ fn reference_components(m: &Machine) -> Vec<(String, [u8; 32])> {
         out.push((name.clone(), of(data.clone())));
     }
     out.push(("platform".into(), of(s.platform.clone())));
-    out.push(("overlays".into(), enc(&|| rmp_serde::to_vec(&s.overlays))));
+    // Pages encode as MessagePack bin (the field's serde_bytes encoding).
+    let overlays: Vec<(u64, serde_bytes::ByteBuf)> =
+        s.overlays.iter().map(|(gfn, page)| (*gfn, serde_bytes::ByteBuf::from(page.clone()))).collect();
+    out.push(("overlays".into(), enc(&|| rmp_serde::to_vec(&overlays))));
     out
 }
 

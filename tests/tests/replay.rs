@@ -163,10 +163,10 @@ fn damaged_logs_give_one_line_errors_saying_where() {
     let e = Log::parse(p, &flipped).unwrap_err();
     assert_eq!(e.to_string(), format!("x.log: chunk 1 at byte {second}: checksum mismatch"));
     // Another format version.
-    // (Version 1 logs, from before the header recorded hypercall interception.)
+    // (Version 2 logs, from before byte buffers were encoded as bins.)
     let mut v2 = bytes.clone();
-    v2[8] = 1;
-    assert_eq!(Log::parse(p, &v2).unwrap_err().to_string(), "x.log: log format version 1, this xensim reads version 2");
+    v2[8] = 2;
+    assert_eq!(Log::parse(p, &v2).unwrap_err().to_string(), "x.log: log format version 2, this xensim reads version 3");
     assert!(matches!(Log::parse(p, b"ELF\x7f not a log"), Err(LogError::NotALog { .. })));
     assert!(matches!(Log::parse(p, &bytes[..14]), Err(LogError::NoHeader { .. })));
     for e in [e, Log::parse(p, &v2).unwrap_err()] {

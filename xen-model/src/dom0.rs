@@ -326,6 +326,7 @@ pub(crate) struct Dom0State {
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct RingPageState {
+    #[serde(with = "serde_bytes")]
     contents: Vec<u8>,
     pfn: u64,
     port: u32,

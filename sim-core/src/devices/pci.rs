@@ -67,7 +67,9 @@ pub fn intx_gsi(device: u8, pin: u8) -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Function {
     devfn: u8,
+    #[serde(with = "serde_bytes")]
     config: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     writable: Vec<u8>,
 }
 

@@ -72,11 +72,15 @@ pub struct MachineState {
     pub pic: Pic8259Pair,
     pub gsi: GsiLines,
     pub timers: TimerQueue<TimerKey>,
+    #[serde(with = "serde_bytes")]
     pub console_input: Vec<u8>,
     /// Bus devices by position ("port 0x3f8").
+    #[serde(with = "crate::byte_fields::pairs")]
     pub devices: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
     pub platform: Vec<u8>,
     /// Overlay frames and their contents.
+    #[serde(with = "crate::byte_fields::pairs")]
     pub overlays: Vec<(u64, Vec<u8>)>,
 }
 
@@ -85,6 +89,7 @@ pub struct MachineState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RamImage {
     pub full: bool,
+    #[serde(with = "crate::byte_fields::pairs")]
     pub pages: Vec<(u64, Vec<u8>)>,
 }
 
@@ -410,7 +415,7 @@ impl Machine {
         }
         let platform = self.platform.as_ref().map(|p| p.save()).unwrap_or_default();
         components.push(("platform".into(), hash_bytes(&platform)));
-        components.push(("overlays".into(), hash_of(&self.overlay_contents())));
+        components.push(("overlays".into(), hash_of(&crate::byte_fields::Pairs(&self.overlay_contents()))));
         let ram = self.ram_digest();
         StateDigest {
             icount: self.retired,

@@ -18,11 +18,14 @@ const MAX_FRAMES: usize = 1 << 16;
 pub struct GrantTableState {
     version: u32,
     max_frames: u32,
+    #[serde(with = "sim_core::byte_fields::list")]
     shared: Vec<Vec<u8>>,
+    #[serde(with = "sim_core::byte_fields::list")]
     status: Vec<Vec<u8>>,
     active: BTreeMap<u32, Active>,
     maps: BTreeMap<u32, Mapping>,
     next_handle: u32,
+    #[serde(with = "sim_core::byte_fields::list")]
     released: Vec<Vec<u8>>,
 }
 

@@ -27,6 +27,7 @@ use crate::shared_info::VcpuInfoAt;
 struct XenState {
     nr_vcpus: u32,
     dom0: crate::dom0::Dom0State,
+    #[serde(with = "serde_bytes")]
     shinfo_page: Vec<u8>,
     shinfo_gfn: Option<u64>,
     shinfo_compat: bool,

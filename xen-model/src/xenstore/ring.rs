@@ -91,6 +91,7 @@ pub struct RingServer {
     conn: ConnId,
     asm: PacketAssembler,
     /// The packet being written to the response queue, and how much of it is written.
+    #[serde(with = "serde_bytes")]
     out: Vec<u8>,
     out_pos: usize,
     /// Set on a protocol violation: the ring is no longer served until a reconnect.

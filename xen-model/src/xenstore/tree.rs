@@ -11,6 +11,7 @@ use super::perms::{Access, Perms};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub perms: Perms,
     pub children: BTreeSet<String>,

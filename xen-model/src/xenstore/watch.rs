@@ -9,6 +9,7 @@ use super::perms::Perms;
 pub struct Watch {
     /// Canonical (absolute or '@') path.
     pub path: String,
+    #[serde(with = "serde_bytes")]
     pub token: Vec<u8>,
     /// Levels below `path` that match; None: the whole subtree.
     pub depth: Option<u32>,

@@ -118,6 +118,7 @@ pub struct Packet {
     pub msg_type: u32,
     pub req_id: u32,
     pub tx_id: u32,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -164,6 +165,7 @@ pub enum WireError {
 /// After an error the assembler stays failed; the connection must be dropped or reset.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketAssembler {
+    #[serde(with = "serde_bytes")]
     buf: Vec<u8>,
     header: Option<Header>,
     failed: Option<WireError>,
