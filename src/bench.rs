@@ -9,6 +9,10 @@ use sim_core::boot::{BootConfig, BootImage};
 use sim_core::machine::{MachineConfig, StopReason};
 use xen_model::xenstore::bench as xs_bench;
 
+mod lockstep;
+use lockstep::{lockstep, Job, Stopwatch};
+use std::sync::atomic::Ordering;
+
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// CPU backend for the guest-loop figures.
@@ -86,14 +90,18 @@ const REPLAY_BENCHES: &[Bench] = &[
     Bench {
         name: "record-overhead-pct",
         unit: "%",
-        measure: |_, s, _| replay_figures(s).map(|f| f.record_overhead_pct),
+        measure: |_, s, d| replay_figures(s, d).map(|f| f.record_overhead_pct),
     },
     Bench {
         name: "log-bytes-per-minsn",
         unit: "bytes/M insn",
-        measure: |_, s, _| one(replay_figures(s).map(|f| f.log_bytes_per_minsn)),
+        measure: |_, s, d| one(replay_figures(s, d).map(|f| f.log_bytes_per_minsn)),
     },
-    Bench { name: "replay-speed-ratio", unit: "x", measure: |_, s, _| replay_figures(s).map(|f| f.replay_speed_ratio) },
+    Bench {
+        name: "replay-speed-ratio",
+        unit: "x",
+        measure: |_, s, d| replay_figures(s, d).map(|f| f.replay_speed_ratio),
+    },
     Bench { name: "snapshot-restore-ms", unit: "ms", measure: |c, s, _| one(snapshot_restore_ms(c, s)) },
     Bench { name: "seek-ms", unit: "ms", measure: |_, _, _| one(seek_ms()) },
 ];
@@ -160,9 +168,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
             Ok(v) => {
                 let p = if b.unit == "x" { 2 } else { 1 };
                 print!("{}: {:.p$} {}", b.name, v.value, b.unit);
-                if v.n > 1 {
+                if v.lockstep {
+                    print!(" (median of {} runs in lockstep; range {:.p$} .. {:.p$})", v.n, v.min, v.max);
+                } else if v.n > 1 {
                     print!(
-                        " (best of {}; median ratio {:.p$}, per-run ratios {:.p$} .. {:.p$})",
+                        " (best of {} runs; per-run median {:.p$}, range {:.p$} .. {:.p$})",
                         v.n, v.median, v.min, v.max
                     );
                 }
@@ -214,13 +224,14 @@ fn run_to_halt(cpus: &crate::Cpus, image: &[u8]) -> Result<(Option<u64>, Duratio
     Ok((counted, elapsed))
 }
 
-/// Repetitions of the plain/recorded/replayed runs, interleaved. Each run is
-/// timed by its thread's CPU time, and each figure compares the best
-/// (least) time of each kind: load from other processes on a shared host
-/// (a sibling hyperthread, cache and memory traffic) only ever adds time, so
-/// the best run of each kind is the one nearest its own cost. The median and
-/// range of the per-repetition ratios are printed with it.
-const REPS: usize = 7;
+/// Repetitions of the runs a figure compares, each timed by its thread's
+/// CPU time. On the interpreter the plain, recorded and replayed runs of a
+/// repetition go in lockstep (see `lockstep`) and a figure is the median of
+/// the repetitions' ratios. On KVM, which cannot count instructions to take
+/// turns by, the runs alternate whole and a figure compares the least time
+/// of each kind: load from elsewhere only ever adds time, so the least is
+/// the nearest to a kind's own cost.
+const REPS: usize = 8;
 
 /// A figure, and the median and range of the samples it comes from.
 #[derive(Clone, Copy, Debug)]
@@ -231,6 +242,9 @@ struct Sampled {
     max: f64,
     /// How many samples.
     n: usize,
+    /// `value` is the median of runs in lockstep (see `lockstep`), not the
+    /// best.
+    lockstep: bool,
 }
 
 impl Sampled {
@@ -243,12 +257,24 @@ impl Sampled {
             _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
         };
         let (min, max) = (samples.first().copied(), samples.last().copied());
-        Sampled { value: median, median, min: min.unwrap_or(f64::NAN), max: max.unwrap_or(f64::NAN), n }
+        Sampled {
+            value: median,
+            median,
+            min: min.unwrap_or(f64::NAN),
+            max: max.unwrap_or(f64::NAN),
+            n,
+            lockstep: false,
+        }
     }
 
     /// `value`, with the median and range of `samples`.
     fn with_samples(value: f64, samples: Vec<f64>) -> Sampled {
         Sampled { value, ..Sampled::of(samples) }
+    }
+
+    /// The median of `samples` from runs in lockstep, with their range.
+    fn lockstep(samples: Vec<f64>) -> Sampled {
+        Sampled { lockstep: true, ..Sampled::of(samples) }
     }
 }
 
@@ -266,9 +292,9 @@ struct ReplayFigures {
 
 /// Plain run, recorded run and replay of the same CPU-bound guest, measured
 /// once per process and shared by the three figures.
-fn replay_figures(scale: u64) -> Result<ReplayFigures, String> {
+fn replay_figures(scale: u64, divide: u64) -> Result<ReplayFigures, String> {
     static FIGURES: std::sync::OnceLock<Result<ReplayFigures, String>> = std::sync::OnceLock::new();
-    FIGURES.get_or_init(|| measure_replay(scale)).clone()
+    FIGURES.get_or_init(|| measure_replay(scale, divide)).clone()
 }
 
 fn bench_machine(image: &[u8]) -> Result<sim_core::machine::Machine, String> {
@@ -327,58 +353,57 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
-/// Thread CPU time and wall time spent in `f`.
-fn timed<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(T, Duration, Duration), String> {
-    let (cpu0, wall0) = (thread_cpu_time(), Instant::now());
-    let v = f()?;
-    Ok((v, thread_cpu_time().saturating_sub(cpu0), wall0.elapsed()))
-}
-
-/// Record `image` to `path`; returns the thread CPU time of the run.
-fn timed_record(image: &[u8], path: &std::path::Path, checkpoint_every: u64) -> Result<Duration, String> {
-    timed_record_on(&crate::Cpus::Interp, image, path, checkpoint_every)
-}
-
-/// As `timed_record`, on `cpus`.
-fn timed_record_on(
+/// Record `image` to `path` on `cpus`, timed by `watch`.
+fn timed_record(
     cpus: &crate::Cpus,
     image: &[u8],
     path: &std::path::Path,
     checkpoint_every: u64,
-) -> Result<Duration, String> {
+    watch: &mut Stopwatch,
+) -> Result<(), String> {
     let header = bench_header(image, checkpoint_every);
     let mut m = bench_machine_on(cpus, image)?;
     // Logs are never overwritten: this one is the benchmark's own.
     let _ = std::fs::remove_file(path);
     let mut log = replay::LogWriter::create(path, &header).map_err(|e| e.to_string())?;
-    let ((), cpu, _) = timed(|| {
-        replay::record(&mut m, Box::new(sim_core::door::ClosedDoor), &mut log, checkpoint_every)
-            .map_err(|e| e.to_string())?;
-        log.finish().map(|_| ()).map_err(|e| e.to_string())
-    })?;
-    Ok(cpu)
+    watch.begin();
+    let door = Box::new(sim_core::door::ClosedDoor);
+    replay::record_with(&mut m, door, &mut log, checkpoint_every, &mut |m, _| {
+        watch.boundary(m.retired_instructions());
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    log.finish().map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// A plain run of `image`: thread CPU time and instructions retired.
-fn timed_plain(image: &[u8]) -> Result<(Duration, u64), String> {
-    timed_plain_on(&crate::Cpus::Interp, image)
-}
-
-/// As `timed_plain`, on `cpus`.
-fn timed_plain_on(cpus: &crate::Cpus, image: &[u8]) -> Result<(Duration, u64), String> {
+/// A plain run of `image` on `cpus`, timed by `watch`: the instructions
+/// it retired.
+fn timed_plain(cpus: &crate::Cpus, image: &[u8], watch: &mut Stopwatch) -> Result<u64, String> {
     let mut m = bench_machine_on(cpus, image)?;
-    let (_, cpu, _) = timed(|| m.run().map_err(|e| e.to_string()))?;
-    Ok((cpu, m.retired_instructions()))
+    watch.begin();
+    // `Machine::run`, with the round boundaries seen.
+    while m.run_round().map_err(|e| e.to_string())?.is_none() {
+        watch.boundary(m.retired_instructions());
+    }
+    Ok(m.retired_instructions())
 }
 
-/// A replay of `log` on a fresh machine: thread CPU time.
-fn timed_replay(image: &[u8], log: &replay::Log) -> Result<Duration, String> {
+/// A replay of `log` on a fresh machine, timed by `watch`.
+fn timed_replay(image: &[u8], log: &replay::Log, watch: &mut Stopwatch) -> Result<(), String> {
     let mut m = bench_machine(image)?;
-    let (outcome, cpu, _) = timed(|| replay::replay(&mut m, log, None, &mut |_| {}).map_err(|e| e.to_string()))?;
+    watch.begin();
+    let outcome = replay::replay(&mut m, log, None, &mut |icount| watch.boundary(icount)).map_err(|e| e.to_string())?;
     if !matches!(outcome, replay::Replayed::Identical { .. }) {
         return Err("the benchmark's replay was not identical".into());
     }
-    Ok(cpu)
+    Ok(())
+}
+
+/// One run timed on its own: its thread CPU time.
+fn alone(f: impl FnOnce(&mut Stopwatch) -> Result<(), String>) -> Result<Duration, String> {
+    let mut watch = Stopwatch::new();
+    f(&mut watch)?;
+    Ok(watch.stop())
 }
 
 /// How much longer `recorded` took than `plain`, in percent.
@@ -389,45 +414,58 @@ fn overhead_pct(recorded: Duration, plain: Duration) -> f64 {
 /// The CLI's default checkpoint interval.
 const CHECKPOINT_EVERY: u64 = 10_000_000;
 
-fn measure_replay(scale: u64) -> Result<ReplayFigures, String> {
-    let image = xensim::guest::programs::bench_alu(5_000_000 * scale).map_err(|e| e.to_string())?;
+fn measure_replay(scale: u64, divide: u64) -> Result<ReplayFigures, String> {
+    let interp = &crate::Cpus::Interp;
+    let image =
+        xensim::guest::programs::bench_alu(work(interp, 5_000_000 * scale, divide)).map_err(|e| e.to_string())?;
     // An untimed recording first: the log every replay reads, and a warm-up.
     let first = TempFile::new("first.log");
-    timed_record(&image, &first.0, CHECKPOINT_EVERY)?;
+    alone(|w| timed_record(interp, &image, &first.0, CHECKPOINT_EVERY, w))?;
     let bytes = std::fs::metadata(&first.0).map_err(|e| e.to_string())?.len();
     let log = replay::Log::read(&first.0).map_err(|e| e.to_string())?;
     let again = TempFile::new("again.log");
-    let (mut overhead, mut speed, mut insns) = (Vec::new(), Vec::new(), 0);
-    let mut best = [Duration::MAX; 3];
+    let insns = std::sync::atomic::AtomicU64::new(0);
+    let (mut overhead, mut speed) = (Vec::new(), Vec::new());
     for rep in 0..REPS {
-        // The three runs interleaved, in an order that rotates per
-        // repetition so none is always first after a pause.
+        // The three kinds in lockstep. Turns go round in a cycle, so the
+        // order alternates between the two cycles of three (each kind then
+        // follows each other kind equally often) and rotates which goes
+        // first.
+        let first = rep / 2 % 3;
+        let step = if rep % 2 == 0 { 1 } else { 2 };
+        let order: Vec<usize> = (0..3).map(|k| (first + k * step) % 3).collect();
+        let (image, log, again, insns) = (&image, &log, &again, &insns);
+        let jobs: Vec<Job> = order
+            .iter()
+            .map(|&kind| -> Job {
+                Box::new(move |w: &mut Stopwatch| {
+                    let _spacer = lockstep::spacer(rep * 3 + kind);
+                    match kind {
+                        0 => timed_plain(interp, image, w).map(|n| insns.store(n, Ordering::Relaxed)),
+                        1 => timed_record(interp, image, &again.0, CHECKPOINT_EVERY, w),
+                        _ => timed_replay(image, log, w),
+                    }
+                })
+            })
+            .collect();
         let mut t = [Duration::ZERO; 3];
-        for k in 0..3 {
-            let kind = (rep + k) % 3;
-            t[kind] = match kind {
-                0 => {
-                    let (d, n) = timed_plain(&image)?;
-                    insns = n;
-                    d
-                }
-                1 => timed_record(&image, &again.0, CHECKPOINT_EVERY)?,
-                _ => timed_replay(&image, &log)?,
-            };
-            best[kind] = best[kind].min(t[kind]);
+        for (kind, time) in order.into_iter().zip(lockstep(jobs)?) {
+            t[kind] = time;
         }
         overhead.push(overhead_pct(t[1], t[0]));
         speed.push(t[0].as_secs_f64() / t[2].as_secs_f64());
     }
+    let insns = insns.load(Ordering::Relaxed);
     Ok(ReplayFigures {
-        record_overhead_pct: Sampled::with_samples(overhead_pct(best[1], best[0]), overhead),
+        record_overhead_pct: Sampled::lockstep(overhead),
         log_bytes_per_minsn: bytes as f64 / (insns as f64 / 1e6),
-        replay_speed_ratio: Sampled::with_samples(best[0].as_secs_f64() / best[2].as_secs_f64(), speed),
+        replay_speed_ratio: Sampled::lockstep(speed),
     })
 }
 
 /// Plain and recorded runs of the CPU-bound guest on `cpus`, interleaved
-/// `REPS` times and compared best against best, as `measure_replay` does.
+/// `REPS` times and compared best against best whole run (KVM cannot count
+/// instructions, so its runs have no segments).
 fn kvm_record_overhead_pct(cpus: &crate::Cpus, scale: u64, divide: u64) -> Result<Sampled, String> {
     let image = xensim::guest::programs::bench_alu(work(cpus, 5_000_000 * scale, divide)).map_err(|e| e.to_string())?;
     let log = TempFile::new("kvm.log");
@@ -437,8 +475,8 @@ fn kvm_record_overhead_pct(cpus: &crate::Cpus, scale: u64, divide: u64) -> Resul
         for k in 0..2 {
             let kind = (rep + k) % 2;
             t[kind] = match kind {
-                0 => timed_plain_on(cpus, &image)?.0,
-                _ => timed_record_on(cpus, &image, &log.0, CHECKPOINT_EVERY)?,
+                0 => alone(|w| timed_plain(cpus, &image, w).map(|_| ()))?,
+                _ => alone(|w| timed_record(cpus, &image, &log.0, CHECKPOINT_EVERY, w))?,
             };
             best[kind] = best[kind].min(t[kind]);
         }
@@ -521,7 +559,7 @@ fn seek_ms() -> Result<f64, String> {
     let image = xensim::guest::programs::bench_alu(50_000_000).map_err(|e| e.to_string())?;
     let dir = TempDir::new("seek")?;
     let log_path = dir.0.join("seek.log");
-    timed_record(&image, &log_path, CHECKPOINT_EVERY)?;
+    alone(|w| timed_record(&crate::Cpus::Interp, &image, &log_path, CHECKPOINT_EVERY, w))?;
     let log = replay::Log::read(&log_path).map_err(|e| e.to_string())?;
     let mut m = bench_machine(&image)?;
     let base = replay::SnapHeader {
