@@ -8,6 +8,7 @@
 //! boundaries). Only output leaves directly: to the console, and to a [`XenstoreSink`].
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use sim_core::door::Input;
 use sim_core::platform::PlatformCtx;
@@ -62,11 +63,14 @@ struct RingPage {
 }
 
 /// The store, counting the times it was lent out for change (there is no
-/// `DerefMut`: every change goes through `get_mut`).
+/// `DerefMut`: every change goes through `get_mut`), and its encoding as of
+/// some count: saving a store unchanged since (every state hash does) then
+/// copies bytes instead of walking the tree.
 #[derive(Default)]
 struct TrackedStore {
     store: Store,
     lent: u64,
+    encoded: Mutex<Option<(u64, Arc<[u8]>)>>,
 }
 
 impl std::ops::Deref for TrackedStore {
@@ -80,6 +84,26 @@ impl TrackedStore {
     fn get_mut(&mut self) -> &mut Store {
         self.lent = self.lent.wrapping_add(1);
         &mut self.store
+    }
+
+    /// The store's rmp-serde encoding.
+    fn encoded(&self) -> Arc<[u8]> {
+        let mut cache = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some((lent, bytes)) if *lent == self.lent => bytes.clone(),
+            _ => {
+                let bytes: Arc<[u8]> = rmp_serde::to_vec(&self.store).unwrap_or_default().into();
+                *cache = Some((self.lent, bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    /// Replace the store with `store`, which `bytes` encode.
+    fn set(&mut self, store: Store, bytes: Arc<[u8]>) {
+        self.store = store;
+        self.lent = self.lent.wrapping_add(1);
+        *self.encoded.get_mut().unwrap_or_else(|e| e.into_inner()) = Some((self.lent, bytes));
     }
 }
 
@@ -316,7 +340,7 @@ impl XenPlatform {
 /// sink is not state: it is attached again by whoever restores.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Dom0State {
-    store: Store,
+    store: StoreBytes,
     xs: Option<(RingPageState, RingServer)>,
     console: Option<RingPageState>,
     clients: BTreeMap<u32, (ConnId, PacketAssembler)>,
@@ -358,12 +382,30 @@ impl RingPage {
     }
 }
 
+/// The store in a saved state: its rmp-serde encoding, as one MessagePack
+/// bin (shared with the store's own cache, so a save of an unchanged store
+/// copies neither the tree nor the bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoreBytes(Arc<[u8]>);
+
+impl serde::Serialize for StoreBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StoreBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| StoreBytes(b.into_vec().into()))
+    }
+}
+
 impl Dom0 {
     pub(crate) fn save_state(&self) -> Dom0State {
         // Destructured so that a new field fails to compile until it is saved.
         let Dom0 { store, store_from: _, xs, console, clients, sink: _, attached, resets_seen } = self;
         Dom0State {
-            store: store.store.clone(),
+            store: StoreBytes(store.encoded()),
             xs: xs.as_ref().map(|(p, s)| (p.save(), s.clone())),
             console: console.as_ref().map(RingPage::save),
             clients: clients.iter().map(|(&n, c)| (n, (c.conn, c.asm.clone()))).collect(),
@@ -383,15 +425,17 @@ impl Dom0 {
         for p in s.xs.iter().map(|x| &x.0).chain(&s.console) {
             RingPage::check(p)?;
         }
-        let old_xs = self.xs.take().map(|x| x.0);
-        let xs = s.xs.as_ref().map(|(p, server)| (RingPage::restore(p, mem, s.attached, old_xs), server.clone()));
-        let console = s.console.as_ref().map(|p| RingPage::restore(p, mem, s.attached, self.console.take()));
         // Resetting to the same checkpoint again often finds the store
         // untouched since: then it is that checkpoint's already.
         let untouched = checkpoint.is_some() && self.store_from == checkpoint.map(|id| (id, self.store.lent));
         if !untouched {
-            self.store.store = s.store.clone();
+            let store: Store =
+                rmp_serde::from_slice(&s.store.0).map_err(|e| format!("undecodable xenstore state ({e})"))?;
+            self.store.set(store, s.store.0.clone());
         }
+        let old_xs = self.xs.take().map(|x| x.0);
+        let xs = s.xs.as_ref().map(|(p, server)| (RingPage::restore(p, mem, s.attached, old_xs), server.clone()));
+        let console = s.console.as_ref().map(|p| RingPage::restore(p, mem, s.attached, self.console.take()));
         self.store_from = checkpoint.map(|id| (id, self.store.lent));
         self.xs = xs;
         self.console = console;

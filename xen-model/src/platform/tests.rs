@@ -864,6 +864,33 @@ fn a_checkpoint_restores_the_platform_and_its_overlays_in_place() {
     assert_eq!(r.p.save(), saved);
 }
 
+/// Saves carry the store encoded as it is at the save: a save of an
+/// unchanged store reuses the last encoding, and any change to the store
+/// (here through the guest's ring) must show in the next save.
+#[test]
+fn saves_carry_the_store_as_it_is_at_each_save() {
+    let mut r = pv_rig();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let first = rmp_serde::to_vec(r.p.xenstore()).unwrap();
+    let saved = r.p.save();
+    assert!(contains(&saved, &first));
+    assert_eq!(r.p.save(), saved, "nothing changed");
+    guest_xs_request(&mut r, 11, 1, b"data/x\0y");
+    r.sync();
+    let second = rmp_serde::to_vec(r.p.xenstore()).unwrap();
+    assert_ne!(first, second);
+    let changed = r.p.save();
+    assert!(contains(&changed, &second) && !contains(&changed, &first));
+    // Restoring the first save brings its store back, and saves say so.
+    r.p.restore(ctx!(r), &saved).unwrap();
+    assert_eq!(rmp_serde::to_vec(r.p.xenstore()).unwrap(), first);
+    assert_eq!(r.p.save(), saved);
+    guest_xs_request(&mut r, 11, 2, b"data/y\0z");
+    r.sync();
+    assert!(contains(&r.p.save(), &rmp_serde::to_vec(r.p.xenstore()).unwrap()));
+    assert_ne!(r.p.save(), saved);
+}
+
 trait ConcatFor {
     fn concat_for(&self, client: u32) -> Vec<u8>;
 }
