@@ -60,7 +60,13 @@ static NEXT_CHECKPOINT: AtomicU64 = AtomicU64::new(0);
 
 impl XenPlatform {
     pub(super) fn save_snapshot(&self) -> Vec<u8> {
-        rmp_serde::to_vec(&self.state()).unwrap_or_default()
+        // Room for the usual state (a few pages and the store) up front:
+        // every checkpoint saves, and growing by doubling copies it all.
+        let mut out = Vec::with_capacity(64 << 10);
+        match rmp_serde::encode::write(&mut out, &self.state()) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     pub(super) fn restore_snapshot(&mut self, ctx: &mut PlatformCtx, data: &[u8]) -> Result<(), String> {
