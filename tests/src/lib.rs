@@ -75,6 +75,20 @@ pub fn boot_config(kernel: Vec<u8>, run: &Run) -> BootConfig {
     }
 }
 
+/// The header `xensim run --record` writes for `kernel` (named "guest",
+/// as `boot_config` names it) under `config`: no command line, hypercalls
+/// by VMCALL. Callers override the rest with struct update syntax.
+pub fn log_header(config: &MachineConfig, kernel: &[u8], checkpoint_every: u64) -> replay::Header {
+    replay::Header {
+        xensim_version: env!("CARGO_PKG_VERSION").into(),
+        config: replay::LogConfig::of(config),
+        cmdline: String::new(),
+        images: vec![replay::ImageHash::of("guest", kernel)],
+        checkpoint_every,
+        hypercalls: replay::Hypercalls::Vmcall,
+    }
+}
+
 /// A machine on the interpreter with `kernel` loaded, console captured.
 pub fn machine(kernel: Vec<u8>, run: &Run) -> (Machine, Capture, BootInfo) {
     machine_on(kernel, run, &mut |id, n, cpuid| Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid))))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use iced_x86::code_asm::*;
 use kvm_backend::KvmVm;
-use replay::{Header, Hypercalls, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
+use replay::{Header, Hypercalls, Log, LogWriter, Record, Replayed};
 use sim_core::boot::{BootConfig, BootImage, BootInfo};
 use sim_core::clock::TimeSource;
 use sim_core::door::{ClosedDoor, Input};
@@ -24,7 +24,7 @@ use xen_model::{XenConfig, XenPlatform};
 use xensim::guest::xen::{self, HypercallEntry};
 use xensim::guest::{Boot, GuestError, GuestProgram, Mode};
 use xensim_tests::lapic::{apic_write, counting_timer_prologue};
-use xensim_tests::Capture;
+use xensim_tests::{log_header, Capture};
 
 fn kvm(test: &str) -> Option<Arc<KvmVm>> {
     KvmVm::new().map_err(|e| eprintln!("skipping {test}: {e}")).ok()
@@ -60,15 +60,7 @@ fn xen_machine(
 }
 
 fn header(kernel: &[u8], cpus: u32, hypercalls: Hypercalls) -> Header {
-    let c = config(cpus);
-    Header {
-        xensim_version: env!("CARGO_PKG_VERSION").into(),
-        config: LogConfig::of(&c),
-        cmdline: String::new(),
-        images: vec![ImageHash::of("guest", kernel)],
-        checkpoint_every: 10,
-        hypercalls,
-    }
+    Header { hypercalls, ..log_header(&config(cpus), kernel, 10) }
 }
 
 struct Recorded {

@@ -7,22 +7,15 @@
 
 use std::path::Path;
 
-use replay::{Header, ImageHash, Log, LogConfig, LogError, LogWriter, Record, Replayed};
+use replay::{Header, Log, LogError, LogWriter, Record, Replayed};
 use sim_core::door::{Input, ScriptDoor};
 use sim_core::machine::{MachineConfig, StopReason};
 use xensim::guest::programs;
 use xensim::guest::Boot;
-use xensim_tests::{machine, Run};
+use xensim_tests::{log_header, machine, Run};
 
 fn header(run: &Run, kernel: &[u8], every: u64) -> Header {
-    Header {
-        xensim_version: env!("CARGO_PKG_VERSION").into(),
-        config: LogConfig::of(&run.config),
-        cmdline: run.cmdline.clone(),
-        images: vec![ImageHash::of("guest", kernel)],
-        checkpoint_every: every,
-        hypercalls: replay::Hypercalls::Vmcall,
-    }
+    Header { cmdline: run.cmdline.clone(), ..log_header(&run.config, kernel, every) }
 }
 
 /// Record `kernel` under `run` (its inputs through the door) into `path`;

@@ -8,49 +8,26 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
-use sim_core::boot::{BootConfig, BootImage};
+use replay::{Header, Log, LogWriter, Record, Replayed};
 use sim_core::door::{Input, LiveDoor, Target};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
 use xen_model::xenstore::socket_door::{SharedSocket, SocketDoor};
 use xen_model::xenstore::wire::{MsgType, Packet, PacketAssembler};
 use xen_model::{XenConfig, XenPlatform};
 use xensim::guest::xenstore;
-use xensim_tests::Capture;
+use xensim_tests::{log_header, xen_machine, Capture, Cpu};
 
 fn config() -> MachineConfig {
     // The guest polls for its console line until it comes: a generous limit.
     MachineConfig { memory_mib: 64, max_instructions: Some(4_000_000_000), ..Default::default() }
 }
 
-fn machine(platform: XenPlatform) -> (Machine, Capture) {
-    let mut m = Machine::with_platform(config(), Some(Box::new(platform)), &mut |id, n, cpuid| {
-        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
-    })
-    .expect("machine");
-    let cap = Capture::default();
-    m.set_console(Box::new(cap.clone()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: xenstore::xenstore_guest().unwrap() },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
-    (m, cap)
+fn machine(setup: impl FnOnce(&mut XenPlatform)) -> (Machine, Capture) {
+    xen_machine(xenstore::xenstore_guest().unwrap(), config(), XenConfig::default().with_pv_rings(), Cpu::Interp, setup)
 }
 
 fn header(every: u64) -> Header {
-    let c = config();
-    Header {
-        xensim_version: "test".into(),
-        config: LogConfig::of(&c),
-        cmdline: String::new(),
-        images: vec![ImageHash::of("guest", &xenstore::xenstore_guest().unwrap())],
-        checkpoint_every: every,
-        hypercalls: replay::Hypercalls::Vmcall,
-    }
+    log_header(&config(), &xenstore::xenstore_guest().unwrap(), every)
 }
 
 /// Bytes sent into a channel, as a blocking reader (end of file when the
@@ -96,9 +73,7 @@ fn console_input_and_socket_clients_replay_without_being_present() {
     let sock_path = dir.path().join("xs.sock");
     let log_path = dir.path().join("live.log");
     let socket = SharedSocket::bind(&sock_path).expect("bind");
-    let mut platform = XenPlatform::new(XenConfig::default().with_pv_rings(), 1);
-    platform.set_xenstore_sink(Box::new(socket.clone()));
-    let (mut m, cap) = machine(platform);
+    let (mut m, cap) = machine(|p| p.set_xenstore_sink(Box::new(socket.clone())));
     let (typist, typed) = mpsc::channel();
     let mut live = LiveDoor::new();
     live.add_stream(Target::Console, Box::new(Typed(typed)));
@@ -142,7 +117,7 @@ fn console_input_and_socket_clients_replay_without_being_present() {
     assert!(kinds.iter().any(|i| matches!(i, Input::XenstoreClient { connected: false, .. })), "{kinds:?}");
 
     // No socket, no console input: only the log.
-    let (mut r, cap2) = machine(XenPlatform::new(XenConfig::default().with_pv_rings(), 1));
+    let (mut r, cap2) = machine(|_| {});
     match replay::replay(&mut r, &log, None, &mut |_| {}).unwrap() {
         Replayed::Identical { stop: s, checkpoints } => {
             assert_eq!(s, stop);
@@ -158,7 +133,7 @@ fn console_input_and_socket_clients_replay_without_being_present() {
     // state): the same log without them diverges there.
     let mut without = Log::read(&log_path).unwrap();
     without.records.retain(|r| !matches!(r, Record::Polled { input: Input::XenstoreSocket { .. }, .. }));
-    let (mut r, _) = machine(XenPlatform::new(XenConfig::default().with_pv_rings(), 1));
+    let (mut r, _) = machine(|_| {});
     match replay::replay(&mut r, &without, None, &mut |_| {}).unwrap() {
         Replayed::Diverged(d) => assert!(d.differences.iter().any(|l| l.starts_with("platform")), "{d}"),
         other => panic!("{other:?}"),

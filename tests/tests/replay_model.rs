@@ -4,11 +4,11 @@
 //! later than the first checkpoint after the models part; never a panic, a
 //! hang, or "identical".
 
-use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
-use sim_core::boot::{BootConfig, BootImage};
+use replay::{Header, Log, LogWriter, Record, Replayed};
 use sim_core::machine::{Machine, MachineConfig};
 use xen_model::{XenConfig, XenPlatform};
 use xensim::guest::xen;
+use xensim_tests::{log_header, Cpu};
 
 const EVERY: u64 = 2_000;
 
@@ -19,36 +19,16 @@ fn config() -> MachineConfig {
 /// The xen_events guest (binds VIRQ_TIMER, among others) on a Xen machine,
 /// its platform skewed or not.
 fn xen_machine(skewed: bool) -> Machine {
-    let mut platform = XenPlatform::new(XenConfig::default(), config().cpus);
-    if skewed {
-        platform.testing_skew_event_channels();
-    }
-    let mut m = Machine::with_platform(config(), Some(Box::new(platform)), &mut |id, n, cpuid| {
-        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
-    })
-    .expect("machine");
-    m.set_console(Box::new(std::io::sink()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: xen::xen_events().unwrap() },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
-    m
+    let skew = |p: &mut XenPlatform| {
+        if skewed {
+            p.testing_skew_event_channels();
+        }
+    };
+    xensim_tests::xen_machine(xen::xen_events().unwrap(), config(), XenConfig::default(), Cpu::Interp, skew).0
 }
 
 fn header() -> Header {
-    let c = config();
-    Header {
-        xensim_version: "test".into(),
-        config: LogConfig::of(&c),
-        cmdline: String::new(),
-        images: vec![ImageHash::of("guest", &xen::xen_events().unwrap())],
-        checkpoint_every: EVERY,
-        hypercalls: replay::Hypercalls::Vmcall,
-    }
+    log_header(&config(), &xen::xen_events().unwrap(), EVERY)
 }
 
 /// The first round boundary at which the skewed machine's platform state

@@ -6,13 +6,13 @@
 //! vCPU brought up with VCPUOP_initialise/up (xen_two_vcpus). The non-Xen
 //! guests (demo, boot protocols, serial input) are in replay.rs.
 
-use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Record, Replayed};
+use replay::{Header, Log, LogWriter, Record, Replayed};
 use sim_core::boot::{BootConfig, BootImage};
 use sim_core::door::{Door, Input, ScriptDoor};
 use sim_core::machine::{Machine, MachineConfig, StopReason};
 use xen_model::{XenConfig, XenPlatform};
 use xensim::guest::{xen, xenstore};
-use xensim_tests::Capture;
+use xensim_tests::{log_header, Capture};
 
 struct Guest {
     name: &'static str,
@@ -55,15 +55,7 @@ fn machine(g: &Guest) -> (Machine, Capture) {
 }
 
 fn header(g: &Guest, every: u64) -> Header {
-    let c = config(g);
-    Header {
-        xensim_version: "test".into(),
-        config: LogConfig::of(&c),
-        cmdline: String::new(),
-        images: vec![ImageHash::of("guest", &g.kernel)],
-        checkpoint_every: every,
-        hypercalls: replay::Hypercalls::Vmcall,
-    }
+    log_header(&config(g), &g.kernel, every)
 }
 
 fn guests() -> Vec<Guest> {

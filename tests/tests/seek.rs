@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
-use replay::{Header, ImageHash, Log, LogConfig, LogWriter, Replayed, SnapHeader, Start};
-use sim_core::boot::{BootConfig, BootImage};
+use replay::{ImageHash, Log, LogConfig, LogWriter, Replayed, SnapHeader, Start};
 use sim_core::machine::{Machine, MachineConfig};
-use xen_model::{XenConfig, XenPlatform};
+use xen_model::XenConfig;
 use xensim::guest::xen;
 use xensim::snapshots::{seek, Snapshotter};
+use xensim_tests::{log_header, Cpu};
 
 const STEM: &str = "run.log";
 
@@ -29,35 +29,14 @@ fn images() -> Vec<ImageHash> {
 
 /// The xen_events guest (event channels, a timer, blocking) on Xen.
 fn xen_machine() -> Machine {
-    let platform = XenPlatform::new(XenConfig::default(), config().cpus);
-    let mut m = Machine::with_platform(config(), Some(Box::new(platform)), &mut |id, n, cpuid| {
-        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
-    })
-    .expect("machine");
-    m.set_console(Box::new(std::io::sink()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: xen::xen_events().unwrap() },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
-    m
+    xensim_tests::xen_machine(xen::xen_events().unwrap(), config(), XenConfig::default(), Cpu::Interp, |_| {}).0
 }
 
 /// Record the guest, then replay it writing a snapshot every `every`
 /// instructions; returns the log and the snapshots' icounts.
 fn recorded_with_snapshots(dir: &Path, every: u64) -> (Log, Vec<u64>) {
     let path = dir.join(STEM);
-    let header = Header {
-        xensim_version: "test".into(),
-        config: log_config(),
-        cmdline: String::new(),
-        images: images(),
-        checkpoint_every: 2_000,
-        hypercalls: replay::Hypercalls::Vmcall,
-    };
+    let header = log_header(&config(), &xen::xen_events().unwrap(), 2_000);
     let mut w = LogWriter::create(&path, &header).unwrap();
     replay::record(&mut xen_machine(), Box::new(sim_core::door::ClosedDoor), &mut w, 2_000).unwrap();
     w.finish().unwrap();

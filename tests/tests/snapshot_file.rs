@@ -8,12 +8,11 @@
 //! uninterrupted run's, which a KVM run (host time) cannot reproduce;
 //! snapshots on KVM are in kvm_boot.rs, xenstore_guest.rs and kvm_dirty.rs.
 
-use sim_core::boot::{BootConfig, BootImage};
 use sim_core::cpuid::Vendor;
 use sim_core::machine::{Machine, MachineConfig, StopReason};
-use xen_model::{XenConfig, XenPlatform};
+use xen_model::XenConfig;
 use xensim::guest::xen;
-use xensim_tests::Capture;
+use xensim_tests::{log_header, Capture, Cpu};
 
 use replay::snapfile::{self, SnapError, SnapHeader, Snapshot};
 use replay::{ImageHash, LogConfig, SnapshotStore};
@@ -29,23 +28,7 @@ fn log_config(c: &MachineConfig) -> LogConfig {
 /// The xen_events guest (callback vector, per-vCPU vector, singleshot timer
 /// waking a blocked vCPU) on a fresh Xen machine.
 fn xen_machine() -> (Machine, Capture) {
-    let config = config();
-    let platform = XenPlatform::new(XenConfig::default(), config.cpus);
-    let mut m = Machine::with_platform(config, Some(Box::new(platform)), &mut |id, n, cpuid| {
-        Ok(Box::new(x86_interp::Interpreter::new(id, n, cpuid)))
-    })
-    .expect("machine");
-    let cap = Capture::default();
-    m.set_console(Box::new(cap.clone()));
-    m.boot(BootConfig {
-        kernel: BootImage { name: "guest".into(), bytes: xen::xen_events().unwrap() },
-        modules: Vec::new(),
-        cmdline: String::new(),
-        rsdp: 0,
-        reserved: Vec::new(),
-    })
-    .expect("boot");
-    (m, cap)
+    xensim_tests::xen_machine(xen::xen_events().unwrap(), config(), XenConfig::default(), Cpu::Interp, |_| {})
 }
 
 fn images() -> Vec<ImageHash> {
@@ -162,14 +145,7 @@ fn platform_state_is_in_the_hash() {
 fn xen_guest_records_and_replays_identically() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("xen.log");
-    let header = replay::Header {
-        xensim_version: "test".into(),
-        config: log_config(&config()),
-        cmdline: String::new(),
-        images: images(),
-        checkpoint_every: 2_000,
-        hypercalls: replay::Hypercalls::Vmcall,
-    };
+    let header = log_header(&config(), &xen::xen_events().unwrap(), 2_000);
     let (mut m, cap) = xen_machine();
     let mut w = replay::LogWriter::create(&path, &header).unwrap();
     let stop = replay::record(&mut m, Box::new(sim_core::door::ClosedDoor), &mut w, 2_000).unwrap();
