@@ -245,21 +245,49 @@ impl XenPlatform {
     }
 
     fn service_xenstore(&mut self, ctx: &mut PlatformCtx) {
-        let Some((rp, server)) = &mut self.dom0.xs else { return };
-        let port = rp.port;
         // A dom0 client released the guest and introduced it again (a toolstack does so
-        // on soft reset): the new connection is served on the same page, reset.
-        let live = self.dom0.store.domain(GUEST_DOMID).and_then(|d| d.conn);
+        // on soft reset): the new connection is served on the same page, reset, and on
+        // the event channel the introduction names.
+        let introduced = self.dom0.store.domain(GUEST_DOMID).and_then(|d| d.conn.map(|c| (c, d.gfn, d.port)));
+        let Some((rp, server)) = &mut self.dom0.xs else { return };
         let mut notify = false;
-        if let Some(conn) = live.filter(|&c| c != server.conn()) {
+        let mut new_port = None;
+        if let Some((conn, gfn, port)) = introduced.filter(|&(c, ..)| c != server.conn()) {
             *server = RingServer::introduced(conn, &rp.page);
             notify = true;
+            new_port = Some(port).filter(|&p| p != rp.port);
+            if gfn != rp.pfn {
+                // The ring is dom0's page at the frame HVM_PARAM_STORE_PFN names; a
+                // different frame is not followed.
+                tracing::warn!(gfn, ring = rp.pfn, "xenstore: introduced with another ring frame; served on the first");
+            }
         }
+        if let Some(new) = new_port {
+            self.rebind_xenstore_port(new);
+        }
+        let Some((rp, server)) = &mut self.dom0.xs else { return };
+        let port = rp.port;
         if server.service(self.dom0.store.get_mut(), &rp.page) || notify {
             let _ = self.backend_notify(ctx.mem, port);
         }
         // A guest write may have fired socket clients' watches.
         self.flush_socket_clients();
+    }
+
+    /// Serve the xenstore ring on guest port `new` instead (a re-introduction named it), as
+    /// xenstored binds the introduced port and unbinds the old connection's: the old port
+    /// goes back to unbound for dom0. If `new` is not a port the guest left unbound for
+    /// dom0, the ring stays where it was.
+    fn rebind_xenstore_port(&mut self, new: u32) {
+        let Some((rp, _)) = &mut self.dom0.xs else { return };
+        let old = rp.port;
+        match self.evtchn.backend_bind(new) {
+            Ok(_) => {
+                rp.port = new;
+                let _ = self.evtchn.backend_unbind(old);
+            }
+            Err(e) => tracing::warn!(port = new, error = ?e, "xenstore: cannot bind the introduced port"),
+        }
     }
 
     /// Moves socket clients' replies and events out of the store, to the sink if any.

@@ -664,6 +664,11 @@ fn the_toolstack_rings_are_at_the_special_pages_with_their_params_and_nodes() {
 
 /// The guest's half of a request: bytes into req[], req_prod, EVTCHNOP_send.
 fn guest_xs_request(r: &mut Rig, ty: u32, req_id: u32, payload: &[u8]) {
+    guest_xs_request_on(r, 1, ty, req_id, payload)
+}
+
+/// A request on the xenstore ring, signalled on guest port `port`.
+fn guest_xs_request_on(r: &mut Rig, port: u32, ty: u32, req_id: u32, payload: &[u8]) {
     let mut m = Vec::new();
     for w in [ty, req_id, 0, payload.len() as u32] {
         m.extend_from_slice(&w.to_le_bytes());
@@ -675,7 +680,7 @@ fn guest_xs_request(r: &mut Rig, ty: u32, req_id: u32, payload: &[u8]) {
         prod = prod.wrapping_add(1);
     }
     r.mem.write_u32(XS + 2052, prod).unwrap();
-    assert_eq!(r.evtchn(4, &[1]), 0);
+    assert_eq!(r.evtchn(4, &[port]), 0);
 }
 
 fn guest_xs_replies(r: &mut Rig) -> Vec<u8> {
@@ -963,4 +968,42 @@ fn a_released_and_reintroduced_guest_is_served_on_its_ring_again() {
     assert_eq!(guest_xs_replies(&mut r), wire(16, 5, b"EACCES\0"), "answered on the new connection");
     let c = r.p.xenstore().connection(new).unwrap();
     assert_eq!((c.domid, c.watches.len(), c.transactions.len()), (1, 0, 0));
+}
+
+/// A toolstack introduces the guest again with a new event channel, one the guest
+/// allocated unbound for dom0 (as on a soft reset). xenstored binds the introduced port
+/// and drops the old connection's: the ring is now signalled both ways on the new port,
+/// and the old one is back to unbound for dom0 (EVTCHNOP_status).
+#[test]
+fn a_guest_introduced_on_a_new_port_is_served_on_that_port() {
+    use sim_core::door::Input;
+    let mut r = pv_rig();
+    r.p.set_xenstore_sink(Box::new(SinkLog::default()));
+    assert_eq!(r.evtchn(6, &[DOMID_SELF as u32, 0]), 0, "alloc_unbound for dom0");
+    let new = r.out(1);
+    assert_ne!(new, 1);
+    r.p.input(ctx!(r), &Input::XenstoreClient { client: 3, connected: true });
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 3, bytes: wire(9, 1, b"1\0") });
+    clear_pending(&r);
+    let intro = format!("1\0{}\0{new}\0", 0xfeffc);
+    r.p.input(ctx!(r), &Input::XenstoreSocket { client: 3, bytes: wire(8, 2, intro.as_bytes()) });
+    assert!(port_pending(&r, new) && !port_pending(&r, 1), "the introduction is signalled on the new port");
+    clear_pending(&r);
+    guest_xs_request_on(&mut r, new, 2, 5, b"domid\0");
+    r.sync();
+    assert_eq!(guest_xs_replies(&mut r), wire(16, 5, b"EACCES\0"), "answered on the new connection");
+    assert!(port_pending(&r, new) && !port_pending(&r, 1), "the reply is signalled on the new port");
+    // EVTCHNOP_status of each port: state 2 (interdomain) for the new one, 1 (unbound)
+    // with remote domain 0 for the old one.
+    let status = |r: &mut Rig, port: u32| {
+        assert_eq!(r.evtchn(5, &[DOMID_SELF as u32, port]), 0);
+        (r.out(2), r.out(4) & 0xffff)
+    };
+    assert_eq!(status(&mut r, new).0, 2);
+    assert_eq!(status(&mut r, 1), (1, 0));
+    // A request signalled on the old port is not seen.
+    clear_pending(&r);
+    guest_xs_request_on(&mut r, 1, 2, 6, b"domid\0");
+    r.sync();
+    assert!(guest_xs_replies(&mut r).is_empty());
 }
