@@ -20,7 +20,8 @@ use sim_core::machine::snapshot::{Hash, StateDigest};
 pub const MAGIC: &[u8; 8] = b"XSIMLOG\n";
 /// 2: the header records the recording host's hypercall interception.
 /// 3: byte buffers in inputs and in the state that checkpoints hash
-/// (pages, xenstore values, ring buffers) encode as MessagePack bin.
+/// (pages, xenstore values, ring buffers), and the hashes in checkpoints,
+/// encode as MessagePack bin.
 pub const FORMAT_VERSION: u32 = 3;
 /// No chunk is larger (a checkpoint is a few KiB; inputs are flushed long before).
 pub const MAX_CHUNK: u32 = 16 << 20;

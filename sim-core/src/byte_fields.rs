@@ -3,7 +3,8 @@
 //! integers. State hashes and snapshots encode whole pages: as integers a
 //! 4 KiB page costs a serializer call per byte and up to twice the space.
 //! A bare `Vec<u8>` field takes `#[serde(with = "serde_bytes")]`; these
-//! cover the shapes serde_bytes does not.
+//! cover the shapes serde_bytes does not (and hashes, `[u8; 32]`, which
+//! serde encodes as 32 integers).
 
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
@@ -45,6 +46,36 @@ pub mod list {
     }
 }
 
+/// `Vec<(K, [u8; N])>` (hashes by name or address): a sequence of (key,
+/// bin) pairs; a bin of another length does not decode.
+pub mod fixed_pairs {
+    use super::*;
+
+    pub fn serialize<K: Serialize, const N: usize, S: Serializer>(v: &[(K, [u8; N])], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for (k, bytes) in v {
+            seq.serialize_element(&(k, Bytes::new(bytes)))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, K: Deserialize<'de>, const N: usize, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(K, [u8; N])>, D::Error> {
+        let v: Vec<(K, ByteBuf)> = Deserialize::deserialize(d)?;
+        v.into_iter()
+            .map(|(k, b)| {
+                let len = b.len();
+                let bytes: [u8; N] = b
+                    .into_vec()
+                    .try_into()
+                    .map_err(|_| serde::de::Error::invalid_length(len, &"a bin of the hash's length"))?;
+                Ok((k, bytes))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +99,24 @@ mod tests {
         want.extend([7; 300]);
         assert_eq!(got, want);
         assert_eq!(rmp_serde::from_slice::<Held>(&got).unwrap(), held);
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Hashes {
+        #[serde(with = "fixed_pairs")]
+        by_name: Vec<(String, [u8; 4])>,
+    }
+
+    #[test]
+    fn fixed_arrays_encode_as_bins_of_their_length() {
+        let h = Hashes { by_name: vec![("a".into(), [1, 2, 3, 0xff])] };
+        let got = rmp_serde::to_vec(&h).unwrap();
+        // [[["a", bin 8 of 4 bytes]]]: fixarray, fixarray, fixarray, fixstr "a".
+        assert_eq!(got, [0x91, 0x91, 0x92, 0xa1, b'a', 0xc4, 0x04, 1, 2, 3, 0xff]);
+        assert_eq!(rmp_serde::from_slice::<Hashes>(&got).unwrap(), h);
+        // A bin of another length is an error, not a panic or a short hash.
+        let short = [0x91, 0x91, 0x92, 0xa1, b'a', 0xc4, 0x03, 1, 2, 3];
+        assert!(rmp_serde::from_slice::<Hashes>(&short).is_err());
     }
 
     #[test]

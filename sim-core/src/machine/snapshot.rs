@@ -132,8 +132,10 @@ pub struct StateDigest {
     pub now_ns: u64,
     /// ("vcpu0", ...), ("lapic0", ...), "ioapic", "pic", "gsi", "timers",
     /// "time", "console-input", devices ("port 0x3f8"), "platform", "overlays".
+    #[serde(with = "crate::byte_fields::fixed_pairs")]
     pub components: Vec<(String, Hash)>,
     /// (region start, hash) for each `RAM_REGION` of RAM.
+    #[serde(with = "crate::byte_fields::fixed_pairs")]
     pub ram: Vec<(u64, Hash)>,
     pub vcpus: Vec<ArchState>,
 }
