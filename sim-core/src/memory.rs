@@ -59,6 +59,17 @@ impl OverlayPage {
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.host_addr().add(offset), buf.len()) }
     }
 
+    /// The little-endian u32 at `offset` (ring indexes and flags).
+    pub fn read_u32(&self, offset: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn write_u32(&self, offset: usize, v: u32) {
+        self.write(offset, &v.to_le_bytes());
+    }
+
     pub fn same_page(&self, other: &OverlayPage) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }

@@ -21,16 +21,6 @@ pub mod off {
 pub const IN_SIZE: u32 = 1024;
 pub const OUT_SIZE: u32 = 2048;
 
-fn rd32(page: &OverlayPage, at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    page.read(at, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr32(page: &OverlayPage, at: usize, v: u32) {
-    page.write(at, &v.to_le_bytes());
-}
-
 /// Moves the guest's output to `output` and as much of `input` as fits into the guest's
 /// input queue. Returns true if an index moved (the guest must be signalled).
 ///
@@ -39,7 +29,7 @@ fn wr32(page: &OverlayPage, at: usize, v: u32) {
 pub fn service(page: &OverlayPage, output: &mut Vec<u8>, input: &mut VecDeque<u8>) -> bool {
     let mut changed = false;
 
-    let (cons, prod) = (rd32(page, off::OUT_CONS), rd32(page, off::OUT_PROD));
+    let (cons, prod) = (page.read_u32(off::OUT_CONS), page.read_u32(off::OUT_PROD));
     let n = prod.wrapping_sub(cons);
     if n != 0 && n <= OUT_SIZE {
         let start = (cons % OUT_SIZE) as usize;
@@ -49,11 +39,11 @@ pub fn service(page: &OverlayPage, output: &mut Vec<u8>, input: &mut VecDeque<u8
         page.read(off::OUT + start, a);
         page.read(off::OUT, b);
         output.extend_from_slice(&buf);
-        wr32(page, off::OUT_CONS, prod);
+        page.write_u32(off::OUT_CONS, prod);
         changed = true;
     }
 
-    let (cons, mut prod) = (rd32(page, off::IN_CONS), rd32(page, off::IN_PROD));
+    let (cons, mut prod) = (page.read_u32(off::IN_CONS), page.read_u32(off::IN_PROD));
     let used = prod.wrapping_sub(cons);
     if !input.is_empty() && used < IN_SIZE {
         let n = (IN_SIZE - used).min(u32::try_from(input.len()).unwrap_or(u32::MAX));
@@ -61,7 +51,7 @@ pub fn service(page: &OverlayPage, output: &mut Vec<u8>, input: &mut VecDeque<u8
             page.write(off::IN + (prod % IN_SIZE) as usize, &[b]);
             prod = prod.wrapping_add(1);
         }
-        wr32(page, off::IN_PROD, prod);
+        page.write_u32(off::IN_PROD, prod);
         changed = true;
     }
     changed
@@ -71,28 +61,18 @@ pub fn service(page: &OverlayPage, output: &mut Vec<u8>, input: &mut VecDeque<u8
 mod tests {
     use super::*;
 
-    fn set(p: &OverlayPage, at: usize, v: u32) {
-        p.write(at, &v.to_le_bytes());
-    }
-
-    fn get(p: &OverlayPage, at: usize) -> u32 {
-        let mut b = [0u8; 4];
-        p.read(at, &mut b);
-        u32::from_le_bytes(b)
-    }
-
     /// The guest's side of hvc_xen's write: bytes at out[prod % 2048], then out_prod.
     fn guest_write(p: &OverlayPage, s: &[u8]) {
-        let mut prod = get(p, 3084);
+        let mut prod = p.read_u32(3084);
         for &b in s {
             p.write(1024 + (prod % 2048) as usize, &[b]);
             prod = prod.wrapping_add(1);
         }
-        set(p, 3084, prod);
+        p.write_u32(3084, prod);
     }
 
     fn guest_read(p: &OverlayPage) -> Vec<u8> {
-        let (mut cons, prod) = (get(p, 3072), get(p, 3076));
+        let (mut cons, prod) = (p.read_u32(3072), p.read_u32(3076));
         let mut v = Vec::new();
         while cons != prod {
             let mut b = [0u8];
@@ -100,20 +80,20 @@ mod tests {
             v.push(b[0]);
             cons = cons.wrapping_add(1);
         }
-        set(p, 3072, cons);
+        p.write_u32(3072, cons);
         v
     }
 
     #[test]
     fn output_wraps_and_reaches_the_console() {
         let p = OverlayPage::new();
-        set(&p, 3080, u32::MAX - 3);
-        set(&p, 3084, u32::MAX - 3);
+        p.write_u32(3080, u32::MAX - 3);
+        p.write_u32(3084, u32::MAX - 3);
         let (mut out, mut inp) = (Vec::new(), VecDeque::new());
         guest_write(&p, b"hello, hvc0\n");
         assert!(service(&p, &mut out, &mut inp));
         assert_eq!(out, b"hello, hvc0\n");
-        assert_eq!(get(&p, 3080), get(&p, 3084));
+        assert_eq!(p.read_u32(3080), p.read_u32(3084));
         assert!(!service(&p, &mut out, &mut inp), "nothing new");
         // A full 2048-byte queue across the end of the buffer.
         let big: Vec<u8> = (0..2048u32).map(|i| (i % 251) as u8).collect();
@@ -143,8 +123,8 @@ mod tests {
     #[test]
     fn inconsistent_indices_move_nothing() {
         let p = OverlayPage::new();
-        set(&p, 3084, 4000); // out_prod - out_cons > 2048
-        set(&p, 3076, 2000); // in_prod - in_cons > 1024
+        p.write_u32(3084, 4000); // out_prod - out_cons > 2048
+        p.write_u32(3076, 2000); // in_prod - in_cons > 1024
         let (mut out, mut inp) = (Vec::new(), VecDeque::from(vec![b'x']));
         assert!(!service(&p, &mut out, &mut inp));
         assert!(out.is_empty());

@@ -82,35 +82,25 @@ struct Ring {
     got: Vec<Packet>,
 }
 
-fn rd32(page: &OverlayPage, at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    page.read(at, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr32(page: &OverlayPage, at: usize, v: u32) {
-    page.write(at, &v.to_le_bytes());
-}
-
 impl Ring {
     /// The guest's producer: bytes at req_prod as far as its view of the
     /// free space goes (none if the indexes make no sense).
     fn send(&self, bytes: &[u8]) -> usize {
-        let (cons, mut prod) = (rd32(&self.page, off::REQ_CONS), rd32(&self.page, off::REQ_PROD));
+        let (cons, mut prod) = (self.page.read_u32(off::REQ_CONS), self.page.read_u32(off::REQ_PROD));
         let used = prod.wrapping_sub(cons);
         let n = bytes.len().min(RING_SIZE.saturating_sub(used) as usize);
         for &b in &bytes[..n] {
             self.page.write(off::REQ + (prod % RING_SIZE) as usize, &[b]);
             prod = prod.wrapping_add(1);
         }
-        wr32(&self.page, off::REQ_PROD, prod);
+        self.page.write_u32(off::REQ_PROD, prod);
         n
     }
 
     /// The guest's consumer: everything between rsp_cons and rsp_prod (when
     /// that is at most a ring), framed into packets.
     fn consume(&mut self) {
-        let (mut cons, prod) = (rd32(&self.page, off::RSP_CONS), rd32(&self.page, off::RSP_PROD));
+        let (mut cons, prod) = (self.page.read_u32(off::RSP_CONS), self.page.read_u32(off::RSP_PROD));
         if prod.wrapping_sub(cons) > RING_SIZE {
             return;
         }
@@ -121,7 +111,7 @@ impl Ring {
             bytes.push(b[0]);
             cons = cons.wrapping_add(1);
         }
-        wr32(&self.page, off::RSP_CONS, cons);
+        self.page.write_u32(off::RSP_CONS, cons);
         match self.replies.push(&bytes) {
             Ok(ps) => self.got.extend(ps),
             // The guest's own framing of what the server wrote.
@@ -136,7 +126,7 @@ impl Ring {
 
     /// The guest reconnects: its own view of the stream starts over too.
     fn reconnect(&mut self) {
-        wr32(&self.page, off::CONNECTION, RECONNECT);
+        self.page.write_u32(off::CONNECTION, RECONNECT);
         self.replies.reset();
     }
 }
@@ -249,7 +239,7 @@ impl Harness {
         }
         let page = &self.ring.page;
         let before = page_words(page);
-        let reconnect = rd32(page, off::CONNECTION) == RECONNECT;
+        let reconnect = page.read_u32(off::CONNECTION) == RECONNECT;
         let changed = self.ring.server.service(&mut self.store, page);
         let after = page_words(page);
         // Bytes the server may not write: one fold over the page (not a
@@ -260,12 +250,12 @@ impl Harness {
             let at = (0..512).find(|&i| (before[i] ^ after[i]) & guest[i] != 0).unwrap_or(0);
             return Err(format!("the ring server wrote the guest's bytes in {:#x}..{:#x}", at * 8, at * 8 + 8));
         }
-        if reconnect && rd32(page, off::CONNECTION) != CONNECTED {
+        if reconnect && page.read_u32(off::CONNECTION) != CONNECTED {
             return Err("the ring server left a reconnect request unanswered".into());
         }
         if self.ring.server.error().is_none() {
-            let req = rd32(page, off::REQ_PROD).wrapping_sub(rd32(page, off::REQ_CONS));
-            let rsp = rd32(page, off::RSP_PROD).wrapping_sub(rd32(page, off::RSP_CONS));
+            let req = page.read_u32(off::REQ_PROD).wrapping_sub(page.read_u32(off::REQ_CONS));
+            let rsp = page.read_u32(off::RSP_PROD).wrapping_sub(page.read_u32(off::RSP_CONS));
             if req > RING_SIZE || rsp > RING_SIZE {
                 return Err(format!("ring served with {req} request and {rsp} response bytes outstanding"));
             }
@@ -338,8 +328,8 @@ pub fn run(input: &Input) -> Result<(), String> {
             Step::Consume => h.ring.consume(),
             Step::Index { which, value, relative } => {
                 let at = [off::REQ_CONS, off::REQ_PROD, off::RSP_CONS, off::RSP_PROD][usize::from(which % 4)];
-                let v = if *relative { rd32(&h.ring.page, at).wrapping_add(*value) } else { *value };
-                wr32(&h.ring.page, at, v);
+                let v = if *relative { h.ring.page.read_u32(at).wrapping_add(*value) } else { *value };
+                h.ring.page.write_u32(at, v);
             }
             Step::PokePage { at, bytes } => {
                 let at = usize::from(*at) % 4096;
@@ -499,7 +489,7 @@ mod tests {
         let got = read_domid(&mut h, 7);
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].msg_type, got[0].req_id, &got[0].payload[..]), (MsgType::Read as u32, 7, &b"1"[..]));
-        assert_eq!(rd32(&h.ring.page, off::REQ_CONS), 16 + 6, "header and payload consumed");
+        assert_eq!(h.ring.page.read_u32(off::REQ_CONS), 16 + 6, "header and payload consumed");
     }
 
     /// xenstore-ring.txt: indexes more than a ring apart are
@@ -509,17 +499,17 @@ mod tests {
     fn garbage_indexes_stop_the_ring_until_a_reconnect() {
         for (at, value) in [(off::REQ_PROD, 5000u32), (off::RSP_CONS, 1), (off::RSP_PROD, 0x8000_0000)] {
             let mut h = Harness::new();
-            wr32(&h.ring.page, at, value);
+            h.ring.page.write_u32(at, value);
             h.service().unwrap();
-            assert_eq!(rd32(&h.ring.page, off::ERROR), 2, "index at {at:#x} = {value}");
+            assert_eq!(h.ring.page.read_u32(off::ERROR), 2, "index at {at:#x} = {value}");
             assert!(h.ring.server.error().is_some());
             // Nothing is served while stopped.
-            wr32(&h.ring.page, at, 0);
+            h.ring.page.write_u32(at, 0);
             assert!(read_domid(&mut h, 1).is_empty());
             h.ring.reconnect();
             h.service().unwrap();
-            assert_eq!(rd32(&h.ring.page, off::CONNECTION), CONNECTED);
-            assert_eq!(rd32(&h.ring.page, off::ERROR), 0);
+            assert_eq!(h.ring.page.read_u32(off::CONNECTION), CONNECTED);
+            assert_eq!(h.ring.page.read_u32(off::ERROR), 0);
             assert_eq!(read_domid(&mut h, 2).len(), 1, "served again after the reconnect");
             assert_eq!(still_answers(&mut h), Ok(()));
         }
@@ -533,10 +523,10 @@ mod tests {
         let old = h.ring.server.conn();
         h.socket_bytes(0, &packet_bytes(MsgType::Release as u32, 1, 0, b"1\0"));
         h.socket_bytes(0, &packet_bytes(MsgType::Introduce as u32, 2, 0, b"1\x001044476\x001\x00"));
-        wr32(&h.ring.page, off::REQ_PROD, 9);
+        h.ring.page.write_u32(off::REQ_PROD, 9);
         h.service().unwrap();
         assert_ne!(h.ring.server.conn(), old);
-        assert_eq!(rd32(&h.ring.page, off::REQ_PROD), 0, "emptied on introduction");
+        assert_eq!(h.ring.page.read_u32(off::REQ_PROD), 0, "emptied on introduction");
         let got = read_domid(&mut h, 3);
         assert_eq!((got.len(), got[0].req_id), (1, 3), "answered: {got:?}");
         assert_eq!(still_answers(&mut h), Ok(()));
@@ -548,7 +538,7 @@ mod tests {
         h.ring.send(&packet_bytes(MsgType::Read as u32, 1, 0, &[])[..12]);
         h.ring.send(&5000u32.to_le_bytes());
         h.service().unwrap();
-        assert_eq!(rd32(&h.ring.page, off::ERROR), 3, "XENSTORE_ERROR_PROTO");
+        assert_eq!(h.ring.page.read_u32(off::ERROR), 3, "XENSTORE_ERROR_PROTO");
         assert_eq!(still_answers(&mut h), Ok(()));
     }
 }

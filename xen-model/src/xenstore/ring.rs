@@ -51,23 +51,13 @@ pub enum RingError {
     Proto = 3,
 }
 
-fn rd32(page: &OverlayPage, at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    page.read(at, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr32(page: &OverlayPage, at: usize, v: u32) {
-    page.write(at, &v.to_le_bytes());
-}
-
 /// Copies `buf.len()` bytes of the queue at `base` from stream offset `idx`, wrapping.
 /// Empty queues (all four indexes 0), no error, connected; the features stay.
 fn reset_page(page: &OverlayPage) {
     for at in [off::REQ_CONS, off::REQ_PROD, off::RSP_CONS, off::RSP_PROD, off::ERROR] {
-        wr32(page, at, 0);
+        page.write_u32(at, 0);
     }
-    wr32(page, off::CONNECTION, CONNECTED);
+    page.write_u32(off::CONNECTION, CONNECTED);
 }
 
 fn ring_read(page: &OverlayPage, base: usize, idx: u32, buf: &mut [u8]) {
@@ -117,7 +107,7 @@ impl RingServer {
     /// no error.
     pub fn init_page(page: &OverlayPage) {
         page.write(0, &[0u8; sim_core::memory::PAGE_SIZE as usize]);
-        wr32(page, off::SERVER_FEATURES, FEATURE_RECONNECTION | FEATURE_ERROR);
+        page.write_u32(off::SERVER_FEATURES, FEATURE_RECONNECTION | FEATURE_ERROR);
     }
 
     /// Serves `conn`, a domain's new connection after XS_RELEASE and XS_INTRODUCE, on a
@@ -134,7 +124,7 @@ impl RingServer {
     /// until neither moves. Returns true if the page changed, i.e. the guest must be
     /// signalled.
     pub fn service(&mut self, store: &mut Store, page: &OverlayPage) -> bool {
-        if rd32(page, off::CONNECTION) == RECONNECT {
+        if page.read_u32(off::CONNECTION) == RECONNECT {
             self.reconnect(store, page);
             return true;
         }
@@ -164,7 +154,7 @@ impl RingServer {
         self.out.clear();
         self.out_pos = 0;
         store.reset_connection(self.conn);
-        wr32(page, off::ERROR, e as u32);
+        page.write_u32(off::ERROR, e as u32);
     }
 
     /// The ring reconnection feature: drop partial packets, queued output, watches and
@@ -180,8 +170,8 @@ impl RingServer {
 
     /// Writes queued output as far as the response queue has room.
     fn write_out(&mut self, store: &mut Store, page: &OverlayPage) -> Result<bool, RingError> {
-        let cons = rd32(page, off::RSP_CONS);
-        let mut prod = rd32(page, off::RSP_PROD);
+        let cons = page.read_u32(off::RSP_CONS);
+        let mut prod = page.read_u32(off::RSP_PROD);
         let used = prod.wrapping_sub(cons);
         if used > RING_SIZE {
             return Err(RingError::RingIdx);
@@ -203,7 +193,7 @@ impl RingServer {
             wrote = true;
         }
         if wrote {
-            wr32(page, off::RSP_PROD, prod);
+            page.write_u32(off::RSP_PROD, prod);
         }
         Ok(wrote)
     }
@@ -211,8 +201,8 @@ impl RingServer {
     /// Takes requests from the request queue, handing each complete one to the store.
     /// Stops (leaving bytes in the ring) while the store refuses more requests.
     fn read_in(&mut self, store: &mut Store, page: &OverlayPage) -> Result<bool, RingError> {
-        let cons = rd32(page, off::REQ_CONS);
-        let prod = rd32(page, off::REQ_PROD);
+        let cons = page.read_u32(off::REQ_CONS);
+        let prod = page.read_u32(off::REQ_PROD);
         let avail = prod.wrapping_sub(cons);
         if avail > RING_SIZE {
             return Err(RingError::RingIdx);
@@ -233,7 +223,7 @@ impl RingServer {
             }
         }
         let consumed = buf.len() - rest.len();
-        wr32(page, off::REQ_CONS, cons.wrapping_add(consumed as u32));
+        page.write_u32(off::REQ_CONS, cons.wrapping_add(consumed as u32));
         Ok(consumed > 0)
     }
 }

@@ -9,16 +9,6 @@ const REQ_PROD: usize = 2052;
 const RSP_CONS: usize = 2056;
 const RSP_PROD: usize = 2060;
 
-fn get(p: &OverlayPage, at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    p.read(at, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn set(p: &OverlayPage, at: usize, v: u32) {
-    p.write(at, &v.to_le_bytes());
-}
-
 /// Header (type, req_id, tx_id, len) little-endian, then payload.
 fn msg(ty: u32, req_id: u32, tx: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -31,17 +21,17 @@ fn msg(ty: u32, req_id: u32, tx: u32, payload: &[u8]) -> Vec<u8> {
 
 /// The guest side: produces into the request queue, consumes the response queue.
 fn guest_send(p: &OverlayPage, bytes: &[u8]) {
-    let mut prod = get(p, REQ_PROD);
+    let mut prod = p.read_u32(REQ_PROD);
     for &b in bytes {
         p.write((prod % 1024) as usize, &[b]);
         prod = prod.wrapping_add(1);
     }
-    assert!(prod.wrapping_sub(get(p, REQ_CONS)) <= 1024, "test wrote past the ring");
-    set(p, REQ_PROD, prod);
+    assert!(prod.wrapping_sub(p.read_u32(REQ_CONS)) <= 1024, "test wrote past the ring");
+    p.write_u32(REQ_PROD, prod);
 }
 
 fn guest_recv(p: &OverlayPage) -> Vec<u8> {
-    let (mut cons, prod) = (get(p, RSP_CONS), get(p, RSP_PROD));
+    let (mut cons, prod) = (p.read_u32(RSP_CONS), p.read_u32(RSP_PROD));
     let mut out = Vec::new();
     while cons != prod {
         let mut b = [0u8];
@@ -49,7 +39,7 @@ fn guest_recv(p: &OverlayPage) -> Vec<u8> {
         out.push(b[0]);
         cons = cons.wrapping_add(1);
     }
-    set(p, RSP_CONS, cons);
+    p.write_u32(RSP_CONS, cons);
     out
 }
 
@@ -99,9 +89,9 @@ impl Rig {
 #[test]
 fn a_fresh_page_advertises_reconnection_and_error_and_is_connected() {
     let r = Rig::new();
-    assert_eq!(get(&r.page, 2064), 1 | 2);
-    assert_eq!(get(&r.page, 2068), 0);
-    assert_eq!(get(&r.page, 2072), 0);
+    assert_eq!(r.page.read_u32(2064), 1 | 2);
+    assert_eq!(r.page.read_u32(2068), 0);
+    assert_eq!(r.page.read_u32(2072), 0);
 }
 
 #[test]
@@ -121,7 +111,7 @@ fn a_request_split_across_notifications_is_handled_once_complete() {
     let m = msg(2, 5, 0, b"name\0");
     guest_send(&r.page, &m[..10]);
     assert!(r.service(), "the consumer index moved");
-    assert_eq!(get(&r.page, REQ_CONS), 10);
+    assert_eq!(r.page.read_u32(REQ_CONS), 10);
     assert!(guest_recv(&r.page).is_empty());
     guest_send(&r.page, &m[10..]);
     r.service();
@@ -132,14 +122,14 @@ fn a_request_split_across_notifications_is_handled_once_complete() {
 fn free_running_indices_wrap_around_u32() {
     let mut r = Rig::new();
     for at in [REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD] {
-        set(&r.page, at, 0xffff_fff0);
+        r.page.write_u32(at, 0xffff_fff0);
     }
     for i in 0..40 {
         let got = r.call(11, i, format!("data/k\0value{i}").as_bytes());
         assert_eq!(got, vec![(11, i, b"OK\0".to_vec())]);
         assert_eq!(r.call(2, i, b"data/k\0"), vec![(2, i, format!("value{i}").into_bytes())]);
     }
-    assert!(get(&r.page, REQ_PROD) < 0x1000, "the request index wrapped");
+    assert!(r.page.read_u32(REQ_PROD) < 0x1000, "the request index wrapped");
 }
 
 #[test]
@@ -184,7 +174,7 @@ fn an_overlong_packet_sets_the_error_and_stops_service_until_reconnect() {
     bad[12..16].copy_from_slice(&4097u32.to_le_bytes());
     guest_send(&r.page, &bad);
     assert!(r.service());
-    assert_eq!(get(&r.page, 2072), 3, "XENSTORE_ERROR_PROTO");
+    assert_eq!(r.page.read_u32(2072), 3, "XENSTORE_ERROR_PROTO");
     assert_eq!(r.server.error(), Some(RingError::Proto));
     assert!(r.store.connection(conn).unwrap().watches.is_empty(), "watches discarded");
     // A valid request now goes unanswered.
@@ -194,12 +184,12 @@ fn an_overlong_packet_sets_the_error_and_stops_service_until_reconnect() {
 
     // Reconnect: connection := 1 and signal; the server empties the queues and says 0.
     guest_send(&r.page, b"\x02\x00"); // a stray partial packet, dropped too
-    set(&r.page, 2068, 1);
+    r.page.write_u32(2068, 1);
     assert!(r.service());
-    assert_eq!(get(&r.page, 2068), 0);
-    assert_eq!(get(&r.page, 2072), 0);
+    assert_eq!(r.page.read_u32(2068), 0);
+    assert_eq!(r.page.read_u32(2072), 0);
     for at in [REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD] {
-        assert_eq!(get(&r.page, at), 0);
+        assert_eq!(r.page.read_u32(at), 0);
     }
     assert_eq!(r.call(2, 4, b"name\0"), vec![(2, 4, b"guest".to_vec())]);
 }
@@ -207,17 +197,17 @@ fn an_overlong_packet_sets_the_error_and_stops_service_until_reconnect() {
 #[test]
 fn inconsistent_indices_set_ringidx() {
     let mut r = Rig::new();
-    set(&r.page, REQ_PROD, 1025);
+    r.page.write_u32(REQ_PROD, 1025);
     assert!(r.service());
-    assert_eq!(get(&r.page, 2072), 2, "XENSTORE_ERROR_RINGIDX");
+    assert_eq!(r.page.read_u32(2072), 2, "XENSTORE_ERROR_RINGIDX");
 
     let mut r = Rig::new();
     let d0 = r.store.connect(0);
     r.store.call(d0, MsgType::Write, 0, b"/x\0y").unwrap();
-    set(&r.page, RSP_PROD, 5000);
+    r.page.write_u32(RSP_PROD, 5000);
     guest_send(&r.page, &msg(2, 1, 0, b"name\0"));
     r.service();
-    assert_eq!(get(&r.page, 2072), 2);
+    assert_eq!(r.page.read_u32(2072), 2);
 }
 
 #[test]
@@ -231,11 +221,11 @@ fn reconnect_drops_partial_packets_watches_and_transactions() {
     // Half a header, then the reconnect request.
     guest_send(&r.page, &msg(2, 9, 0, b"name\0")[..7]);
     r.service();
-    set(&r.page, 2068, 1);
+    r.page.write_u32(2068, 1);
     assert!(r.service());
     let c = r.store.connection(conn).unwrap();
     assert!(c.watches.is_empty() && c.transactions.is_empty());
-    assert_eq!(get(&r.page, 2068), 0);
+    assert_eq!(r.page.read_u32(2068), 0);
     // The next packet starts at a packet boundary: the 7 old bytes are gone.
     assert_eq!(r.call(2, 10, b"name\0"), vec![(2, 10, b"guest".to_vec())]);
     // A write under the old watch fires nothing.
@@ -253,17 +243,17 @@ fn requests_wait_in_the_ring_while_the_guest_does_not_read_replies() {
     w.extend(std::iter::repeat_n(b'z', 1000));
     r.call(11, 0, &w);
     let one = msg(2, 1, 0, b"data/v\0");
-    let start = get(&r.page, REQ_CONS);
+    let start = r.page.read_u32(REQ_CONS);
     for _ in 0..30 {
         guest_send(&r.page, &one);
     }
     r.service();
-    let consumed = get(&r.page, REQ_CONS).wrapping_sub(start) as usize / one.len();
+    let consumed = r.page.read_u32(REQ_CONS).wrapping_sub(start) as usize / one.len();
     // 20 taken, then the server moves two replies out of the store (one written whole,
     // 8 bytes of the next fill the queue), which lets two more in: 22.
     assert_eq!(consumed, 22, "requests taken before the quota stopped the server");
     let mut stream = Vec::new();
-    while r.service() || get(&r.page, RSP_PROD) != get(&r.page, RSP_CONS) {
+    while r.service() || r.page.read_u32(RSP_PROD) != r.page.read_u32(RSP_CONS) {
         stream.extend(guest_recv(&r.page));
     }
     let replies = parse(&stream);
