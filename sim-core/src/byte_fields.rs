@@ -10,21 +10,32 @@ use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_bytes::{ByteBuf, Bytes};
 
-/// `Vec<(K, Vec<u8>)>`: a sequence of (key, bin) pairs.
+/// `Vec<(K, B)>` where B is `Vec<u8>` or a fixed array such as a hash
+/// (`[u8; 32]`): a sequence of (key, bin) pairs. A bin that does not fit
+/// B (the wrong length for an array) does not decode.
 pub mod pairs {
     use super::*;
 
-    pub fn serialize<K: Serialize, S: Serializer>(v: &[(K, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<K: Serialize, B: AsRef<[u8]>, S: Serializer>(v: &[(K, B)], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
         for (k, bytes) in v {
-            seq.serialize_element(&(k, Bytes::new(bytes)))?;
+            seq.serialize_element(&(k, Bytes::new(bytes.as_ref())))?;
         }
         seq.end()
     }
 
-    pub fn deserialize<'de, K: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Vec<(K, Vec<u8>)>, D::Error> {
+    pub fn deserialize<'de, K: Deserialize<'de>, B: TryFrom<Vec<u8>>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(K, B)>, D::Error> {
         let v: Vec<(K, ByteBuf)> = Deserialize::deserialize(d)?;
-        Ok(v.into_iter().map(|(k, b)| (k, b.into_vec())).collect())
+        v.into_iter()
+            .map(|(k, b)| {
+                let len = b.len();
+                let bytes = B::try_from(b.into_vec())
+                    .map_err(|_| serde::de::Error::invalid_length(len, &"a bin of the field's length"))?;
+                Ok((k, bytes))
+            })
+            .collect()
     }
 }
 
@@ -43,36 +54,6 @@ pub mod list {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         let v: Vec<ByteBuf> = Deserialize::deserialize(d)?;
         Ok(v.into_iter().map(ByteBuf::into_vec).collect())
-    }
-}
-
-/// `Vec<(K, [u8; N])>` (hashes by name or address): a sequence of (key,
-/// bin) pairs; a bin of another length does not decode.
-pub mod fixed_pairs {
-    use super::*;
-
-    pub fn serialize<K: Serialize, const N: usize, S: Serializer>(v: &[(K, [u8; N])], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(v.len()))?;
-        for (k, bytes) in v {
-            seq.serialize_element(&(k, Bytes::new(bytes)))?;
-        }
-        seq.end()
-    }
-
-    pub fn deserialize<'de, K: Deserialize<'de>, const N: usize, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(K, [u8; N])>, D::Error> {
-        let v: Vec<(K, ByteBuf)> = Deserialize::deserialize(d)?;
-        v.into_iter()
-            .map(|(k, b)| {
-                let len = b.len();
-                let bytes: [u8; N] = b
-                    .into_vec()
-                    .try_into()
-                    .map_err(|_| serde::de::Error::invalid_length(len, &"a bin of the hash's length"))?;
-                Ok((k, bytes))
-            })
-            .collect()
     }
 }
 
@@ -103,7 +84,7 @@ mod tests {
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Hashes {
-        #[serde(with = "fixed_pairs")]
+        #[serde(with = "pairs")]
         by_name: Vec<(String, [u8; 4])>,
     }
 

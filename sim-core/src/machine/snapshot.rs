@@ -132,10 +132,10 @@ pub struct StateDigest {
     pub now_ns: u64,
     /// ("vcpu0", ...), ("lapic0", ...), "ioapic", "pic", "gsi", "timers",
     /// "time", "console-input", devices ("port 0x3f8"), "platform", "overlays".
-    #[serde(with = "crate::byte_fields::fixed_pairs")]
+    #[serde(with = "crate::byte_fields::pairs")]
     pub components: Vec<(String, Hash)>,
     /// (region start, hash) for each `RAM_REGION` of RAM.
-    #[serde(with = "crate::byte_fields::fixed_pairs")]
+    #[serde(with = "crate::byte_fields::pairs")]
     pub ram: Vec<(u64, Hash)>,
     pub vcpus: Vec<ArchState>,
 }
@@ -218,6 +218,16 @@ impl Machine {
         arch
     }
 
+    fn vcpu_states(&self) -> Vec<VcpuState> {
+        (0..self.vcpus.len())
+            .map(|i| VcpuState {
+                arch: self.vcpu_arch(i),
+                run_state: self.run_state[i],
+                extint_pending: self.extint_pending[i],
+            })
+            .collect()
+    }
+
     /// Everything but RAM, at a round boundary.
     pub fn save_state(&self) -> MachineState {
         let overlays = self.overlay_contents();
@@ -227,13 +237,7 @@ impl Machine {
             now_ns: self.now_ns,
             retired: self.retired,
             wall_clock_ns: self.wall_clock_ns,
-            vcpus: (0..self.vcpus.len())
-                .map(|i| VcpuState {
-                    arch: self.vcpu_arch(i),
-                    run_state: self.run_state[i],
-                    extint_pending: self.extint_pending[i],
-                })
-                .collect(),
+            vcpus: self.vcpu_states(),
             lapics: self.lapics.clone(),
             ioapic: self.ioapic.clone(),
             pic: self.pic.clone(),
@@ -420,13 +424,7 @@ impl Machine {
     /// (the same encodings), hashed from the machine's own state without
     /// copying it into a `MachineState` first.
     pub fn digest(&self) -> StateDigest {
-        let vcpus: Vec<VcpuState> = (0..self.vcpus.len())
-            .map(|i| VcpuState {
-                arch: self.vcpu_arch(i),
-                run_state: self.run_state[i],
-                extint_pending: self.extint_pending[i],
-            })
-            .collect();
+        let vcpus = self.vcpu_states();
         let mut components = Vec::with_capacity(2 * vcpus.len() + 12);
         for (i, v) in vcpus.iter().enumerate() {
             components.push((format!("vcpu{i}"), hash_of(v)));
